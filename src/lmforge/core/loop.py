@@ -1,0 +1,199 @@
+"""The training loop's shared mechanics; each recipe writes its own loop out of these.
+
+- Devices, mixed precision and distribution come from Accelerate.
+- Data order is a function of (seed, epoch) only, so a resumed run replays exactly the batches an
+  uninterrupted one would see: `optimizer_batches` restarts at (epoch, batch) from `TrainState`.
+- One optimizer step covers `batch_size * grad_accum` examples split into micro-batches; each
+  micro-batch's summed loss is divided by the step's example count (`loss_scale`), so batch 8 x
+  accumulation 1 and batch 1 x accumulation 8 give the same gradient, partial last batch included.
+- SIGINT / SIGTERM set a flag (`StopSignal`); the recipe checkpoints at the next step and exits.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmforge.config import TrainConfig
+
+
+@dataclass
+class TrainState:
+    """Everything besides tensors that a resumed run needs; saved in each checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # optimizer batches of `epoch` already consumed
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+    running_loss: float = 0.0  # training loss summed since the last metrics line
+    running_steps: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_accelerator(train: TrainConfig):
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=train.mixed_precision)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over trainable parameters; biases and normalisation weights (1-D tensors) get no decay."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
+    """Linear warmup over `warmup_ratio * total_steps`, then linear decay to zero."""
+    warmup = int(round(warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def steps_per_epoch(n_examples: int, train: TrainConfig) -> int:
+    return math.ceil(n_examples / (train.batch_size * train.grad_accum))
+
+
+def total_steps(n_examples: int, train: TrainConfig) -> int:
+    if train.max_steps > 0:
+        return train.max_steps
+    return max(1, math.ceil(train.epochs * steps_per_epoch(n_examples, train)))
+
+
+def epoch_order(n_examples: int, seed: int, epoch: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n_examples, generator=generator).tolist()
+
+
+@dataclass
+class OptimizerBatch:
+    epoch: int
+    index: int  # position of this batch within its epoch
+    micro_batches: list[list[int]]  # example indices, this process's share
+    size: int  # examples in the whole step, over all processes: the loss is divided by it
+
+
+GROUP_SPAN = 50  # optimizer batches whose examples are sorted by length together
+
+
+def epoch_batches(lengths: list[int], train: TrainConfig, epoch: int) -> list[list[int]]:
+    """The optimizer batches (example indices) of one epoch, a function of (seed, epoch) only.
+
+    With `group_by_length`, examples are sorted by length within spans of GROUP_SPAN batches and
+    the batches then shuffled: similar lengths share a batch, so little compute goes to padding,
+    while the order stays random at the scale of an epoch.
+    """
+    per_step = train.batch_size * train.grad_accum
+    order = epoch_order(len(lengths), train.seed, epoch)
+    if train.group_by_length:
+        span = per_step * GROUP_SPAN
+        order = [i for s in range(0, len(order), span) for i in sorted(order[s : s + span], key=lambda i: -lengths[i])]
+    batches = [order[s : s + per_step] for s in range(0, len(order), per_step)]
+    if train.group_by_length:
+        generator = torch.Generator().manual_seed(seed_for_batches(train.seed, epoch))
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
+
+
+def seed_for_batches(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch + 7_919
+
+
+def optimizer_batches(
+    lengths: list[int], train: TrainConfig, state: TrainState, rank: int = 0, world: int = 1
+) -> Iterator[OptimizerBatch]:
+    """Endless stream of optimizer batches, resuming at (state.epoch, state.batch_in_epoch).
+
+    `lengths` are the examples' token counts. With several processes each takes every
+    `world`-th example of each micro-batch.
+    """
+    epoch, start = state.epoch, state.batch_in_epoch
+    while True:
+        batches = epoch_batches(lengths, train, epoch)
+        for b in range(start, len(batches)):
+            chunk = batches[b]
+            micro = [chunk[i : i + train.batch_size][rank::world] for i in range(0, len(chunk), train.batch_size)]
+            yield OptimizerBatch(epoch, b, [m for m in micro if m], len(chunk))
+        epoch, start = epoch + 1, 0
+
+
+def advance(state: TrainState, batch: OptimizerBatch, batches_per_epoch: int) -> None:
+    """Record that `batch` was consumed by one optimizer step."""
+    state.step += 1
+    state.epoch, state.batch_in_epoch = batch.epoch, batch.index + 1
+    if state.batch_in_epoch >= batches_per_epoch:
+        state.epoch, state.batch_in_epoch = batch.epoch + 1, 0
+
+
+def is_due(step: int, every: int, batches_per_epoch: int) -> bool:
+    """Eval / save schedule: every `every` steps, or at each epoch end when `every` is 0."""
+    return step % (every or batches_per_epoch) == 0
+
+
+def update_early_stopping(state: TrainState, value: float, patience: int) -> bool:
+    """Track the best metric (higher is better); returns True when `value` is a new best."""
+    if state.best_metric is None or value > state.best_metric:
+        state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
+        return True
+    state.evals_without_improvement += 1
+    if patience and state.evals_without_improvement >= patience:
+        state.stopped_early = True
+    return False
+
+
+class StopSignal:
+    """Context manager: SIGINT / SIGTERM set `.requested` instead of killing the process mid-step."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second signal: give up immediately
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), total

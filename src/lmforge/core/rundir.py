@@ -1,0 +1,111 @@
+"""The run folder: config.yaml, manifest.json, metrics.jsonl, checkpoints/, final/, report.html.
+
+`metrics.jsonl` is appended one flushed line at a time; on resume, lines past the restored
+checkpoint's step are dropped so the file reads as if the run had never stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+import lmforge
+
+PACKAGES = ["torch", "transformers", "accelerate", "peft", "numpy", "safetensors", "tokenizers"]
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.config = self.path / "config.yaml"
+        self.manifest = self.path / "manifest.json"
+        self.metrics = self.path / "metrics.jsonl"
+        self.checkpoints = self.path / "checkpoints"
+        self.final = self.path / "final"
+        self.report = self.path / "report.html"
+
+    def log(self, record: dict) -> None:
+        with open(self.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def records(self) -> list[dict]:
+        if not self.metrics.exists():
+            return []
+        out = []
+        for line in self.metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+        return out
+
+    def truncate_metrics(self, step: int) -> None:
+        kept = [r for r in self.records() if r.get("step", 0) <= step]
+        write_text_atomic(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def write_json(self, relative: str, obj: dict) -> Path:
+        path = self.path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+        return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def new_run_path(label: str, root: Path = Path("runs")) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return root / f"{label.replace('/', '-')}-{stamp}"
+
+
+def fingerprint(texts: list[str], labels: list[str]) -> str:
+    digest = hashlib.sha256()
+    for text, label in zip(texts, labels, strict=False):
+        digest.update(text.encode() + b"\t" + label.encode() + b"\n")
+    return digest.hexdigest()[:16]
+
+
+def build_manifest(seed: int, data: dict) -> dict:
+    return {
+        "lmforge_version": lmforge.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "git_commit": _git_commit(),
+        "seed": seed,
+        "hardware": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "packages": {name: _version(name) for name in PACKAGES},
+        "data": data,
+    }
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

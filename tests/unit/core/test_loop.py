@@ -1,0 +1,84 @@
+import torch
+
+from lmforge.config import TrainConfig
+from lmforge.core.loop import (
+    TrainState,
+    advance,
+    build_optimizer,
+    build_scheduler,
+    epoch_batches,
+    optimizer_batches,
+    steps_per_epoch,
+    update_early_stopping,
+)
+
+LENGTHS = [((i * 7919) % 23) + 2 for i in range(103)]
+
+
+def test_each_epoch_covers_every_example_once():
+    for group in (True, False):
+        train = TrainConfig(batch_size=4, grad_accum=2, seed=3, group_by_length=group)
+        batches = epoch_batches(LENGTHS, train, epoch=0)
+        flat = [i for b in batches for i in b]
+        assert sorted(flat) == list(range(103))
+        assert len(batches) == steps_per_epoch(103, train)
+        assert epoch_batches(LENGTHS, train, 1) != batches  # a new order each epoch
+
+
+def test_grouping_by_length_reduces_padding():
+    def padded(group):
+        train = TrainConfig(batch_size=8, seed=0, group_by_length=group)
+        return sum(max(LENGTHS[i] for i in b) * len(b) for b in epoch_batches(LENGTHS, train, 0))
+
+    assert padded(True) < 0.8 * padded(False)
+
+
+def test_resuming_the_stream_replays_the_same_batches():
+    train = TrainConfig(batch_size=4, grad_accum=3, seed=1)
+    per_epoch = steps_per_epoch(len(LENGTHS), train)
+    state = TrainState()
+    stream = optimizer_batches(LENGTHS, train, state)
+    seen = []
+    for _ in range(per_epoch + 5):
+        batch = next(stream)
+        advance(state, batch, per_epoch)
+        seen.append(batch.micro_batches)
+        if len(seen) == per_epoch - 2:
+            saved = TrainState(**state.to_dict())
+    resumed = optimizer_batches(LENGTHS, train, saved)
+    assert [next(resumed).micro_batches for _ in range(7)] == seen[per_epoch - 2 :]
+
+
+def test_micro_batches_of_two_processes_partition_the_step():
+    train = TrainConfig(batch_size=4, grad_accum=2, seed=1)
+    one = next(optimizer_batches(LENGTHS, train, TrainState()))
+    ranks = [next(optimizer_batches(LENGTHS, train, TrainState(), rank=r, world=2)) for r in (0, 1)]
+    assert sorted(i for r in ranks for m in r.micro_batches for i in m) == sorted(i for m in one.micro_batches for i in m)
+    assert ranks[0].size == ranks[1].size == one.size == 8
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    groups = build_optimizer(model, 1e-3, 0.1).param_groups
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(model[0].weight)}
+
+
+def test_linear_warmup_then_decay_to_zero():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, total_steps=10, warmup_ratio=0.2)
+    lrs = []
+    for _ in range(10):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[0] < lrs[1] < lrs[2] == 1.0
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:])) and sched.get_last_lr()[0] == 0.0
+
+
+def test_early_stopping_counts_evaluations_without_gain():
+    state = TrainState()
+    assert update_early_stopping(state, 0.5, patience=2)
+    assert not update_early_stopping(state, 0.5, patience=2) and not state.stopped_early
+    assert not update_early_stopping(state, 0.4, patience=2) and state.stopped_early
+    assert state.best_metric == 0.5
