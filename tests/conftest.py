@@ -15,7 +15,11 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subproce
     """Run `python -m lmforge ARGS` in a fresh process, as a user would."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "lmforge", *args], cwd=cwd or ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "lmforge", *args],
+        cwd=cwd or ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -97,6 +98,29 @@ class RunConfig:
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2 scalars: only true/false are booleans (so `mixed_precision: no` stays
+    the string "no"), and `1e-3` is a float (YAML 1.1 wants `1.0e-3`)."""
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=ConfigLoader)
+
+
 def read_yaml(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
@@ -105,7 +129,7 @@ def read_yaml(path: Path) -> dict:
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
-        loaded = yaml.safe_load(text)
+        loaded = load_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -132,7 +156,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 raise UserError(f"override {item!r}: {part!r} is not a section")
             node = child
         try:
-            node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+            node[parts[-1]] = load_yaml(value) if value != "" else ""
         except yaml.YAMLError:
             node[parts[-1]] = value
     return raw

@@ -58,3 +58,9 @@ def test_unknown_method_lists_the_known_ones():
 def test_section_of_another_method_is_rejected():
     with pytest.raises(UserError, match="unknown key 'lora'"):
         build({"method": "finetune", "lora": {"r": 4}})
+
+
+def test_yaml_1_1_pitfalls_do_not_bite():
+    # YAML 1.1 reads `no` as false and `1e-3` as a string; config values must mean what they say.
+    cfg = build({**BASE}, ["train.mixed_precision=no", "train.weight_decay=1e-3"])
+    assert cfg.train.mixed_precision == "no" and cfg.train.weight_decay == 1e-3

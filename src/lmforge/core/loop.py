@@ -37,6 +37,7 @@ class TrainState:
     stopped_early: bool = False
     running_loss: float = 0.0  # training loss summed since the last metrics line
     running_steps: int = 0
+    train_seconds: float = 0.0  # wall time in forward / backward / optimizer steps, evaluation excluded
 
     def to_dict(self) -> dict:
         return asdict(self)

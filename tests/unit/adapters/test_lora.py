@@ -1,6 +1,14 @@
 import torch
 
-from lmforge.adapters.lora import inject_lora, load_adapter, lora_layers, merge_lora, remove_lora, save_adapter, unmerge_lora
+from lmforge.adapters.lora import (
+    inject_lora,
+    load_adapter,
+    lora_layers,
+    merge_lora,
+    remove_lora,
+    save_adapter,
+    unmerge_lora,
+)
 from lmforge.core.loop import count_parameters
 from lmforge.core.models import load_classifier
 
@@ -39,7 +47,9 @@ def test_merged_equals_unmerged_and_unmerge_restores():
         after = model(**inputs).logits
     assert torch.allclose(before, merged, atol=1e-5)
     assert torch.allclose(before, after, atol=1e-6)
-    assert not torch.allclose(before, load_classifier("tiny-bert", LABELS, seed=0, dropout=0.0)[0].eval()(**inputs).logits)
+    assert not torch.allclose(
+        before, load_classifier("tiny-bert", LABELS, seed=0, dropout=0.0)[0].eval()(**inputs).logits
+    )
 
 
 def test_remove_lora_gives_a_plain_model_with_the_same_outputs():

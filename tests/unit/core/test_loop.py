@@ -53,7 +53,9 @@ def test_micro_batches_of_two_processes_partition_the_step():
     train = TrainConfig(batch_size=4, grad_accum=2, seed=1)
     one = next(optimizer_batches(LENGTHS, train, TrainState()))
     ranks = [next(optimizer_batches(LENGTHS, train, TrainState(), rank=r, world=2)) for r in (0, 1)]
-    assert sorted(i for r in ranks for m in r.micro_batches for i in m) == sorted(i for m in one.micro_batches for i in m)
+    assert sorted(i for r in ranks for m in r.micro_batches for i in m) == sorted(
+        i for m in one.micro_batches for i in m
+    )
     assert ranks[0].size == ranks[1].size == one.size == 8
 
 

@@ -7,6 +7,7 @@ it with a function that adapts the model before training and one that saves the 
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -128,6 +129,7 @@ def train_classifier(
     with StopSignal() as stop:
         while state.step < n_steps and not state.stopped_early:
             batch = next(batches)
+            started = time.perf_counter()
             step_loss = 0.0
             for i, micro in enumerate(batch.micro_batches):
                 inputs = collate([train_ids[j] for j in micro], pad_id, accelerator.device)
@@ -145,6 +147,7 @@ def train_classifier(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             advance(state, batch, per_epoch)
+            state.train_seconds += time.perf_counter() - started
             state.running_loss += step_loss
             state.running_steps += 1
             bar.update(1)
@@ -194,7 +197,12 @@ def train_classifier(
         model.load_state_dict(load_file(str(run.checkpoints / "best.safetensors")), strict=False)
         say(f"restored the best model (step {state.best_step}, {train.metric} {state.best_metric:.4f})")
     final = run_eval()
-    if main:
+    if main:  # final/ first, then final.json: final.json marks a finished run
+        tmp = run.path / "final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_final(model, tokenizer, tmp)
+        shutil.rmtree(run.final, ignore_errors=True)
+        tmp.rename(run.final)
         run.write_json(
             "final.json",
             {
@@ -205,13 +213,11 @@ def train_classifier(
                 "n_examples": len(task.eval),
                 "steps": state.step,
                 "best_step": state.best_step,
+                "train_seconds": round(state.train_seconds, 3),
+                "trainable_parameters": trainable,
+                "total_parameters": total,
             },
         )
-        tmp = run.path / "final.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_final(model, tokenizer, tmp)
-        shutil.rmtree(run.final, ignore_errors=True)
-        tmp.rename(run.final)
         write_report(run.path)
     return final
 

@@ -1,0 +1,138 @@
+"""The CLI as a user meets it: list, eval, predict, report, and one clear line for every bad input."""
+
+import json
+
+import pytest
+
+TINY = [
+    "model.name=tiny-bert",
+    "train.max_steps=4",
+    "train.batch_size=8",
+    "data.max_train_examples=40",
+    "data.max_eval_examples=16",
+]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from conftest import run_cli
+
+    run_dir = tmp_path_factory.mktemp("runs") / "lora"
+    result = run_cli("run", "lora/minilm_sst2", *TINY, "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run_dir
+
+
+def test_list_shows_datasets_with_sizes_and_licenses(cli):
+    result = cli("list", "datasets")
+    assert result.returncode == 0
+    for name in ("sst2", "trec6", "trec50", "agnews"):
+        assert name in result.stdout
+    assert "license:" in result.stdout and "MB" in result.stdout and "train 6,920" in result.stdout
+
+
+def test_list_methods_shows_every_option(cli):
+    out = cli("list", "methods").stdout
+    for key in ("lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "train.lr", "train.save_every"):
+        assert key in out
+
+
+def test_eval_on_a_builtin_split_and_a_user_file(cli, finished_run, tmp_path):
+    result = cli("eval", str(finished_run), "--data", "sst2:dev")
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((finished_run / "eval" / "sst2-dev.json").read_text())
+    assert saved["n_examples"] == 872 and f"{saved['metrics']['accuracy']:.4f}" in result.stdout
+
+    path = tmp_path / "mine.csv"
+    path.write_text("review,sentiment\nlovely film,positive\nawful,negative\n")
+    result = cli(
+        "eval", str(finished_run), "--data", str(path), "--text-column", "review", "--label-column", "sentiment"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads((finished_run / "eval" / "mine.json").read_text())["n_examples"] == 2
+    assert "mine" in (finished_run / "report.html").read_text()
+
+
+def test_predict_prints_labels_with_probabilities(cli, finished_run, tmp_path):
+    result = cli("predict", str(finished_run), "a gorgeous film", "dull and tedious", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["text"] for r in rows] == ["a gorgeous film", "dull and tedious"]
+    for r in rows:
+        assert set(r["probabilities"]) == {"negative", "positive"}
+        assert abs(sum(r["probabilities"].values()) - 1) < 1e-5
+    texts = tmp_path / "texts.txt"
+    texts.write_text("one\n\ntwo\n")
+    assert len(cli("predict", str(finished_run), "--file", str(texts)).stdout.splitlines()) == 2
+
+
+def test_report_is_rebuilt(cli, finished_run):
+    (finished_run / "report.html").unlink()
+    result = cli("report", str(finished_run))
+    assert result.returncode == 0 and (finished_run / "report.html").exists()
+
+
+def one_clear_line(result):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[-1]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.lr=-1e-3"], "train.lr: expected a value > 0"),
+        (["train.learning_rate=1e-3"], "unknown key 'train.learning_rate'"),
+        (["model.name=no-such-model"], "model 'no-such-model': not a builtin model"),
+        (["data.train=missing.jsonl"], "missing.jsonl: file not found"),
+    ],
+)
+def test_bad_run_input_exits_2_and_writes_nothing(cli, tmp_path, overrides, message):
+    run_dir = tmp_path / "run"
+    line = one_clear_line(cli("run", "finetune/minilm_sst2", *TINY, *overrides, "--run-dir", str(run_dir)))
+    assert message in line
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "train_file, eval_file, message",
+    [
+        ("", None, "the file is empty"),
+        ("text,label\nnice,pos\n", None, "no column 'sentence'"),
+        (b"sentence,label\nnice,pos\ncaf\xe9,neg\n", None, "byte 0xe9 at column 4 is not UTF-8"),
+        ("sentence,label\nnice,pos\nbad,neg\n", "sentence,label\nok,pos\nmeh,neutral\n", "label 'neutral'"),
+    ],
+)
+def test_bad_data_files(cli, tmp_path, train_file, eval_file, message):
+    train = tmp_path / "train.csv"
+    train.write_bytes(train_file if isinstance(train_file, bytes) else train_file.encode())
+    dev = tmp_path / "dev.csv"
+    dev.write_text(eval_file or "sentence,label\nnice,pos\n")
+    run_dir = tmp_path / "run"
+    result = cli(
+        "run",
+        "finetune/minilm_sst2",
+        *TINY,
+        f"data.train={train}",
+        f"data.eval={dev}",
+        "data.text_column=sentence",
+        "--run-dir",
+        str(run_dir),
+    )
+    assert message in one_clear_line(result)
+    assert str(train if eval_file is None else dev) in result.stderr
+    assert not run_dir.exists()
+
+
+def test_other_bad_usage(cli, tmp_path, finished_run):
+    assert "unknown recipe 'lora/nope'" in one_clear_line(cli("run", "lora/nope"))
+    usage = cli("list", "nothing")
+    assert usage.returncode == 2 and "invalid choice: 'nothing'" in usage.stderr
+    assert "not a run folder" in one_clear_line(cli("eval", str(tmp_path), "--data", "sst2:dev"))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nfine,positive\nweird,sarcastic\n")
+    assert "label 'sarcastic', which training never saw" in one_clear_line(
+        cli("eval", str(finished_run), "--data", str(bad))
+    )
+    assert "already exists" in one_clear_line(cli("run", "lora/minilm_sst2", *TINY, "--run-dir", str(finished_run)))
