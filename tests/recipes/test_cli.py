@@ -136,3 +136,32 @@ def test_other_bad_usage(cli, tmp_path, finished_run):
         cli("eval", str(finished_run), "--data", str(bad))
     )
     assert "already exists" in one_clear_line(cli("run", "lora/minilm_sst2", *TINY, "--run-dir", str(finished_run)))
+
+
+@pytest.mark.parametrize("method", ["finetune", "lora"])
+def test_saved_model_reloads_with_identical_predictions(cli, tmp_path, method):
+    """final.json is computed in memory at the end of training; `lmforge eval` reloads final/ from disk."""
+    from lmforge.core.data import load_examples
+
+    run_dir = tmp_path / "run"
+    assert cli("run", f"{method}/minilm_sst2", *TINY, "--run-dir", str(run_dir)).returncode == 0
+    dev = load_examples("sst2:dev").head(16)
+    path = tmp_path / "dev16.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(dev.texts, dev.labels)))
+    result = cli("eval", str(run_dir), "--data", str(path))
+    assert result.returncode == 0, result.stderr
+    in_memory = json.loads((run_dir / "final.json").read_text())
+    reloaded = json.loads((run_dir / "eval" / "dev16.json").read_text())
+    assert reloaded["confusion"] == in_memory["confusion"]
+    assert reloaded["metrics"]["loss"] == pytest.approx(in_memory["metrics"]["loss"], abs=1e-6)
+
+
+def test_early_stopping_restores_the_best_model(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    # A learning rate this small cannot improve accuracy: training must stop after `patience` evaluations.
+    result = cli("run", "finetune/minilm_sst2", *TINY, "train.max_steps=40", "train.lr=1e-12",
+                 "train.eval_every=2", "train.early_stopping_patience=2", "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["steps"] == 6 and final["best_step"] == 2
+    assert "early stop at step 6" in result.stderr and "restored the best model (step 2" in result.stderr

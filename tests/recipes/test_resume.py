@@ -8,8 +8,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, run_cli
+
 from lmforge.core.checkpoint import list_checkpoints
 
 RUN = [

@@ -31,7 +31,7 @@ def test_save_load_restores_tensors_optimizer_scheduler_and_rng(tmp_path):
     model2, opt2, sched2 = make()
     assert load_checkpoint(path, model2, opt2, sched2) == {"step": 1}
     step(model2, opt2, sched2)
-    assert all(torch.equal(a, b) for a, b in zip(expected, model2.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(expected, model2.parameters(), strict=True))
     assert (random.random(), torch.rand(1)) == after
 
 

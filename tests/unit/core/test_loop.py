@@ -75,7 +75,7 @@ def test_linear_warmup_then_decay_to_zero():
         opt.step()
         sched.step()
     assert lrs[0] < lrs[1] < lrs[2] == 1.0
-    assert all(a > b for a, b in zip(lrs[2:], lrs[3:])) and sched.get_last_lr()[0] == 0.0
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:], strict=False)) and sched.get_last_lr()[0] == 0.0
 
 
 def test_early_stopping_counts_evaluations_without_gain():
