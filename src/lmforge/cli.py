@@ -232,7 +232,9 @@ def load_finished_run(run_dir: Path):
     labels = json.loads((run_dir / "final.json").read_text())["labels"]
     _quiet_libraries()
     model, tokenizer = resolve(METHODS[cfg.method].loader)(run_dir, cfg, labels)
-    model.eval()
+    import torch
+
+    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     return cfg, labels, model, tokenizer
 
 
@@ -249,7 +251,13 @@ def cmd_eval(args) -> int:
     index = {label: i for i, label in enumerate(labels)}
     ids = encode(tokenizer, examples.texts, cfg.model.max_length)
     result = evaluate(
-        model, ids, [index[x] for x in examples.labels], len(labels), tokenizer.pad_token_id, args.batch_size, "cpu"
+        model,
+        ids,
+        [index[x] for x in examples.labels],
+        len(labels),
+        tokenizer.pad_token_id,
+        args.batch_size,
+        model.device,
     )
     name = Path(args.data).stem if Path(args.data).suffix else args.data.replace(":", "-")
     run = RunDir(args.run_dir)
@@ -289,7 +297,9 @@ def cmd_predict(args) -> int:
     if not texts:
         raise UserError("nothing to predict: give texts as arguments or --file")
     cfg, labels, model, tokenizer = load_finished_run(args.run_dir)
-    logits = predict_logits(model, encode(tokenizer, texts, cfg.model.max_length), tokenizer.pad_token_id, 64, "cpu")
+    logits = predict_logits(
+        model, encode(tokenizer, texts, cfg.model.max_length), tokenizer.pad_token_id, 64, model.device
+    )
     probs = torch.softmax(torch.from_numpy(logits), dim=-1)
     for text, row in zip(texts, probs, strict=False):
         ranked = sorted(zip(labels, row.tolist(), strict=False), key=lambda x: -x[1])[: max(1, args.top)]

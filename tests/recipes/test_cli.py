@@ -165,3 +165,12 @@ def test_early_stopping_restores_the_best_model(cli, tmp_path):
     final = json.loads((run_dir / "final.json").read_text())
     assert final["steps"] == 6 and final["best_step"] == 2
     assert "early stop at step 6" in result.stderr and "restored the best model (step 2" in result.stderr
+
+
+def test_a_local_model_folder_is_a_model(cli, tmp_path):
+    """A finished full fine-tuning run's final/ is a Hugging Face folder: train on it again, with a new label set."""
+    first, second = tmp_path / "sst2", tmp_path / "trec6"
+    assert cli("run", "finetune/minilm_sst2", *TINY, "--run-dir", str(first)).returncode == 0
+    result = cli("run", "finetune/minilm_trec6", *TINY, f"model.name={first / 'final'}", "--run-dir", str(second))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((second / "final.json").read_text())["labels"] == ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]

@@ -56,7 +56,10 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 
     if name == "tiny-bert":
         return tiny_bert_tokenizer()
-    return AutoTokenizer.from_pretrained(str(_resolve_path(name)))
+    try:
+        return AutoTokenizer.from_pretrained(str(_resolve_path(name)))
+    except (OSError, ValueError) as e:
+        raise UserError(f"model {name!r}: could not load its tokenizer: {str(e).splitlines()[0]}") from None
 
 
 def load_classifier(
@@ -128,7 +131,7 @@ def _resolve_path(name: str) -> Path | str:
             f"model {name!r}: not a builtin model ({', '.join(BUILTIN_MODELS)}), a local folder, or a hub id (org/name)"
         )
     if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise UserError(f"model {name!r}: hub id given but HF_HUB_OFFLINE=1; use a builtin model or a local folder")
+        raise UserError(f"model {name!r}: no local folder of that name, and HF_HUB_OFFLINE=1 rules out the hub")
     return name
 
 
