@@ -121,6 +121,7 @@ def train_classifier(
             )
 
     # ---- train ----
+    metrics: dict | None = None  # the latest evaluation, reused at the end when it is of the final model
     model.train()
     batches = optimizer_batches(
         [len(x) for x in train_ids], train, state, accelerator.process_index, accelerator.num_processes
@@ -164,6 +165,7 @@ def train_classifier(
                     }
                 )
                 state.running_loss, state.running_steps = 0.0, 0
+            metrics = None
             if is_due(state.step, train.eval_every, per_epoch) or state.step == n_steps:
                 metrics = run_eval()
                 if main:
@@ -193,10 +195,11 @@ def train_classifier(
 
     # ---- evaluate and save ----
     model = accelerator.unwrap_model(model)
-    if train.early_stopping_patience and (run.checkpoints / "best.safetensors").exists():
+    if train.early_stopping_patience and state.best_step != state.step:
         model.load_state_dict(load_file(str(run.checkpoints / "best.safetensors")), strict=False)
         say(f"restored the best model (step {state.best_step}, {train.metric} {state.best_metric:.4f})")
-    final = run_eval()
+        metrics = None
+    final = metrics or run_eval()
     if main:  # final/ first, then final.json: final.json marks a finished run
         tmp = run.path / "final.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
