@@ -159,8 +159,17 @@ def test_saved_model_reloads_with_identical_predictions(cli, tmp_path, method):
 def test_early_stopping_restores_the_best_model(cli, tmp_path):
     run_dir = tmp_path / "run"
     # A learning rate this small cannot improve accuracy: training must stop after `patience` evaluations.
-    result = cli("run", "finetune/minilm_sst2", *TINY, "train.max_steps=40", "train.lr=1e-12",
-                 "train.eval_every=2", "train.early_stopping_patience=2", "--run-dir", str(run_dir))
+    result = cli(
+        "run",
+        "finetune/minilm_sst2",
+        *TINY,
+        "train.max_steps=40",
+        "train.lr=1e-12",
+        "train.eval_every=2",
+        "train.early_stopping_patience=2",
+        "--run-dir",
+        str(run_dir),
+    )
     assert result.returncode == 0, result.stderr
     final = json.loads((run_dir / "final.json").read_text())
     assert final["steps"] == 6 and final["best_step"] == 2
