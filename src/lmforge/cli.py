@@ -289,7 +289,7 @@ def cmd_predict(args) -> int:
     texts = list(args.texts)
     if args.file:
         if args.file.suffix.lower() in SUFFIXES:
-            texts += read_file(args.file, args.text_column, args.text_column).texts
+            texts += read_file(args.file, args.text_column, None).texts
         elif not args.file.is_file():
             raise UserError(f"{args.file}: file not found")
         else:

@@ -64,6 +64,11 @@ def test_predict_prints_labels_with_probabilities(cli, finished_run, tmp_path):
     texts = tmp_path / "texts.txt"
     texts.write_text("one\n\ntwo\n")
     assert len(cli("predict", str(finished_run), "--file", str(texts)).stdout.splitlines()) == 2
+    table = tmp_path / "texts.csv"
+    table.write_text("id,review\n1,great\n2,boring\n3,fine\n")
+    result = cli("predict", str(finished_run), "--file", str(table), "--text-column", "review")
+    assert result.returncode == 0, result.stderr
+    assert [line.split("\t")[-1] for line in result.stdout.splitlines()] == ["great", "boring", "fine"]
 
 
 def test_report_is_rebuilt(cli, finished_run):

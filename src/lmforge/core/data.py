@@ -173,7 +173,8 @@ def load_examples(
     return read_file(path, text_column, label_column)
 
 
-def read_file(path: Path, text_column: str, label_column: str) -> Examples:
+def read_file(path: Path, text_column: str, label_column: str | None) -> Examples:
+    """Rows of a jsonl / csv / tsv file; with `label_column=None` only texts are read (labels are "")."""
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     text = _decode(path)
@@ -183,19 +184,20 @@ def read_file(path: Path, text_column: str, label_column: str) -> Examples:
         rows = _jsonl_rows(path, text)
     else:
         rows = _delimited_rows(path, text, "\t" if path.suffix.lower() == ".tsv" else ",")
+    columns = [text_column, label_column] if label_column else [text_column]
     texts, labels, lines, skipped = [], [], [], {}
     for line_no, row in rows:
-        for column in (text_column, label_column):
+        for column in columns:
             if column not in row:
                 raise UserError(
                     f"{path}:{line_no}: no column {column!r} (columns: {', '.join(map(str, row))}); "
                     f"set it with --text-column / --label-column or data.text_column / data.label_column"
                 )
-        value, label = row[text_column], row[label_column]
+        value, label = row[text_column], row[label_column] if label_column else ""
         if value is None or str(value).strip() == "":
             skipped["empty text"] = skipped.get("empty text", 0) + 1
             continue
-        if label is None or str(label).strip() == "":
+        if label_column and (label is None or str(label).strip() == ""):
             skipped["empty label"] = skipped.get("empty label", 0) + 1
             continue
         texts.append(str(value).strip())
