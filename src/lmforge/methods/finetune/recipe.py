@@ -96,11 +96,13 @@ def train_classifier(
     n_steps = total_steps(len(train_ids), train)
     per_epoch = steps_per_epoch(len(train_ids), train)
     scheduler = build_scheduler(optimizer, n_steps, train.warmup_ratio)
-    run, state = open_run(run_dir, cfg, task, resume, model, optimizer, scheduler)
-
     accelerator = make_accelerator(train)
-    model, optimizer = accelerator.prepare(model, optimizer)
     main = accelerator.is_main_process
+    if accelerator.num_processes > 1:  # dropout differs per process; DDP broadcasts rank 0's weights
+        torch.manual_seed(train.seed + accelerator.process_index)
+    run, state = open_run(run_dir, cfg, task, resume, model, optimizer, scheduler, write=main)
+    accelerator.wait_for_everyone()
+    model, optimizer = accelerator.prepare(model, optimizer)
     pad_id = tokenizer.pad_token_id
 
     def run_eval() -> dict:
@@ -147,6 +149,8 @@ def train_classifier(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if accelerator.num_processes > 1:  # each process summed its share: the step's loss is their mean
+                step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean").item()
             advance(state, batch, per_epoch)
             state.train_seconds += time.perf_counter() - started
             state.running_loss += step_loss
@@ -225,21 +229,28 @@ def train_classifier(
     return final
 
 
-def open_run(run_dir: Path, cfg: RunConfig, task: Task, resume: bool, model, optimizer, scheduler):
-    """Create the run folder, or restore the latest checkpoint of an existing one."""
+def open_run(run_dir: Path, cfg: RunConfig, task: Task, resume: bool, model, optimizer, scheduler, write: bool = True):
+    """Create the run folder, or restore the latest checkpoint of an existing one.
+
+    Only the main process (`write`) creates or changes files; the others just read the checkpoint.
+    """
     run = RunDir(run_dir)
     state = TrainState()
     if resume:
         if (run.path / "final.json").exists():
             raise UserError(f"{run.path}: this run already finished; nothing to resume")
-        ckpt.remove_partial(run.checkpoints)
+        if write:
+            ckpt.remove_partial(run.checkpoints)
         latest = ckpt.latest_checkpoint(run.checkpoints)
         if latest is None:
             say(f"{run.path}: no checkpoint yet; starting from step 0")
         else:
             state = TrainState(**ckpt.load_checkpoint(latest, model, optimizer, scheduler))
             say(f"resumed from {latest} (step {state.step})")
-        run.truncate_metrics(state.step)
+        if write:
+            run.truncate_metrics(state.step)
+        return run, state
+    if not write:
         return run, state
     if run.path.exists() and any(run.path.iterdir()):
         raise UserError(f"{run.path}: run folder already exists; add --resume to continue it or pick --run-dir")
