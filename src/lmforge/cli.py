@@ -192,6 +192,8 @@ def cmd_run(args) -> int:
     run_dir = run_dir or _new_run_dir(label)
     _quiet_libraries()
     final = resolve(METHODS[cfg.method].recipe)(cfg, run_dir, args.resume)
+    if os.environ.get("RANK", "0") != "0":  # under `accelerate launch`, one process speaks
+        return 0
     print(
         f"{cfg.data.eval}: accuracy {final['accuracy']:.4f}, macro-F1 {final['macro_f1']:.4f}, loss {final['loss']:.4f}"
     )

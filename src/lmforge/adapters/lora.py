@@ -81,8 +81,11 @@ def inject_lora(
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         setattr(parent, child, LoraLinear(getattr(parent, child), r, alpha, dropout))
-    for name, module in model.named_modules():
-        if matches(name, trainable_modules):
+    for target in trainable_modules:
+        found = [m for n, m in model.named_modules() if matches(n, [target])]
+        if not found:
+            raise UserError(f"lora.trainable_modules: no module named {target!r} in the model")
+        for module in found:
             for p in module.parameters():
                 p.requires_grad_(True)
     return names

@@ -84,3 +84,15 @@ def test_peft_loads_our_adapter_with_identical_logits(tmp_path):
     with torch.no_grad():
         ours, theirs = model(**inputs).logits, peft_model(**inputs).logits
     assert torch.allclose(ours, theirs, atol=1e-6), (ours - theirs).abs().max()
+
+
+def test_names_that_match_nothing_are_user_errors():
+    import pytest
+
+    from lmforge.errors import UserError
+
+    model, _ = load_classifier("tiny-bert", LABELS)
+    with pytest.raises(UserError, match=r"match no linear layer \(layer names: .*query"):
+        inject_lora(model, ["q_proj"], 4, 8, 0.0, ["classifier"])
+    with pytest.raises(UserError, match="no module named 'score'"):
+        inject_lora(load_classifier("tiny-bert", LABELS)[0], ["query"], 4, 8, 0.0, ["score"])
