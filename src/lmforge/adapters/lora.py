@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -71,20 +72,28 @@ def inject_lora(
     Returns the names of the adapted layers. `trainable_modules` (e.g. ["classifier"]) are trained
     in full and saved with the adapter, as PEFT's `modules_to_save`.
     """
+    return inject_adapters(model, targets, lambda base: LoraLinear(base, r, alpha, dropout), trainable_modules)
+
+
+def inject_adapters(
+    model: nn.Module, targets: list[str], make_layer: Callable[[nn.Linear], nn.Module], trainable_modules: list[str]
+) -> list[str]:
+    """Wrap each nn.Linear whose name matches `targets` with `make_layer(linear)`; freeze everything
+    else except the adapter's own parameters and `trainable_modules`. Returns the adapted names."""
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and matches(n, targets)]
     if not names:
         linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-        raise UserError(f"lora.target_modules {targets} match no linear layer (layer names: {', '.join(linear)})")
+        raise UserError(f"target_modules {targets} match no linear layer (layer names: {', '.join(linear)})")
     for p in model.parameters():
         p.requires_grad_(False)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, LoraLinear(getattr(parent, child), r, alpha, dropout))
+        setattr(parent, child, make_layer(getattr(parent, child)))  # new adapter parameters train
     for target in trainable_modules:
         found = [m for n, m in model.named_modules() if matches(n, [target])]
         if not found:
-            raise UserError(f"lora.trainable_modules: no module named {target!r} in the model")
+            raise UserError(f"trainable_modules: no module named {target!r} in the model")
         for module in found:
             for p in module.parameters():
                 p.requires_grad_(True)

@@ -94,5 +94,5 @@ def test_names_that_match_nothing_are_user_errors():
     model, _ = load_classifier("tiny-bert", LABELS)
     with pytest.raises(UserError, match=r"match no linear layer \(layer names: .*query"):
         inject_lora(model, ["q_proj"], 4, 8, 0.0, ["classifier"])
-    with pytest.raises(UserError, match="no module named 'score'"):
+    with pytest.raises(UserError, match="trainable_modules: no module named 'score'"):
         inject_lora(load_classifier("tiny-bert", LABELS)[0], ["query"], 4, 8, 0.0, ["score"])

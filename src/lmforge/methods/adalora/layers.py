@@ -1,0 +1,69 @@
+"""AdaLoRA's SVD-form adapter (Zhang et al. 2023, equation 3): W = W0 + P Lambda Q.
+
+P: (out, r) and Q: (r, in) start from N(0, 0.02) and Lambda: (r,) from zero, so training starts
+from the pretrained function; the update is scaled by lora_alpha / r (r the initial rank). Pruning
+a triplet i sets Lambda_i to zero (a mask, not a deletion), so it can come back at a later
+re-allocation. Parameter names follow peft (lora_A = Q, lora_E = Lambda, lora_B = P) so that the
+PEFT adapter format is a renaming-free copy.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SVDLinear(nn.Module):
+    """y = base(x) + scaling * dropout(x) Q^T diag(Lambda) P^T."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
+        super().__init__()
+        self.base = base
+        self.r = r
+        self.scaling = alpha / r
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        dtype = base.weight.dtype
+        self.lora_A = nn.Parameter(torch.randn(r, base.in_features, dtype=dtype) * 0.02)  # Q: (r, in)
+        self.lora_E = nn.Parameter(torch.zeros(r, 1, dtype=dtype))  # Lambda: (r, 1)
+        self.lora_B = nn.Parameter(torch.randn(base.out_features, r, dtype=dtype) * 0.02)  # P: (out, r)
+        self.merged = False
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.lora_B @ (self.lora_A * self.lora_E)) * self.scaling  # (out, in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.merged:
+            return y
+        return y + (self.lora_dropout(x) @ (self.lora_A * self.lora_E).T @ self.lora_B.T) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+            self.merged = False
+
+    def rank(self) -> int:
+        """Triplets still in use (non-zero singular values)."""
+        return int((self.lora_E != 0).sum())
+
+
+def svd_layers(model: nn.Module) -> dict[str, SVDLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, SVDLinear)}
+
+
+def orthogonal_penalty(model: nn.Module) -> torch.Tensor:
+    """Paper equation 4: R(P, Q) = ||P^T P - I||_F^2 + ||Q Q^T - I||_F^2, averaged over the adapted
+    matrices (the official code averages too, with the plain Frobenius norm)."""
+    terms = []
+    for layer in svd_layers(model).values():
+        for gram in (layer.lora_B.T @ layer.lora_B, layer.lora_A @ layer.lora_A.T):  # (r, r) each
+            identity = torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)
+            terms.append(((gram - identity) ** 2).sum())
+    return torch.stack(terms).sum() / len(terms)

@@ -1,0 +1,124 @@
+import pytest
+import torch
+
+from lmforge.errors import UserError
+from lmforge.methods.adalora.allocator import RankAllocator, budget_at
+from lmforge.methods.adalora.layers import SVDLinear, orthogonal_penalty, svd_layers
+
+
+def layer(seed=0, r=2, d_in=3, d_out=2):
+    torch.manual_seed(seed)
+    return SVDLinear(torch.nn.Linear(d_in, d_out), r=r, alpha=4.0, dropout=0.0)
+
+
+def allocator(layers, **kw):
+    args = dict(init_r=2, target_r=1, tinit=2, tfinal=2, delta_t=2, beta1=0.5, beta2=0.25, total_steps=12)
+    args.update(kw)
+    return RankAllocator(layers, **args)
+
+
+def test_moving_averages_against_hand_computed_values():
+    m = layer()
+    alloc = allocator({"m": m})
+    with torch.no_grad():
+        m.lora_E.copy_(torch.tensor([[2.0], [-1.0]]))
+    grads = [torch.tensor([[0.5], [1.0]]), torch.tensor([[-1.5], [0.0]])]
+    i_bar, u_bar = torch.zeros(2, 1), torch.zeros(2, 1)
+    for g in grads:
+        m.lora_E.grad = g.clone()
+        alloc.update_importance()
+        sensitivity = (m.lora_E.detach() * g).abs()  # eq. 6
+        i_bar = 0.5 * i_bar + 0.5 * sensitivity  # eq. 8
+        u_bar = 0.25 * u_bar + 0.75 * (sensitivity - i_bar).abs()  # eq. 9
+    # by hand: step 1: I=[1,1], I_bar=[.5,.5], U_bar=[.375,.375]
+    #          step 2: I=[3,0], I_bar=[1.75,.25], U_bar=[1.03125,.28125]
+    assert torch.allclose(i_bar.view(-1), torch.tensor([1.75, 0.25]))
+    assert torch.allclose(u_bar.view(-1), torch.tensor([1.03125, 0.28125]))
+    assert torch.allclose(alloc.score(m.lora_E), i_bar * u_bar)
+
+
+def test_triplet_score_is_equation_10():
+    m = layer(d_in=3, d_out=2, r=2)
+    alloc = allocator({"m": m})
+    s_e, s_b, s_a = torch.tensor([[1.0], [2.0]]), torch.tensor([[1.0, 4.0], [3.0, 0.0]]), torch.arange(6.0).view(2, 3)
+    for p, s in ((m.lora_E, s_e), (m.lora_B, s_b), (m.lora_A, s_a)):
+        alloc.importance[id(p)], alloc.uncertainty[id(p)] = s, torch.ones_like(s)
+    # triplet 0: 1 + mean(1, 3) + mean(0, 1, 2) = 4; triplet 1: 2 + mean(4, 0) + mean(3, 4, 5) = 8
+    assert alloc.triplet_scores()["m"].tolist() == [4.0, 8.0]
+
+
+def test_budget_schedule_is_cubic_between_tinit_and_t_minus_tfinal():
+    kw = dict(init_budget=120, target_budget=40, tinit=100, tfinal=200, total=1100)
+    assert budget_at(1, **kw) == 120 and budget_at(100, **kw) == 120
+    assert budget_at(500, **kw) == 40 + int(80 * 0.5**3)  # midway: (1 - 1/2)^3
+    assert budget_at(900, **kw) == 40 and budget_at(1100, **kw) == 40
+    values = [budget_at(t, **kw) for t in range(100, 901)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_every_allocation_keeps_exactly_the_budget():
+    layers = {f"m{i}": layer(seed=i, r=3, d_in=5, d_out=4) for i in range(3)}
+    alloc = allocator(layers, init_r=3, target_r=1, tinit=2, tfinal=3, delta_t=2, total_steps=20)
+    torch.manual_seed(0)
+    for step in range(1, 21):
+        for m in layers.values():
+            with torch.no_grad():  # stand-in for an optimizer step that revives masked triplets
+                m.lora_E.add_(torch.randn_like(m.lora_E))
+            for p in (m.lora_A, m.lora_E, m.lora_B):
+                p.grad = torch.randn_like(p)
+        budget = alloc.step(step)
+        if step > 2 and (step % 2 == 0 or step > 17):
+            assert sum(m.rank() for m in layers.values()) == budget
+    assert budget == 3 and alloc.history[-1]["budget"] == 3
+    alloc.check_moved()
+
+
+def test_final_phase_freezes_the_pattern():
+    layers = {f"m{i}": layer(seed=i, r=3, d_in=5, d_out=4) for i in range(2)}
+    alloc = allocator(layers, init_r=3, target_r=1, tinit=1, tfinal=4, delta_t=1, total_steps=10)
+    patterns = []
+    for step in range(1, 11):
+        for m in layers.values():
+            with torch.no_grad():
+                m.lora_E.add_(1.0)
+            for p in (m.lora_A, m.lora_E, m.lora_B):
+                p.grad = torch.randn_like(p)
+        alloc.step(step)
+        patterns.append([(m.lora_E != 0).view(-1).tolist() for m in layers.values()])
+    assert patterns[6] == patterns[7] == patterns[8] == patterns[9]
+
+
+def test_a_budget_that_cannot_move_is_refused():
+    with pytest.raises(UserError, match="never moves"):
+        allocator({"m": layer()}, tinit=10, tfinal=5, total_steps=15)
+    alloc = allocator({"m": layer()})
+    with pytest.raises(RuntimeError, match="never re-allocated"):
+        alloc.check_moved()
+
+
+def test_orthogonal_penalty_is_zero_for_orthogonal_factors_only():
+    m = layer(r=3, d_in=5, d_out=4)
+    q, _ = torch.linalg.qr(torch.randn(5, 5))
+    p, _ = torch.linalg.qr(torch.randn(4, 4))
+    with torch.no_grad():
+        m.lora_A.copy_(q[:3])  # rows orthonormal: Q Q^T = I
+        m.lora_B.copy_(p[:, :3])  # columns orthonormal: P^T P = I
+    model = torch.nn.Sequential(m)
+    assert orthogonal_penalty(model).item() < 1e-10
+    with torch.no_grad():
+        m.lora_A.mul_(2)
+    assert orthogonal_penalty(model).item() > 1.0
+    assert list(svd_layers(model)) == ["0"]
+
+
+def test_merged_equals_unmerged():
+    m = layer(r=3, d_in=5, d_out=4)
+    with torch.no_grad():
+        m.lora_E.normal_()
+    x = torch.randn(7, 5)
+    before = m(x)
+    m.merge()
+    assert torch.allclose(m(x), before, atol=1e-6)
+    m.unmerge()
+    assert torch.allclose(m(x), before, atol=1e-6)
+    assert not torch.allclose(m.base(x), before)
