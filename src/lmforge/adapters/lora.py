@@ -72,13 +72,16 @@ def inject_lora(
     Returns the names of the adapted layers. `trainable_modules` (e.g. ["classifier"]) are trained
     in full and saved with the adapter, as PEFT's `modules_to_save`.
     """
-    return inject_adapters(model, targets, lambda base: LoraLinear(base, r, alpha, dropout), trainable_modules)
+    return inject_adapters(model, targets, lambda name, base: LoraLinear(base, r, alpha, dropout), trainable_modules)
 
 
 def inject_adapters(
-    model: nn.Module, targets: list[str], make_layer: Callable[[nn.Linear], nn.Module], trainable_modules: list[str]
+    model: nn.Module,
+    targets: list[str],
+    make_layer: Callable[[str, nn.Linear], nn.Module],
+    trainable_modules: list[str],
 ) -> list[str]:
-    """Wrap each nn.Linear whose name matches `targets` with `make_layer(linear)`; freeze everything
+    """Wrap each nn.Linear whose name matches `targets` with `make_layer(name, linear)`; freeze everything
     else except the adapter's own parameters and `trainable_modules`. Returns the adapted names."""
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and matches(n, targets)]
     if not names:
@@ -89,7 +92,7 @@ def inject_adapters(
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, make_layer(getattr(parent, child)))  # new adapter parameters train
+        setattr(parent, child, make_layer(name, getattr(parent, child)))  # new adapter parameters train
     for target in trainable_modules:
         found = [m for n, m in model.named_modules() if matches(n, [target])]
         if not found:

@@ -1,7 +1,8 @@
 """AdaLoRA's SVD-form adapter (Zhang et al. 2023, equation 3): W = W0 + P Lambda Q.
 
 P: (out, r) and Q: (r, in) start from N(0, 0.02) and Lambda: (r,) from zero, so training starts
-from the pretrained function; the update is scaled by lora_alpha / r (r the initial rank). Pruning
+from the pretrained function; the update is scaled by lora_alpha / (init_r + 1e-5), init_r the
+rank before any pruning (the official code's and peft's `ranknum`, epsilon included). Pruning
 a triplet i sets Lambda_i to zero (a mask, not a deletion), so it can come back at a later
 re-allocation. Parameter names follow peft (lora_A = Q, lora_E = Lambda, lora_B = P) so that the
 PEFT adapter format is a renaming-free copy.
@@ -16,11 +17,11 @@ from torch import nn
 class SVDLinear(nn.Module):
     """y = base(x) + scaling * dropout(x) Q^T diag(Lambda) P^T."""
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float, init_r: int | None = None):
         super().__init__()
         self.base = base
-        self.r = r
-        self.scaling = alpha / r
+        self.r = r  # may be 0 for a matrix whose every triplet was pruned
+        self.scaling = alpha / ((init_r if init_r is not None else r) + 1e-5)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         dtype = base.weight.dtype
         self.lora_A = nn.Parameter(torch.randn(r, base.in_features, dtype=dtype) * 0.02)  # Q: (r, in)
