@@ -98,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per text")
     p.set_defaults(handler=cmd_predict)
 
+    p = commands.add_parser("export", help="save a finished run as a plain Hugging Face model folder")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument(
+        "--merge",
+        type=Path,
+        required=True,
+        metavar="OUT_DIR",
+        help="merge the adapter into the base weights and save_pretrained the model here",
+    )
+    p.set_defaults(handler=cmd_export)
+
     p = commands.add_parser("report", help="rebuild RUN_DIR/report.html")
     p.add_argument("run_dir", type=Path)
     p.set_defaults(handler=cmd_report)
@@ -310,6 +321,19 @@ def cmd_predict(args) -> int:
         else:
             shown = "  ".join(f"{label} {p:.3f}" for label, p in ranked)
             print(f"{ranked[0][0]}\t{shown}\t{text}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from lmforge.adapters.lora import remove_lora
+
+    if args.merge.exists() and any(args.merge.iterdir()):
+        raise UserError(f"{args.merge}: already exists and is not empty")
+    _, _, model, tokenizer = load_finished_run(args.run_dir)
+    model = remove_lora(model.cpu())
+    model.save_pretrained(args.merge)
+    tokenizer.save_pretrained(args.merge)
+    print(f"merged model: {args.merge}")
     return 0
 
 

@@ -188,3 +188,21 @@ def test_a_local_model_folder_is_a_model(cli, tmp_path):
     result = cli("run", "finetune/minilm_trec6", *TINY, f"model.name={first / 'final'}", "--run-dir", str(second))
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((second / "final.json").read_text())["labels"] == ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
+
+
+def test_export_merge_gives_a_plain_model_with_the_same_predictions(cli, finished_run, tmp_path):
+    import torch
+
+    from lmforge.cli import load_finished_run
+    from lmforge.core.models import load_saved_classifier
+
+    out = tmp_path / "merged"
+    result = cli("export", str(finished_run), "--merge", str(out))
+    assert result.returncode == 0, result.stderr
+    merged, tokenizer = load_saved_classifier(out)
+    _, _, adapted, _ = load_finished_run(finished_run)
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    batch = tokenizer(["a gorgeous film", "dull and tedious"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(merged.eval()(**batch).logits, adapted(**batch).logits, atol=1e-5)
+    assert "already exists" in one_clear_line(cli("export", str(finished_run), "--merge", str(out)))

@@ -118,8 +118,16 @@ def unmerge_lora(model: nn.Module) -> None:
 
 
 def remove_lora(model: nn.Module) -> nn.Module:
-    """Merge every adapter and put the plain nn.Linear back: a standard transformers model."""
-    for name, layer in lora_layers(model).items():
+    """Merge every adapter and put the plain nn.Linear back: a standard transformers model.
+
+    Any adapter layer with a `base` linear and a `merge()` method qualifies (LoRA, AdaLoRA's SVD form).
+    """
+    adapters = {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(getattr(m, "base", None), nn.Linear) and callable(getattr(m, "merge", None))
+    }
+    for name, layer in adapters.items():
         layer.merge()
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, layer.base)
