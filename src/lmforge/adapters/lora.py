@@ -23,7 +23,30 @@ from lmforge.errors import UserError
 PEFT_PREFIX = "base_model.model."
 
 
-class LoraLinear(nn.Module):
+class AdapterLinear(nn.Module):
+    """A frozen `base` linear plus a low-rank update `delta_weight()` (out, in) that can be merged
+    into the base weight and taken out again. LoRA and AdaLoRA's SVD form are both of this kind."""
+
+    base: nn.Linear
+    merged: bool
+
+    def delta_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+            self.merged = False
+
+
+class LoraLinear(AdapterLinear):
     """y = base(x) + scaling * B(A(dropout(x))); A: (r, in), B: (out, r)."""
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
@@ -45,18 +68,6 @@ class LoraLinear(nn.Module):
         if self.merged:
             return y
         return y + (self.lora_dropout(x) @ self.lora_A.T @ self.lora_B.T) * self.scaling
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        if not self.merged:
-            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
-            self.merged = False
 
 
 def matches(module_name: str, targets: list[str]) -> bool:
@@ -120,7 +131,7 @@ def unmerge_lora(model: nn.Module) -> None:
 def remove_lora(model: nn.Module) -> nn.Module:
     """Merge every adapter and put the plain nn.Linear back: a standard transformers model.
 
-    Any adapter layer with a `base` linear and a `merge()` method qualifies (LoRA, AdaLoRA's SVD form).
+    Every AdapterLinear qualifies: LoRA and AdaLoRA's SVD form.
     """
     adapters = {
         n: m

@@ -13,8 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lmforge.adapters.lora import AdapterLinear
 
-class SVDLinear(nn.Module):
+
+class SVDLinear(AdapterLinear):
     """y = base(x) + scaling * dropout(x) Q^T diag(Lambda) P^T."""
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float, init_r: int | None = None):
@@ -37,18 +39,6 @@ class SVDLinear(nn.Module):
         if self.merged:
             return y
         return y + (self.lora_dropout(x) @ (self.lora_A * self.lora_E).T @ self.lora_B.T) * self.scaling
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        if not self.merged:
-            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
-            self.merged = False
 
     def rank(self) -> int:
         """Triplets still in use (non-zero singular values)."""
