@@ -147,12 +147,18 @@ def remove_lora(model: nn.Module) -> nn.Module:
 
 def adapter_state_dict(model: nn.Module, trainable_modules: list[str]) -> dict[str, torch.Tensor]:
     """Tensors in PEFT's key layout: `base_model.model.<layer>.lora_A.weight`, and full modules to save."""
-    state = {}
+    state = modules_to_save_state(model, trainable_modules)
     for name, layer in lora_layers(model).items():
         state[f"{PEFT_PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach().contiguous()
         state[f"{PEFT_PREFIX}{name}.lora_B.weight"] = layer.lora_B.detach().contiguous()
+    return state
+
+
+def modules_to_save_state(model: nn.Module, trainable_modules: list[str]) -> dict[str, torch.Tensor]:
+    """PEFT's `modules_to_save` tensors: every parameter of the fully trained modules (the head)."""
+    state = {}
     for name, module in model.named_modules():
-        if matches(name, trainable_modules) and not isinstance(module, LoraLinear):
+        if matches(name, trainable_modules) and not isinstance(module, AdapterLinear):
             for pname, p in module.named_parameters():
                 state[f"{PEFT_PREFIX}{name}.{pname}"] = p.detach().contiguous()
     return state
@@ -194,19 +200,29 @@ def save_adapter(
 
 def load_adapter(model: nn.Module, folder: Path) -> nn.Module:
     """Inject LoRA as described by a PEFT adapter folder and load its weights into `model`."""
-    config = json.loads((folder / "adapter_config.json").read_text())
-    if config.get("peft_type") != "LORA":
-        raise UserError(f"{folder}: adapter type {config.get('peft_type')!r} is not LORA")
+    config = read_adapter_config(folder, "LORA")
     modules_to_save = config.get("modules_to_save") or []
     inject_lora(model, config["target_modules"], config["r"], config["lora_alpha"], 0.0, modules_to_save)
+    # PEFT names LoRA's matrices `lora_A.weight` (they are nn.Linear there); ours are bare parameters
+    return load_peft_tensors(
+        model, folder, lambda key: key.replace(".lora_A.weight", ".lora_A").replace(".lora_B.weight", ".lora_B")
+    )
+
+
+def read_adapter_config(folder: Path, peft_type: str) -> dict:
+    config = json.loads((folder / "adapter_config.json").read_text())
+    if config.get("peft_type") != peft_type:
+        raise UserError(f"{folder}: adapter type {config.get('peft_type')!r} is not {peft_type}")
+    return config
+
+
+def load_peft_tensors(model: nn.Module, folder: Path, rename: Callable[[str], str] = lambda key: key) -> nn.Module:
+    """Load `adapter_model.safetensors` into an already adapted `model`; every tensor must fit."""
     state = load_file(str(folder / "adapter_model.safetensors"))
-    own = {}
-    for key, tensor in state.items():
-        key = key.removeprefix(PEFT_PREFIX)
-        key = key.replace(".lora_A.weight", ".lora_A").replace(".lora_B.weight", ".lora_B")
-        own[key] = tensor
-    missing_adapter = [k for k in own if k not in dict(model.named_parameters())]
-    if missing_adapter:
-        raise UserError(f"{folder}: adapter tensors do not fit the model: {missing_adapter[:3]}")
-    model.load_state_dict(own, strict=False)
+    own = {rename(key.removeprefix(PEFT_PREFIX)): tensor for key, tensor in state.items()}
+    unknown = set(own) - {n for n, _ in model.named_parameters()}
+    if unknown:
+        raise UserError(f"{folder}: adapter tensors do not fit the model: {sorted(unknown)[:3]}")
+    with torch.no_grad():
+        model.load_state_dict(own, strict=False)
     return model

@@ -11,12 +11,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from lmforge.adapters.lora import PEFT_PREFIX, inject_adapters, matches
-from lmforge.errors import UserError
+from lmforge.adapters.lora import (
+    PEFT_PREFIX,
+    inject_adapters,
+    load_peft_tensors,
+    modules_to_save_state,
+    read_adapter_config,
+)
 from lmforge.methods.adalora.layers import SVDLinear, svd_layers
 
 
@@ -31,10 +35,7 @@ def save_adalora(model: nn.Module, folder: Path, options, total_steps: int, base
         state[f"{PEFT_PREFIX}{name}.lora_A"] = layer.lora_A.detach()[keep].contiguous()
         state[f"{PEFT_PREFIX}{name}.lora_E"] = layer.lora_E.detach()[keep].contiguous()
         state[f"{PEFT_PREFIX}{name}.lora_B"] = layer.lora_B.detach()[:, keep].contiguous()
-    for name, module in model.named_modules():
-        if matches(name, options.trainable_modules) and not isinstance(module, SVDLinear):
-            for pname, p in module.named_parameters():
-                state[f"{PEFT_PREFIX}{name}.{pname}"] = p.detach().contiguous()
+    state.update(modules_to_save_state(model, options.trainable_modules))
     save_file(state, str(folder / "adapter_model.safetensors"))
     config = {
         "peft_type": "ADALORA",
@@ -65,21 +66,11 @@ def save_adalora(model: nn.Module, folder: Path, options, total_steps: int, base
 
 def load_adalora(model: nn.Module, folder: Path) -> nn.Module:
     """Inject SVD adapters at the saved ranks (rank-0 modules included) and load the tensors."""
-    config = json.loads((folder / "adapter_config.json").read_text())
-    if config.get("peft_type") != "ADALORA":
-        raise UserError(f"{folder}: adapter type {config.get('peft_type')!r} is not ADALORA")
+    config = read_adapter_config(folder, "ADALORA")
     pattern = {key.removesuffix(".lora_E"): sum(kept) for key, kept in config["rank_pattern"].items()}
 
     def make_layer(name: str, base: nn.Linear) -> SVDLinear:
         return SVDLinear(base, pattern[name], config["lora_alpha"], 0.0, init_r=config["init_r"])
 
     inject_adapters(model, config["target_modules"], make_layer, config.get("modules_to_save") or [])
-    tensors = {
-        key.removeprefix(PEFT_PREFIX): t for key, t in load_file(str(folder / "adapter_model.safetensors")).items()
-    }
-    unknown = set(tensors) - {n for n, _ in model.named_parameters()}
-    if unknown:
-        raise UserError(f"{folder}: adapter tensors do not fit the model: {sorted(unknown)[:3]}")
-    with torch.no_grad():
-        model.load_state_dict(tensors, strict=False)
-    return model
+    return load_peft_tensors(model, folder)
