@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,24 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subproce
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    """Start `python -m lmforge ARGS` in the background (to interrupt it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "lmforge", *args],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_checkpoint(run_dir: Path, step: int, process: subprocess.Popen, timeout: int = 240) -> None:
+    target = run_dir / "checkpoints" / f"step-{step:08d}"
+    deadline = time.time() + timeout
+    while not target.exists():
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)

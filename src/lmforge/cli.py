@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lmforge.config import SECTIONS, apply_overrides, build_config, describe, read_yaml
 from lmforge.errors import Interrupted, UserError
-from lmforge.registry import METHODS, option_classes, resolve
+from lmforge.registry import METHODS, option_classes, resolve, write_run_report
 
 RECIPE_DIRS = [Path.cwd() / "recipes", Path(__file__).resolve().parents[2] / "recipes"]
 
@@ -254,7 +254,6 @@ def load_finished_run(run_dir: Path):
 def cmd_eval(args) -> int:
     from lmforge.core.classify import encode, evaluate
     from lmforge.core.data import check_labels, describe, load_examples
-    from lmforge.core.report import write_report
     from lmforge.core.rundir import RunDir
 
     cfg, labels, model, tokenizer = load_finished_run(args.run_dir)
@@ -284,7 +283,7 @@ def cmd_eval(args) -> int:
             "n_examples": len(examples),
         },
     )
-    write_report(run.path)
+    write_run_report(run.path)
     print(
         f"{examples.source}: accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
         f"loss {result['loss']:.4f} ({len(examples):,} examples)"
@@ -338,11 +337,9 @@ def cmd_export(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from lmforge.core.report import write_report
-
     if not (args.run_dir / "config.yaml").is_file():
         raise UserError(f"{args.run_dir}: not a run folder (no config.yaml)")
-    print(write_report(args.run_dir))
+    print(write_run_report(args.run_dir))
     return 0
 
 

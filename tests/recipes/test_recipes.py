@@ -19,6 +19,7 @@ FAST = [
     "data.max_train_examples=64",
     "data.max_eval_examples=32",
 ]
+FAST_METHOD = {"adalora": ["adalora.tinit=1", "adalora.tfinal=2", "adalora.deltaT=1"]}  # a 6-step budget schedule
 
 
 def test_recipes_exist_for_every_method_and_task():
@@ -26,6 +27,7 @@ def test_recipes_exist_for_every_method_and_task():
     for method in ("finetune", "lora"):
         for task in ("sst2", "trec6", "agnews"):
             assert f"{method}/minilm_{task}" in names
+    assert {"adalora/minilm_sst2", "adalora/minilm_trec6"} <= names
 
 
 @pytest.mark.parametrize("name, path", RECIPES, ids=[n for n, _ in RECIPES])
@@ -40,7 +42,8 @@ def test_recipe_loads_and_validates(name, path):
 @pytest.mark.parametrize("name, path", RECIPES, ids=[n for n, _ in RECIPES])
 def test_recipe_runs_on_tiny_bert(cli, tmp_path, name, path):
     run_dir = tmp_path / "run"
-    result = cli("run", name, *FAST, "--run-dir", str(run_dir))
+    method = name.split("/")[0]
+    result = cli("run", name, *FAST, *FAST_METHOD.get(method, []), "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "accuracy" in result.stdout and str(run_dir / "report.html") in result.stdout
     for part in ("config.yaml", "manifest.json", "metrics.jsonl", "final.json", "report.html", "final"):
@@ -49,7 +52,7 @@ def test_recipe_runs_on_tiny_bert(cli, tmp_path, name, path):
     assert [r["step"] for r in records if r["split"] == "eval"] == [3, 6]
     final = json.loads((run_dir / "final.json").read_text())
     assert final["n_examples"] == 32 and sum(map(sum, final["confusion"])) == 32
-    if name.startswith("lora/"):
+    if method in ("lora", "adalora"):
         assert (run_dir / "final" / "adapter_config.json").exists()
     else:
         assert (run_dir / "final" / "config.json").exists()

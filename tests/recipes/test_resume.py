@@ -1,14 +1,10 @@
 """Exact resume after `kill -9` and after SIGTERM; gradient accumulation equals a bigger batch."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import run_cli, start_cli, wait_for_checkpoint
 
 from lmforge.core.checkpoint import list_checkpoints
 
@@ -42,23 +38,7 @@ def uninterrupted(tmp_path_factory):
 
 
 def start(run_dir):
-    return subprocess.Popen(
-        [sys.executable, "-m", "lmforge", "run", *RUN, "--run-dir", str(run_dir)],
-        cwd=ROOT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for_checkpoint(run_dir, step, process, timeout=240):
-    target = run_dir / "checkpoints" / f"step-{step:08d}"
-    deadline = time.time() + timeout
-    while not target.exists():
-        assert process.poll() is None, process.stderr.read()[-2000:]
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
+    return start_cli("run", *RUN, "--run-dir", str(run_dir))
 
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(uninterrupted, tmp_path):

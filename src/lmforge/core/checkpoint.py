@@ -2,7 +2,8 @@
 
 A checkpoint folder `step-00000120/` holds the trainable tensors (`model.safetensors`), the
 optimizer and scheduler states, the RNG states of python / numpy / torch, and `state.json`
-(the loop's TrainState plus whatever the recipe adds). It is written under a temporary name and
+(the loop's TrainState), and `extra.pt` when the recipe keeps state of its own (AdaLoRA's
+importance averages). It is written under a temporary name and
 renamed in one `os.replace`, so a crash (even `kill -9`) leaves either a complete checkpoint or
 none; leftover temporary folders are removed at the next save or resume.
 """
@@ -43,7 +44,14 @@ def remove_partial(folder: Path) -> None:
 
 
 def save_checkpoint(
-    folder: Path, step: int, tensors: dict[str, torch.Tensor], optimizer, scheduler, state: dict, keep: int
+    folder: Path,
+    step: int,
+    tensors: dict[str, torch.Tensor],
+    optimizer,
+    scheduler,
+    state: dict,
+    keep: int,
+    extra: dict | None = None,
 ) -> Path:
     """Write checkpoint `step` atomically; keep only the `keep` most recent."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -56,6 +64,8 @@ def save_checkpoint(
         {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": capture_rng()},
         tmp / "training_state.pt",
     )
+    if extra is not None:
+        torch.save(extra, tmp / "extra.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
     for path in tmp.iterdir():
         with open(path, "rb") as f:
@@ -91,3 +101,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) ->
     scheduler.load_state_dict(training["scheduler"])
     restore_rng(training["rng"])
     return json.loads((path / "state.json").read_text())
+
+
+def load_extra(path: Path) -> dict | None:
+    """The recipe's own state saved with checkpoint `path` (None when it saved none)."""
+    extra = path / "extra.pt"
+    return torch.load(extra, weights_only=False) if extra.is_file() else None

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["confusion_matrix_html", "line_chart_svg", "write_report"]
+__all__ = ["confusion_matrix_html", "heatmap_html", "line_chart_svg", "write_report"]
 
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 _W, _H = 640, 320
@@ -108,6 +108,25 @@ def line_chart_svg(series: dict[str, list[tuple[float, float]]], title: str, x_l
         out.append(f'<text x="{_W - _MR + 30}" y="{ly - 3}">{escape(name)}</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+def heatmap_html(
+    row_labels: list[str], col_labels: list[str], values: list[list[float | None]], vmax: float, corner: str = ""
+) -> str:
+    """HTML table heat map: each cell shows its value, shaded by value / vmax (None: an empty cell)."""
+    head = "".join(f"<th>{escape(str(c))}</th>" for c in col_labels)
+    rows = []
+    for name, row in zip(row_labels, values):
+        cells = []
+        for v in row:
+            if v is None:
+                cells.append("<td></td>")
+                continue
+            share = max(0.0, min(1.0, v / vmax)) if vmax > 0 else 0.0
+            fg = "#fff" if share > 0.6 else "#222"
+            cells.append(f'<td style="background:rgba(214,39,40,{share:.3f});color:{fg}">{v:g}</td>')
+        rows.append(f"<tr><th>{escape(str(name))}</th>{''.join(cells)}</tr>")
+    return f'<table class="cm"><tr><th>{escape(corner)}</th>{head}</tr>{"".join(rows)}</table>'
 
 
 def confusion_matrix_html(labels: list[str], matrix: list[list[int]]) -> str:

@@ -51,3 +51,15 @@ def test_peft_loads_our_adalora_adapter_with_the_same_logits(tmp_path):
     with torch.no_grad():
         ours, theirs = model(**inputs(tok)).logits, peft_model(**inputs(tok)).logits
     assert torch.allclose(ours, theirs, atol=1e-6), (ours - theirs).abs().max()
+
+
+def test_report_names_matrices_as_the_paper_and_shades_by_rank():
+    from lmforge.methods.adalora.report import rank_heatmap, split_name
+
+    assert split_name("bert.encoder.layer.3.attention.self.query") == (3, "W_q")
+    assert split_name("bert.encoder.layer.0.attention.output.dense") == (0, "W_o")
+    assert split_name("bert.encoder.layer.5.output.dense") == (5, "W_f2")
+    assert split_name("classifier") == (None, "classifier")
+    html = rank_heatmap({"e.layer.1.intermediate.dense": 0, "e.layer.0.intermediate.dense": 12}, init_r=12)
+    assert html.index("layer 0") < html.index("layer 1")  # columns sorted by layer
+    assert "rgba(214,39,40,1.000)" in html and "rgba(214,39,40,0.000)" in html

@@ -9,8 +9,8 @@ Called once per optimizer step, after `optimizer.step()` and before the gradient
        S(k, i) = s(Lambda_k,i) + mean_j s(P_k[j, i]) + mean_j s(Q_k[i, j]);
 3. budget, eq. 12: b(t) = b(0) for t <= t_init; b(T) + (b(0) - b(T)) (1 - (t - t_init) / (T - t_init - t_final))^3
    in between; b(T) for the last t_final steps;
-4. every deltaT steps (and at every step of the final phase, where the scores are frozen and the
-   pattern therefore fixed) keep the top-b(t) triplets globally and zero the others' Lambda.
+4. every deltaT steps keep the top-b(t) triplets globally and zero the others' Lambda; in the final
+   phase the scores are frozen, so the pattern chosen at its first step is re-applied at every step.
 """
 
 from __future__ import annotations
@@ -21,6 +21,21 @@ import torch
 
 from lmforge.errors import UserError
 from lmforge.methods.adalora.layers import SVDLinear
+
+
+def check_schedule(tinit: int, tfinal: int, delta_t: int, total: int) -> None:
+    """Refuse a schedule under which the budget can never move (AdaLoRA would silently be LoRA)."""
+    if total - tfinal <= tinit:
+        raise UserError(
+            f"adalora: tinit ({tinit}) + tfinal ({tfinal}) must be below the run's total steps ({total}), "
+            "or the budget never moves and AdaLoRA is plain LoRA"
+        )
+    first_allocation = (tinit // delta_t + 1) * delta_t
+    if tfinal == 0 and first_allocation > total:
+        raise UserError(
+            f"adalora: deltaT ({delta_t}) is too long: no re-allocation falls between tinit ({tinit}) and the "
+            f"run's last step ({total})"
+        )
 
 
 def budget_at(step: int, init_budget: int, target_budget: int, tinit: int, tfinal: int, total: int) -> int:
@@ -44,40 +59,54 @@ class RankAllocator:
     beta1: float
     beta2: float
     total_steps: int
-    importance: dict[int, torch.Tensor] = field(default_factory=dict)  # I_bar per parameter id
-    uncertainty: dict[int, torch.Tensor] = field(default_factory=dict)  # U_bar per parameter id
+    importance: dict[str, torch.Tensor] = field(default_factory=dict)  # I_bar per parameter ("layer.lora_A")
+    uncertainty: dict[str, torch.Tensor] = field(default_factory=dict)  # U_bar per parameter
     history: list[dict] = field(default_factory=list)  # (step, budget, ranks) at each allocation
 
     def __post_init__(self) -> None:
-        if self.total_steps - self.tfinal <= self.tinit:
-            raise UserError(
-                f"adalora: tinit ({self.tinit}) + tfinal ({self.tfinal}) must be below the run's total steps "
-                f"({self.total_steps}), or the budget never moves and AdaLoRA is plain LoRA"
-            )
+        check_schedule(self.tinit, self.tfinal, self.delta_t, self.total_steps)
         self.init_budget = self.init_r * len(self.layers)
         self.target_budget = self.target_r * len(self.layers)
+        self.keep: list[torch.Tensor] = []  # per matrix, (r, 1): 1 for a kept triplet, 0 for a pruned one
+        self.fixed = False  # the final phase's pattern has been chosen
 
     def budget(self, step: int) -> int:
         return budget_at(step, self.init_budget, self.target_budget, self.tinit, self.tfinal, self.total_steps)
 
+    def parameters(self) -> tuple[list[str], list[torch.Tensor]]:
+        """Keys ("layer.lora_A") and tensors of P, Lambda and Q of every adapted matrix."""
+        keys = [f"{name}.{kind}" for name in self.layers for kind in ("lora_A", "lora_E", "lora_B")]
+        params = [getattr(layer, kind) for layer in self.layers.values() for kind in ("lora_A", "lora_E", "lora_B")]
+        return keys, params
+
     @torch.no_grad()
     def update_importance(self) -> None:
-        """Equations 6, 8 and 9 for every adapter parameter, from its current gradient."""
-        for layer in self.layers.values():
-            for p in (layer.lora_A, layer.lora_E, layer.lora_B):
-                if p.grad is None:
-                    continue
-                sensitivity = (p * p.grad).abs()
-                key = id(p)
-                if key not in self.importance:
-                    self.importance[key] = torch.zeros_like(p)
-                    self.uncertainty[key] = torch.zeros_like(p)
-                smoothed = self.importance[key].mul_(self.beta1).add_(sensitivity, alpha=1 - self.beta1)
-                self.uncertainty[key].mul_(self.beta2).add_((sensitivity - smoothed).abs(), alpha=1 - self.beta2)
+        """Equations 6, 8 and 9 for every adapter parameter, from its current gradient.
 
-    def score(self, p: torch.Tensor) -> torch.Tensor:
+        Fused over all tensors (`torch._foreach_*`, as torch's own optimizers do): one kernel per
+        operation instead of one per tensor, which is what keeps the allocator cheap on a GPU."""
+        keys, params = self.parameters()
+        present = [(k, p) for k, p in zip(keys, params) if p.grad is not None]
+        if not present:
+            return
+        for k, p in present:
+            if k not in self.importance:
+                self.importance[k] = torch.zeros_like(p)
+                self.uncertainty[k] = torch.zeros_like(p)
+        tensors = [p for _, p in present]
+        importance = [self.importance[k] for k, _ in present]
+        uncertainty = [self.uncertainty[k] for k, _ in present]
+        sensitivity = torch._foreach_mul(tensors, [p.grad for p in tensors])  # eq. 6: |theta * grad|
+        torch._foreach_abs_(sensitivity)
+        torch._foreach_mul_(importance, self.beta1)  # eq. 8
+        torch._foreach_add_(importance, sensitivity, alpha=1 - self.beta1)
+        deviation = torch._foreach_sub(sensitivity, importance)  # eq. 9: |I - I_bar|
+        torch._foreach_abs_(deviation)
+        torch._foreach_mul_(uncertainty, self.beta2)
+        torch._foreach_add_(uncertainty, deviation, alpha=1 - self.beta2)
+
+    def score(self, key: str, p: torch.Tensor) -> torch.Tensor:
         """s(.) of equation 7: smoothed sensitivity times smoothed uncertainty (zeros before any update)."""
-        key = id(p)
         if key not in self.importance:
             return torch.zeros_like(p)
         return self.importance[key] * self.uncertainty[key]
@@ -87,38 +116,46 @@ class RankAllocator:
         out = {}
         for name, layer in self.layers.items():
             out[name] = (
-                self.score(layer.lora_E).view(-1)  # (r,)
-                + self.score(layer.lora_B).mean(dim=0)  # mean over the output dim j of P[j, i]
-                + self.score(layer.lora_A).mean(dim=1)  # mean over the input dim j of Q[i, j]
+                self.score(f"{name}.lora_E", layer.lora_E).view(-1)  # (r,)
+                + self.score(f"{name}.lora_B", layer.lora_B).mean(dim=0)  # mean over the output dim j of P[j, i]
+                + self.score(f"{name}.lora_A", layer.lora_A).mean(dim=1)  # mean over the input dim j of Q[i, j]
             )
         return out
 
     @torch.no_grad()
     def mask_to_budget(self, budget: int) -> dict[str, int]:
         """Keep the `budget` highest-scoring triplets over all matrices; zero the rest's Lambda."""
-        scores = self.triplet_scores()
-        flat = torch.cat([s for s in scores.values()])
+        flat = torch.cat(list(self.triplet_scores().values()))  # (sum of r,)
         keep = torch.zeros_like(flat, dtype=torch.bool)
         if budget > 0:
             keep[torch.topk(flat, min(budget, flat.numel())).indices] = True  # ties broken by index, exactly b kept
-        ranks, start = {}, 0
-        for name, layer in self.layers.items():
-            mask = keep[start : start + layer.r]
-            layer.lora_E.masked_fill_(~mask.view(-1, 1), 0.0)
-            ranks[name] = int(mask.sum())
-            start += layer.r
-        return ranks
+        sizes = [layer.r for layer in self.layers.values()]
+        self.keep = [mask.view(-1, 1).to(flat.dtype) for mask in torch.split(keep, sizes)]  # (r, 1) each
+        self.apply_mask()
+        counts = [int(mask.sum()) for mask in torch.split(keep.cpu(), sizes)]  # one device sync
+        return dict(zip(self.layers, counts))
 
-    def step(self, step: int) -> int:
-        """One allocator update after optimizer step `step` (1-based); returns the budget in force."""
+    @torch.no_grad()
+    def apply_mask(self) -> None:
+        """Zero the pruned triplets' Lambda (the optimizer step may have moved them off zero)."""
+        torch._foreach_mul_([layer.lora_E for layer in self.layers.values()], self.keep)
+
+    def step(self, step: int, update_scores: bool = True) -> int:
+        """One allocator update after optimizer step `step` (1-based); returns the budget in force.
+
+        `update_scores=False` skips the importance update (a step whose gradients were not finite
+        and that the fp16 loss scaler skipped)."""
         final_phase = step > self.total_steps - self.tfinal
-        if not final_phase:
-            self.update_importance()
         budget = self.budget(step)
+        if final_phase and self.fixed:  # scores are frozen, so the pattern is too: just re-apply it
+            self.apply_mask()
+            return budget
+        if update_scores and not final_phase:
+            self.update_importance()
         if step > self.tinit and (final_phase or step % self.delta_t == 0):
             ranks = self.mask_to_budget(budget)
-            if not self.history or self.history[-1]["budget"] != budget or not final_phase:
-                self.history.append({"step": step, "budget": budget, "ranks": ranks})
+            self.history.append({"step": step, "budget": budget, "ranks": ranks})
+            self.fixed = final_phase
         return budget
 
     def check_moved(self) -> None:
@@ -128,6 +165,24 @@ class RankAllocator:
                 "adalora: the allocator never re-allocated the budget; check that it is called after every "
                 "optimizer step and that the total step count is right"
             )
+
+    def state_dict(self) -> dict:
+        """Saved with every checkpoint, so that a resumed run allocates exactly as an uninterrupted one."""
+        return {
+            "importance": self.importance,
+            "uncertainty": self.uncertainty,
+            "history": self.history,
+            "keep": self.keep,
+            "fixed": self.fixed,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        device = next(iter(self.layers.values())).lora_E.device
+        self.importance = {k: v.to(device) for k, v in state["importance"].items()}
+        self.uncertainty = {k: v.to(device) for k, v in state["uncertainty"].items()}
+        self.history = list(state["history"])
+        self.keep = [k.to(device) for k in state["keep"]]
+        self.fixed = state["fixed"]
 
     def final_ranks(self) -> dict[str, int]:
         return {name: layer.rank() for name, layer in self.layers.items()}

@@ -10,6 +10,8 @@ PEFT adapter format is a renaming-free copy.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -49,11 +51,11 @@ def svd_layers(model: nn.Module) -> dict[str, SVDLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, SVDLinear)}
 
 
-def orthogonal_penalty(model: nn.Module) -> torch.Tensor:
-    """Paper equation 4: R(P, Q) = ||P^T P - I||_F^2 + ||Q Q^T - I||_F^2, averaged over the adapted
-    matrices (the official code averages too, with the plain Frobenius norm)."""
+def orthogonal_penalty(layers: Iterable[SVDLinear]) -> torch.Tensor:
+    """Paper equation 4: R(P, Q) = ||P^T P - I||_F^2 + ||Q Q^T - I||_F^2, averaged over the P and Q
+    matrices (the official code and peft average too, but over the plain, unsquared Frobenius norm)."""
     terms = []
-    for layer in svd_layers(model).values():
+    for layer in layers:
         for gram in (layer.lora_B.T @ layer.lora_B, layer.lora_A @ layer.lora_A.T):  # (r, r) each
             identity = torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)
             terms.append(((gram - identity) ** 2).sum())

@@ -13,7 +13,7 @@ from lmforge.adapters.lora import inject_lora, load_adapter, save_adapter
 from lmforge.config import RunConfig
 from lmforge.core.console import say
 from lmforge.core.models import load_classifier
-from lmforge.methods.finetune.recipe import train_classifier
+from lmforge.methods.finetune.recipe import fit
 
 
 def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
@@ -36,7 +36,7 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         )
         tokenizer.save_pretrained(folder)
 
-    return train_classifier(cfg, run_dir, resume, adapt, save)
+    return fit(cfg, run_dir, resume, adapt, save)
 
 
 def load_trained(run_dir: Path, cfg: RunConfig, labels: list[str]):

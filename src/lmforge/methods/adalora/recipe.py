@@ -1,0 +1,98 @@
+"""AdaLoRA fine-tuning of a sequence classifier (Zhang et al., ICLR 2023, Algorithm 1).
+
+The loop is LoRA's with two additions, each at its place:
+- the orthogonal regulariser gamma * R(P, Q) (equations 4-5) joins the training loss;
+- after `optimizer.step()` and before the gradients are zeroed, the allocator scores every
+  triplet from this step's gradients and masks the budget down to b(t) (equations 6-12).
+
+At the end the allocator must have re-allocated at least once (or the run was LoRA in disguise),
+`final/` gets the adapter trimmed to its final ranks in PEFT's format, and `adalora.json` keeps
+the final ranks and the budget history for the report's heat map.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from lmforge.adapters.lora import inject_adapters
+from lmforge.config import RunConfig
+from lmforge.core.checkpoint import load_extra
+from lmforge.core.classifier_run import start_classifier_run
+from lmforge.core.console import say
+from lmforge.core.loop import StopSignal
+from lmforge.core.models import load_classifier
+from lmforge.core.rundir import RunDir
+from lmforge.errors import UserError
+from lmforge.methods.adalora.adapter import load_adalora, save_adalora
+from lmforge.methods.adalora.allocator import RankAllocator, check_schedule
+from lmforge.methods.adalora.layers import SVDLinear, orthogonal_penalty, svd_layers
+from lmforge.methods.adalora.report import ALLOCATION_FILE, report_sections
+
+
+def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
+    ada = cfg.options
+
+    def adapt(model) -> None:
+        def make_layer(name, base):
+            return SVDLinear(base, ada.init_r, ada.lora_alpha, ada.lora_dropout)
+
+        names = inject_adapters(model, ada.target_modules, make_layer, ada.trainable_modules)
+        say(
+            f"AdaLoRA on {len(names)} matrices ({', '.join(ada.target_modules)}): rank {ada.init_r} each, "
+            f"budget {ada.init_r * len(names)} -> {ada.target_r * len(names)} triplets"
+        )
+
+    def check_steps(total: int) -> None:
+        if ada.target_r > ada.init_r:
+            raise UserError(f"adalora.target_r ({ada.target_r}) must not exceed adalora.init_r ({ada.init_r})")
+        check_schedule(ada.tinit, ada.tfinal, ada.deltaT, total)
+
+    t = start_classifier_run(cfg, run_dir, resume, adapt, check_steps)
+    layers = svd_layers(t.unwrapped)
+    allocator = RankAllocator(
+        layers, ada.init_r, ada.target_r, ada.tinit, ada.tfinal, ada.deltaT, ada.beta1, ada.beta2, t.n_steps
+    )
+    if t.resumed_from is not None:
+        allocator.load_state_dict(load_extra(t.resumed_from))
+    t.extra_state = allocator.state_dict  # the importance averages travel with every checkpoint
+
+    def regularizer():
+        return ada.orth_reg_weight * orthogonal_penalty(layers.values())
+
+    with StopSignal() as stop:
+        while t.running():
+            batch, started = next(t.batches), time.perf_counter()
+            loss = t.accumulate_gradients(batch, regularizer if ada.orth_reg_weight > 0 else None)
+            t.optimizer_step(batch)
+            # The allocator reads this step's gradients: after optimizer.step(), before zero_grad.
+            budget = allocator.step(t.state.step, update_scores=not t.accelerator.optimizer_step_was_skipped)
+            t.optimizer.zero_grad(set_to_none=True)
+            t.end_step(loss, started, stop, log={"budget": budget})
+    allocator.check_moved()
+
+    def save(model, tokenizer, folder: Path) -> None:
+        ranks = save_adalora(model, folder, ada, t.n_steps, base_model=cfg.model.name)
+        tokenizer.save_pretrained(folder)
+        RunDir(run_dir).write_json(
+            ALLOCATION_FILE,
+            {
+                "init_r": ada.init_r,
+                "target_r": ada.target_r,
+                "init_budget": allocator.init_budget,
+                "target_budget": allocator.target_budget,
+                "tinit": ada.tinit,
+                "tfinal": ada.tfinal,
+                "total_steps": t.n_steps,
+                "final_ranks": ranks,
+                "history": allocator.history,
+            },
+        )
+        say(f"final budget: {sum(ranks.values())} triplets over {len(ranks)} matrices")
+
+    return t.finish(save, report_sections)
+
+
+def load_trained(run_dir: Path, cfg: RunConfig, labels: list[str]):
+    model, tokenizer = load_classifier(cfg.model.name, labels, cfg.train.seed, cfg.model.dropout)
+    return load_adalora(model, run_dir / "final"), tokenizer
