@@ -11,13 +11,14 @@ Every row runs through the same lmforge loop (same data order, schedule, evaluat
 differs. Each run is a fresh process (`--job`), so peak memory is per run.
 
 Stages:
-  sweep    learning rate per PEFT row and dataset, seed 1, on dev (the paper's finding that AdaLoRA needs a
-           higher rate than LoRA makes one shared rate unfair); the best rate per row is then used for
+  sweep    learning rate of each lmforge LoRA and AdaLoRA row, seed 1, on TREC-6 dev (--sweep-on): AdaLoRA's
+           start from Lambda = 0 needs a higher rate than LoRA, so one shared rate would be unfair. peft's
+           AdaLoRA runs at lmforge AdaLoRA's rate (the same settings). The best rate per row is used for
   quality  seeds 2, 3, 4 (not the sweep's seed): accuracy mean and sample std, final adapter parameters
   timing   seconds per optimizer step, each row alone on the machine, rows rotated over rounds; ratios to
            lmforge LoRA at the same budget and to peft's AdaLoRA; peak memory
 Profiles:
-  quick    TREC-6 only, one epoch, one seed, no sweep (rates from RESULTS.md), schedule scaled to the
+  quick    TREC-6 only, one epoch, one seed, no sweep (fixed rates, QUICK_LRS), schedule scaled to the
            shorter run; about 15 minutes on the 2-core CPU machine
   full     both datasets, 3 epochs, sweep + 3 seeds + timing; meant for a GPU (--workers runs jobs
            in parallel there; timing always runs one job at a time)
@@ -43,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-WORK = HERE / "work"  # one result JSON and log per run; --work moves it
+WORK = HERE / "runs"  # one result JSON (committed: a rerun reuses it) and log per run; --work moves it
 RUNS = Path(os.environ.get("TMPDIR", "/tmp")) / "lmforge-adalora-bench"  # run folders, removed after each run
 TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 TARGET_LIST = "[" + ",".join(TARGETS) + "]"
@@ -56,12 +57,12 @@ ROWS = {
     "peft_adalora_r8": ("peft", ["adalora.init_r=12", "adalora.target_r=8"]),
     "full": ("finetune", ["train.lr=5e-5"]),
 }
-PEFT_ROWS = [r for r in ROWS if r != "full"]
+SWEPT_ROWS = ["lora_r2", "adalora_r2", "lora_r8", "adalora_r8"]
 SWEEP_LRS = {"lora": [5e-4, 1e-3, 2e-3], "adalora": [2e-3, 5e-3, 1e-2]}  # peft's AdaLoRA: "adalora"
-QUICK_LRS = {"lora_r2": 2e-3, "lora_r8": 1e-3, "adalora_r2": 5e-3, "adalora_r8": 5e-3}  # from the full sweep
+QUICK_LRS = {"lora_r2": 2e-3, "lora_r8": 1e-3, "adalora_r2": 5e-3, "adalora_r8": 5e-3}  # set before any sweep ran
 QUICK_SCHEDULE = ["train.epochs=1", "adalora.tinit=15", "adalora.tfinal=40", "adalora.deltaT=5"]
 SETS: list[str] = []  # --set overrides, applied to every run after the profile's own
-TIMING_SCHEDULE = ["train.max_steps=100", "adalora.tinit=20", "adalora.tfinal=40", "adalora.deltaT=10"]
+TIMING_SCHEDULE = ["train.max_steps=80", "adalora.tinit=10", "adalora.tfinal=30", "adalora.deltaT=5"]
 
 
 # ---- one run, in its own process ------------------------------------------------------------------
@@ -248,20 +249,27 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
-def ratios(summary: dict) -> dict:
-    """Step-time ratios of lmforge AdaLoRA to lmforge LoRA and to peft's AdaLoRA at the same budget."""
+def versus(summary: dict, field: str, combine) -> dict:
+    """lmforge AdaLoRA against lmforge LoRA and peft's AdaLoRA at the same budget: combine(ours, theirs)."""
     out = {}
     for key, s in summary.items():
         dataset, row = key.split("/")
-        if not row.startswith("adalora_"):
-            continue
-        budget = row.removeprefix("adalora_")
-        for other in (f"lora_{budget}", f"peft_adalora_{budget}"):
-            if f"{dataset}/{other}" in summary:
-                out[f"{dataset}/{row} / {other}"] = (
-                    s["s_per_step_median"] / summary[f"{dataset}/{other}"]["s_per_step_median"]
-                )
+        if row.startswith("adalora_"):
+            budget = row.removeprefix("adalora_")
+            for other in (f"lora_{budget}", f"peft_adalora_{budget}"):
+                if f"{dataset}/{other}" in summary:
+                    out[f"{dataset}/{row} vs {other}"] = combine(s[field], summary[f"{dataset}/{other}"][field])
     return out
+
+
+def ratios(summary: dict) -> dict:
+    """Step-time ratios: ours / theirs."""
+    return versus(summary, "s_per_step_median", lambda ours, theirs: ours / theirs)
+
+
+def gaps(summary: dict) -> dict:
+    """Accuracy differences: ours - theirs."""
+    return versus(summary, "accuracy_mean", lambda ours, theirs: ours - theirs)
 
 
 def print_table(title: str, summary: dict) -> None:
@@ -307,44 +315,54 @@ def quick(args) -> dict:
 
 
 def full(args) -> dict:
-    datasets = args.datasets
-    # 1. timing: one job at a time, rows rotated over rounds
-    timing_specs = []
-    for r in range(args.rounds):
-        order = list(ROWS)[r % len(ROWS) :] + list(ROWS)[: r % len(ROWS)]
-        timing_specs += [spec(f"timing{r}", row, "sst2", 1, None, TIMING_SCHEDULE, args.model) for row in order]
-    timing = summarize(launch(timing_specs, 1))
-    print_table("timing (SST-2, 100 steps, one run at a time)", timing)
-    # 2. learning-rate sweep on seed 1
-    sweep_specs = [
-        spec("sweep", row, d, 1, lr, [], args.model) for d in datasets for row in PEFT_ROWS for lr in SWEEP_LRS
+    result = {**provenance(), "stages": args.stages}
+    if "timing" in args.stages:  # one job at a time, rows rotated over rounds
+        specs = []
+        for r in range(args.rounds):
+            order = list(ROWS)[r % len(ROWS) :] + list(ROWS)[: r % len(ROWS)]
+            specs += [spec(f"timing{r}", row, "sst2", 1, None, TIMING_SCHEDULE, args.model) for row in order]
+        result["timing"] = timing = summarize(launch(specs, 1))
+        result["step_time_ratios"] = ratios(timing)
+        print_table("timing (SST-2, 80 steps, one run at a time)", timing)
+    if "sweep" not in args.stages and "quality" not in args.stages:
+        return result
+    # the learning-rate sweep, seed 1, on --sweep-on; needed by the quality stage, reused from earlier runs
+    specs = [
+        spec("sweep", row, d, 1, lr, [], args.model)
+        for d in args.sweep_on
+        for row in SWEPT_ROWS
+        for lr in SWEEP_LRS["lora" if row.startswith("lora") else "adalora"]
     ]
-    sweep = launch(sweep_specs, args.workers)
+    sweep = launch(specs, args.workers)
     best = {}
-    for d in datasets:
-        for row in PEFT_ROWS:
+    for d in args.sweep_on:
+        for row in SWEPT_ROWS:
             tried = [r for r in sweep if r["dataset"] == d and r["row"] == row]
-            if tried:
+            if tried:  # ties go to the lower rate
                 best[f"{d}/{row}"] = max(tried, key=lambda r: (r["accuracy"], -r["lr"]))["lr"]
-    # 3. quality: the best rate, fresh seeds
-    quality_specs = [
-        spec("quality", row, d, seed, best.get(f"{d}/{row}"), [], args.model)
-        for d in datasets
-        for row in ROWS
-        for seed in args.seeds
-        if row == "full" or f"{d}/{row}" in best
-    ]
-    quality = summarize(launch(quality_specs, args.workers))
-    print_table(f"quality: seeds {args.seeds}, best learning rate of the seed-1 sweep", quality)
-    result = {
-        **provenance(),
-        "sweep": [{k: r[k] for k in ("dataset", "row", "lr", "accuracy")} for r in sweep],
-        "best_lr": best,
-        "quality": quality,
-        "timing": timing,
-        "step_time_ratios": ratios(timing),
-    }
-    for k, v in result["step_time_ratios"].items():
+    result["sweep"] = [{k: r[k] for k in ("dataset", "row", "lr", "accuracy")} for r in sweep]
+    result["best_lr"] = best
+    print("best learning rates:", json.dumps(best))
+    if "quality" in args.stages:  # the best rate of the sweep (on the same dataset if swept), fresh seeds
+
+        def rate(d: str, row: str) -> float | None:
+            if row == "full":
+                return None
+            row = row.removeprefix("peft_")  # peft's AdaLoRA runs at lmforge AdaLoRA's rate: the same settings
+            return best.get(f"{d}/{row}", best.get(f"{args.sweep_on[0]}/{row}"))
+
+        specs = [
+            spec("quality", row, d, seed, rate(d, row), [], args.model)
+            for d in args.datasets
+            for seed in args.seeds
+            for row in ROWS
+        ]
+        result["quality"] = quality = summarize(launch(specs, args.workers))
+        print_table(f"quality: seeds {args.seeds}, learning rates from the seed-1 sweep", quality)
+        result["accuracy_gaps"] = gaps(quality)
+        for k, v in result["accuracy_gaps"].items():
+            print(f"accuracy {k}: {100 * v:+.2f} points")
+    for k, v in result.get("step_time_ratios", {}).items():
         print(f"step time {k}: {v:.3f}")
     return result
 
@@ -359,6 +377,10 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["sst2", "trec6"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[2, 3, 4])
     parser.add_argument("--rounds", type=int, default=2, help="timing rounds")
+    parser.add_argument(
+        "--stages", nargs="+", choices=["timing", "sweep", "quality"], default=["timing", "sweep", "quality"]
+    )
+    parser.add_argument("--sweep-on", nargs="+", default=["trec6"], help="datasets of the learning-rate sweep")
     parser.add_argument("--results", type=Path, default=HERE / "results.json")
     parser.add_argument("--work", type=Path, default=WORK, help="folder for each run's result and log")
     parser.add_argument("--set", nargs="*", default=[], help="key=value overrides for every run (e.g. a smoke test)")

@@ -10,6 +10,7 @@ PEFT adapter format is a renaming-free copy.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 
 import torch
@@ -53,10 +54,19 @@ def svd_layers(model: nn.Module) -> dict[str, SVDLinear]:
 
 def orthogonal_penalty(layers: Iterable[SVDLinear]) -> torch.Tensor:
     """Paper equation 4: R(P, Q) = ||P^T P - I||_F^2 + ||Q Q^T - I||_F^2, averaged over the P and Q
-    matrices (the official code and peft average too, but over the plain, unsquared Frobenius norm)."""
-    terms = []
+    matrices (the official code and peft average too, but over the plain, unsquared Frobenius norm).
+
+    Matrices of the same shape are stacked and multiplied in one batched matmul: a BERT layer has
+    only a few shapes, and this is about 3x cheaper on CPU than one small matmul per matrix."""
+    groups: dict[tuple, list[torch.Tensor]] = defaultdict(list)
     for layer in layers:
-        for gram in (layer.lora_B.T @ layer.lora_B, layer.lora_A @ layer.lora_A.T):  # (r, r) each
-            identity = torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)
-            terms.append(((gram - identity) ** 2).sum())
-    return torch.stack(terms).sum() / len(terms)
+        groups["Q", layer.lora_A.shape].append(layer.lora_A)  # (r, in)
+        groups["P", layer.lora_B.shape].append(layer.lora_B)  # (out, r)
+    total, count = 0.0, 0
+    for (kind, _), matrices in groups.items():
+        stacked = torch.stack(matrices)  # (n, r, in) or (n, out, r)
+        gram = stacked @ stacked.transpose(1, 2) if kind == "Q" else stacked.transpose(1, 2) @ stacked  # (n, r, r)
+        identity = torch.eye(gram.shape[-1], device=gram.device, dtype=gram.dtype)
+        total = total + ((gram - identity) ** 2).sum()
+        count += len(matrices)
+    return total / count
