@@ -23,7 +23,10 @@ from lmforge.errors import UserError
 
 
 def option(default: Any, help: str, **checks: Any) -> Any:
-    """A config field with help text and optional checks (min, max, choices)."""
+    """A config field with help text and optional checks (min, max, choices). A dataclass default
+    makes a nested section (`tinybert.student.layers`)."""
+    if dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help, **checks})
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, **checks})
     return field(default=default, metadata={"help": help, **checks})
@@ -206,6 +209,10 @@ def _check_value(name: str, value: Any, hint: Any, meta: typing.Mapping, source:
         raise UserError(f"{source}: {name}: expected {expected}, got {value!r}")
 
     origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            fail("a section of keys")
+        return _build_section(hint, value, name, source)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None:
@@ -230,6 +237,14 @@ def _check_value(name: str, value: Any, hint: Any, meta: typing.Mapping, source:
     elif hint is str:
         if not isinstance(value, str):
             fail("a string")
+    elif origin is list and typing.get_args(hint) == (int,):
+        if isinstance(value, str):
+            try:
+                value = [int(v) for v in value.split(",") if v.strip()]
+            except ValueError:
+                fail("a list of integers")
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            fail("a list of integers")
     elif origin is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -252,5 +267,8 @@ def describe(cls: type, prefix: str) -> list[tuple[str, str, str]]:
     rows = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        rows.append((f"{prefix}.{f.name}", repr(default), f.metadata.get("help", "")))
+        if dataclasses.is_dataclass(default):
+            rows += describe(type(default), f"{prefix}.{f.name}")
+        else:
+            rows.append((f"{prefix}.{f.name}", repr(default), f.metadata.get("help", "")))
     return rows

@@ -64,3 +64,30 @@ def test_yaml_1_1_pitfalls_do_not_bite():
     # YAML 1.1 reads `no` as false and `1e-3` as a string; config values must mean what they say.
     cfg = build({**BASE}, ["train.mixed_precision=no", "train.weight_decay=1e-3"])
     assert cfg.train.mixed_precision == "no" and cfg.train.weight_decay == 1e-3
+
+
+def test_nested_sections_validate_and_describe():
+    from dataclasses import dataclass
+
+    from lmforge.config import describe, option
+
+    @dataclass
+    class Inner:
+        layers: int = option(3, "layers", min=1)
+
+    @dataclass
+    class DemoConfig:
+        student: Inner = option(Inner(), "the student")
+        name: str = option("x", "a name")
+
+    classes = {"demo": DemoConfig}
+    cfg = build_config(apply_overrides({"method": "demo"}, ["demo.student.layers=4"]), classes, "r.yaml")
+    assert cfg.options.student.layers == 4 and DemoConfig().student.layers == 3
+    assert cfg.to_dict()["demo"] == {"student": {"layers": 4}, "name": "x"}
+    with pytest.raises(UserError, match="demo.student.layers: expected a value >= 1"):
+        build_config(apply_overrides({"method": "demo"}, ["demo.student.layers=0"]), classes, "r.yaml")
+    with pytest.raises(UserError, match="unknown key 'demo.student.depth'"):
+        build_config(apply_overrides({"method": "demo"}, ["demo.student.depth=2"]), classes, "r.yaml")
+    with pytest.raises(UserError, match="demo.student: expected a section of keys"):
+        build_config(apply_overrides({"method": "demo"}, ["demo.student=3"]), classes, "r.yaml")
+    assert [row[0] for row in describe(DemoConfig, "demo")] == ["demo.student.layers", "demo.name"]
