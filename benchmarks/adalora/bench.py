@@ -58,7 +58,7 @@ ROWS = {
     "full": ("finetune", ["train.lr=5e-5"]),
 }
 SWEPT_ROWS = ["lora_r2", "adalora_r2", "lora_r8", "adalora_r8"]
-SWEEP_LRS = {"lora": [5e-4, 1e-3, 2e-3], "adalora": [2e-3, 5e-3, 1e-2]}  # peft's AdaLoRA: "adalora"
+SWEEP_LRS = {"lora": [5e-4, 1e-3, 2e-3, 5e-3], "adalora": [2e-3, 5e-3, 1e-2, 2e-2]}  # peft's AdaLoRA: "adalora"
 QUICK_LRS = {"lora_r2": 2e-3, "lora_r8": 1e-3, "adalora_r2": 5e-3, "adalora_r8": 5e-3}  # set before any sweep ran
 QUICK_SCHEDULE = ["train.epochs=1", "adalora.tinit=15", "adalora.tfinal=40", "adalora.deltaT=5"]
 SETS: list[str] = []  # --set overrides, applied to every run after the profile's own
