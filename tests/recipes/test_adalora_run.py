@@ -101,6 +101,7 @@ def test_saved_adapter_reloads_and_merges_to_the_same_logits(finished, tmp_path)
         (["adalora.tinit=30", "adalora.tfinal=10"], "the budget never moves"),
         (["adalora.tfinal=0", "adalora.deltaT=50"], "deltaT (50) is too long"),
         (["adalora.target_r=4"], "adalora.target_r (4) must not exceed adalora.init_r (3)"),
+        (["train.early_stopping_patience=2"], "budget schedule runs to the last step"),
     ],
 )
 def test_a_schedule_that_cannot_move_is_refused_before_anything_is_written(tmp_path, overrides, message):

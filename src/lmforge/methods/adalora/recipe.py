@@ -44,6 +44,8 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         )
 
     def check_steps(total: int) -> None:
+        if cfg.train.early_stopping_patience:
+            raise UserError("train.early_stopping_patience: AdaLoRA's budget schedule runs to the last step")
         if ada.target_r > ada.init_r:
             raise UserError(f"adalora.target_r ({ada.target_r}) must not exceed adalora.init_r ({ada.init_r})")
         check_schedule(ada.tinit, ada.tfinal, ada.deltaT, total)
