@@ -60,7 +60,7 @@ def provenance() -> dict:
 # ---- speed --------------------------------------------------------------------------------------
 
 
-def speed(rounds: int, singles: int) -> dict:
+def speed(rounds: int, singles: int, model_name: str) -> dict:
     import torch
 
     from lmforge.core.classify import collate, encode
@@ -71,7 +71,7 @@ def speed(rounds: int, singles: int) -> dict:
     from lmforge.methods.tinybert.student import new_student
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    teacher, tokenizer = load_classifier("minilm", ["0", "1"])
+    teacher, tokenizer = load_classifier(model_name, ["0", "1"])
     student = new_student(teacher.config, StudentConfig(), ["0", "1"], 0).model
     models = {"teacher": teacher.to(device).eval(), "student": student.to(device).eval()}
     ids = encode(tokenizer, load_examples("sst2:dev").texts, 64)
@@ -194,7 +194,7 @@ def quality(work: Path, seeds: list[int], sets: list[str]) -> dict:
             "share_of_teacher": mean / teacher_accuracy,
         }
     print(
-        f"\nSST-2 dev: teacher (MiniLM, finetune) accuracy {100 * teacher_accuracy:.2f}; "
+        f"\nSST-2 dev: teacher (the finetune recipe) accuracy {100 * teacher_accuracy:.2f}; "
         f"general stage held-out loss {general['metrics']['held_out_loss']:.4f}"
     )
     print("| row | accuracy mean ± std | share of teacher |")
@@ -220,9 +220,14 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=200, help="speed: sentences timed at batch 1 per round")
     parser.add_argument("--work", type=Path, default=HERE / "work", help="quality: the runs' folders")
     parser.add_argument("--set", nargs="*", default=[], help="quality: key=value overrides for every run")
+    parser.add_argument("--model", default="minilm", help="speed: the teacher model (a name or a folder)")
     parser.add_argument("--results", type=Path, default=HERE / "results.json")
     args = parser.parse_args()
-    result = speed(args.rounds, args.singles) if args.part == "speed" else quality(args.work, args.seeds, args.set)
+    result = (
+        speed(args.rounds, args.singles, args.model)
+        if args.part == "speed"
+        else quality(args.work, args.seeds, args.set)
+    )
     merged = json.loads(args.results.read_text()) if args.results.is_file() else {}
     merged[args.part] = result
     args.results.write_text(json.dumps(merged, indent=1) + "\n")
