@@ -84,8 +84,6 @@ def run_general(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
     n_steps, per_epoch = total_steps(len(train_ids), train), steps_per_epoch(len(train_ids), train)
     scheduler = build_scheduler(optimizer, n_steps, train.warmup_ratio)
     accelerator = make_accelerator(train)
-    if accelerator.num_processes > 1:
-        raise UserError("the general stage runs in one process")
     run, state, _ = open_run(run_dir, cfg, corpus, resume, student, optimizer, scheduler)
     student, optimizer = accelerator.prepare(student, optimizer)
     teacher.to(accelerator.device)

@@ -14,6 +14,7 @@ from hooks (`attention.py`), the augmentation from `augment.py`.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -39,6 +40,8 @@ AUGMENT_SEED = 2020  # the augmented data is the same for every student seed, an
 
 
 def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the projections and the teacher live outside DDP's forward
+        raise UserError("tinybert runs in one process (one GPU or the CPU); launch it without accelerate launch")
     if cfg.options.stage == "general":
         from lmforge.methods.tinybert.general import run_general
 
