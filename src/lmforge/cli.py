@@ -14,9 +14,16 @@ import sys
 import traceback
 from pathlib import Path
 
-from lmforge.config import SECTIONS, apply_overrides, build_config, describe, read_yaml
+from lmforge.config import SECTIONS, describe
 from lmforge.errors import Interrupted, UserError
-from lmforge.registry import METHODS, option_classes, resolve, write_run_report
+from lmforge.registry import (
+    METHODS,
+    load_finished_run,
+    load_run_config,
+    quiet_libraries,
+    resolve,
+    write_run_report,
+)
 
 RECIPE_DIRS = [Path.cwd() / "recipes", Path(__file__).resolve().parents[2] / "recipes"]
 
@@ -183,11 +190,6 @@ def find_recipe(name: str) -> Path:
     return recipes[name]
 
 
-def load_run_config(path: Path, overrides: list[str]):
-    raw = apply_overrides(read_yaml(path), overrides)
-    return build_config(raw, option_classes(), source=str(path))
-
-
 def cmd_run(args) -> int:
     recipe = find_recipe(args.recipe)
     label = f"{recipe.parent.name}-{recipe.stem}"
@@ -201,13 +203,17 @@ def cmd_run(args) -> int:
             raise UserError("--resume continues a run with its saved config; drop the key=value overrides")
         cfg = load_run_config(run_dir / "config.yaml", [])
     run_dir = run_dir or _new_run_dir(label)
-    _quiet_libraries()
+    quiet_libraries()
     final = resolve(METHODS[cfg.method].recipe)(cfg, run_dir, args.resume)
     if os.environ.get("RANK", "0") != "0":  # under `accelerate launch`, one process speaks
         return 0
-    print(
-        f"{cfg.data.eval}: accuracy {final['accuracy']:.4f}, macro-F1 {final['macro_f1']:.4f}, loss {final['loss']:.4f}"
-    )
+    if "accuracy" in final:
+        print(
+            f"{cfg.data.eval}: accuracy {final['accuracy']:.4f}, macro-F1 {final['macro_f1']:.4f}, "
+            f"loss {final['loss']:.4f}"
+        )
+    else:  # a run without labels (e.g. TinyBERT's general distillation) reports its own numbers
+        print(", ".join(f"{k} {v:.4f}" for k, v in final.items()))
     print(f"report: {run_dir / 'report.html'}")
     return 0
 
@@ -225,30 +231,7 @@ def _newest_run(label: str) -> Path:
     return runs[-1]
 
 
-def _quiet_libraries() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
 # ---- eval / predict / report ----------------------------------------------------------------------
-
-
-def load_finished_run(run_dir: Path):
-    """(config, labels, model, tokenizer) of a run that has written final/."""
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir}: not a run folder (no config.yaml)")
-    if not (run_dir / "final").is_dir() or not (run_dir / "final.json").is_file():
-        raise UserError(f"{run_dir}: the run has not finished (no final/); continue it with lmforge run --resume")
-    cfg = load_run_config(run_dir / "config.yaml", [])
-    labels = json.loads((run_dir / "final.json").read_text())["labels"]
-    _quiet_libraries()
-    model, tokenizer = resolve(METHODS[cfg.method].loader)(run_dir, cfg, labels)
-    import torch
-
-    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    return cfg, labels, model, tokenizer
 
 
 def cmd_eval(args) -> int:

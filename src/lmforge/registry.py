@@ -5,12 +5,17 @@ An explicit list, kept in sync with `methods/` and the CLI by a test.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+from lmforge.config import RunConfig, apply_overrides, build_config, read_yaml
+from lmforge.errors import UserError
 from lmforge.methods.adalora import config as adalora_config
 from lmforge.methods.finetune import config as finetune_config
 from lmforge.methods.lora import config as lora_config
+from lmforge.methods.tinybert import config as tinybert_config
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,15 @@ METHODS = {
         "lmforge.methods.adalora.recipe:load_trained",
         "lmforge.methods.adalora.report:report_sections",
     ),
+    "tinybert": Method(
+        "tinybert",
+        "transformer distillation into a small student: general, then task-specific with augmentation",
+        "Jiao et al. 2020 (TinyBERT)",
+        tinybert_config.TinybertConfig,
+        "lmforge.methods.tinybert.recipe:run",
+        "lmforge.methods.tinybert.recipe:load_trained",
+        "lmforge.methods.tinybert.report:report_sections",
+    ),
 }
 
 
@@ -64,10 +78,39 @@ def resolve(dotted: str) -> Callable:
     return getattr(importlib.import_module(module), attr)
 
 
+def load_run_config(path: Path, overrides: list[str]) -> RunConfig:
+    """A recipe or a run's config.yaml, with `key=value` overrides, validated."""
+    raw = apply_overrides(read_yaml(path), overrides)
+    return build_config(raw, option_classes(), source=str(path))
+
+
+def quiet_libraries() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def load_finished_run(run_dir: Path):
+    """(config, labels, model, tokenizer) of a run that has written final/; the model in eval mode,
+    on the GPU when there is one."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir}: not a run folder (no config.yaml)")
+    if not (run_dir / "final").is_dir() or not (run_dir / "final.json").is_file():
+        raise UserError(f"{run_dir}: the run has not finished (no final/); continue it with lmforge run --resume")
+    cfg = load_run_config(run_dir / "config.yaml", [])
+    labels = json.loads((run_dir / "final.json").read_text())["labels"]
+    quiet_libraries()
+    model, tokenizer = resolve(METHODS[cfg.method].loader)(run_dir, cfg, labels)
+    import torch
+
+    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    return cfg, labels, model, tokenizer
+
+
 def write_run_report(run_dir):
     """report.html of a run, with its method's own sections when the method has any."""
-    from pathlib import Path
-
     import yaml
 
     from lmforge.core.report import write_report

@@ -39,7 +39,11 @@ def test_recipe_loads_and_validates(name, path):
     assert yaml.safe_load(cfg.to_yaml())["method"] == cfg.method
 
 
-@pytest.mark.parametrize("name, path", RECIPES, ids=[n for n, _ in RECIPES])
+CHAINED = {"tinybert"}  # recipes that need other finished runs: tests/recipes/test_tinybert_run.py chains them
+RUNNABLE = [(n, p) for n, p in RECIPES if n.split("/")[0] not in CHAINED]
+
+
+@pytest.mark.parametrize("name, path", RUNNABLE, ids=[n for n, _ in RUNNABLE])
 def test_recipe_runs_on_tiny_bert(cli, tmp_path, name, path):
     run_dir = tmp_path / "run"
     method = name.split("/")[0]

@@ -56,6 +56,8 @@ from lmforge.core.rundir import RunDir, build_manifest, fingerprint
 from lmforge.errors import Interrupted, UserError
 
 Adapt = Callable[[torch.nn.Module], None]  # changes the freshly loaded model in place (adapters, freezing)
+BuildModel = Callable[[list[str], int], tuple[torch.nn.Module, Any]]  # (labels, seed) -> (model, tokenizer)
+LossFn = Callable[[dict, torch.Tensor], dict[str, torch.Tensor]]  # (inputs, labels) -> named mean losses
 SaveFinal = Callable[[torch.nn.Module, Any, Path], None]  # (model, tokenizer, folder)
 
 
@@ -96,27 +98,40 @@ class ClassifierRun:
         return self.state.step < self.n_steps and not self.state.stopped_early
 
     def accumulate_gradients(
-        self, batch: OptimizerBatch, regularizer: Callable[[], torch.Tensor] | None = None
+        self,
+        batch: OptimizerBatch,
+        regularizer: Callable[[], torch.Tensor] | None = None,
+        loss_fn: LossFn | None = None,
     ) -> float:
         """Forward and backward over the step's micro-batches; returns the step's loss.
 
-        The cross-entropy is summed over the micro-batch and divided by the whole step's example
-        count, so accumulation is exact; `regularizer()` (a scalar for the whole step) is added
-        once per step, spread evenly over the micro-batches.
+        `loss_fn(inputs, labels)` gives named losses, each a mean over the micro-batch (default:
+        {"loss": cross-entropy}); they are summed, weighted by the micro-batch's share of the
+        step's examples, so accumulation is exact. `regularizer()` (a scalar for the whole step)
+        is added once per step, spread evenly over the micro-batches. The step's value of each
+        named loss is kept in `self.step_losses` for logging.
         """
         acc, step_loss = self.accelerator, 0.0
         pad_id = self.tokenizer.pad_token_id
+        self.step_losses = {}
         for i, micro in enumerate(batch.micro_batches):
             inputs = collate([self.train_ids[j] for j in micro], pad_id, acc.device)
             labels = torch.tensor([self.train_labels[j] for j in micro], device=acc.device)
             last = i == len(batch.micro_batches) - 1
+            share = len(micro) * acc.num_processes / batch.size
             with nullcontext() if last else acc.no_sync(self.model), acc.autocast():
-                logits = self.model(**inputs).logits  # (B, C)
-                loss = loss_sum(logits, labels) * acc.num_processes / batch.size
+                if loss_fn is None:
+                    logits = self.model(**inputs).logits  # (B, C)
+                    parts = {"loss": loss_sum(logits, labels) / len(micro)}
+                else:
+                    parts = loss_fn(inputs, labels)
+                loss = sum(parts.values()) * share
                 if regularizer is not None:
                     loss = loss + regularizer() / len(batch.micro_batches)
             acc.backward(loss)
             step_loss += loss.item()
+            for name, value in parts.items():
+                self.step_losses[name] = self.step_losses.get(name, 0.0) + value.item() * share / acc.num_processes
         if acc.num_processes > 1:  # each process summed its share: the step's loss is their mean
             step_loss = acc.reduce(torch.tensor(step_loss, device=acc.device), "mean").item()
         return step_loss
@@ -236,19 +251,32 @@ def start_classifier_run(
     resume: bool,
     adapt: Adapt,
     check_steps: Callable[[int], None] | None = None,
+    build_model: BuildModel | None = None,
+    prepare_task: Callable[[Task], Task] | None = None,
+    phases: Callable[[int], list[int]] | None = None,
 ) -> ClassifierRun:
     """Load and check the data, build and adapt the model, the optimizer and the schedule, and
     create the run folder (or restore its latest checkpoint). Every input is checked before
-    anything is written; `check_steps(total_steps)` lets a method refuse a run too short for it."""
+    anything is written.
+
+    Optional, for methods that need them: `check_steps(total_steps)` refuses a run too short for
+    the method; `build_model(labels, seed)` replaces `load_classifier(model.name)`; `prepare_task`
+    changes the loaded data (augmentation); `phases(total_steps)` splits the learning-rate schedule
+    into stages, each with its own warmup and decay."""
     train = cfg.train
     data = cfg.data
     task = load_task(
         data.train, data.eval, data.text_column, data.label_column, data.max_train_examples, data.max_eval_examples
     )
+    if prepare_task is not None:
+        task = prepare_task(task)
     say(describe(task.train))
     say(describe(task.eval))
     seed_everything(train.seed)
-    model, tokenizer = load_classifier(cfg.model.name, task.labels, train.seed, cfg.model.dropout)
+    if build_model is not None:
+        model, tokenizer = build_model(task.labels, train.seed)
+    else:
+        model, tokenizer = load_classifier(cfg.model.name, task.labels, train.seed, cfg.model.dropout)
     adapt(model)
     trainable, total = count_parameters(model)
     say(f"{cfg.model.name}: {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
@@ -260,7 +288,7 @@ def start_classifier_run(
     n_steps = total_steps(len(train_ids), train)
     if check_steps is not None:
         check_steps(n_steps)
-    scheduler = build_scheduler(optimizer, n_steps, train.warmup_ratio)
+    scheduler = build_scheduler(optimizer, n_steps, train.warmup_ratio, phases(n_steps) if phases else None)
     accelerator = make_accelerator(train)
     main = accelerator.is_main_process
     if accelerator.num_processes > 1:  # dropout differs per process; DDP broadcasts rank 0's weights

@@ -65,14 +65,24 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.o
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
-    """Linear warmup over `warmup_ratio * total_steps`, then linear decay to zero."""
-    warmup = int(round(warmup_ratio * total_steps))
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float, phases: list[int] | None = None
+):
+    """Linear warmup over `warmup_ratio` of the steps, then linear decay to zero.
+
+    `phases` (step counts summing to `total_steps`) restarts the schedule at each phase boundary:
+    a recipe with stages trained one after the other (TinyBERT's intermediate layers, then its
+    prediction layer) gives each its own warmup and decay, as separate runs would."""
+    phases = [p for p in (phases or [total_steps]) if p > 0]
+    starts = [sum(phases[:i]) for i in range(len(phases))]
 
     def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+        i = max(j for j, start in enumerate(starts) if step >= start) if step >= 0 else 0
+        length, local = phases[i], step - starts[i]
+        warmup = int(round(warmup_ratio * length))
+        if local < warmup:
+            return (local + 1) / (warmup + 1)
+        return max(0.0, (length - local) / max(1, length - warmup))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

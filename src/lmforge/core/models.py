@@ -112,6 +112,22 @@ def load_classifier(
     return model, load_tokenizer(name)
 
 
+def load_encoder(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The bare encoder of a model name (no task head): a distillation teacher, say."""
+    import torch
+    from transformers import AutoModel
+
+    if name == "tiny-bert":
+        model, tokenizer = load_classifier(name, ["a", "b"], seed)
+        return model.bert, tokenizer
+    torch.manual_seed(seed)
+    try:
+        model = AutoModel.from_pretrained(str(_resolve_path(name)))
+    except (OSError, ValueError) as e:
+        raise UserError(f"model {name!r}: could not load an encoder: {str(e).splitlines()[0]}") from None
+    return model, load_tokenizer(name)
+
+
 def load_saved_classifier(folder: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A classifier written by `save_pretrained` (with its tokenizer) in `folder`."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

@@ -78,6 +78,20 @@ def test_linear_warmup_then_decay_to_zero():
     assert all(a > b for a, b in zip(lrs[2:], lrs[3:], strict=False)) and sched.get_last_lr()[0] == 0.0
 
 
+def test_phases_restart_warmup_and_decay():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, total_steps=15, warmup_ratio=0.2, phases=[10, 5])
+    lrs = []
+    for _ in range(15):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    whole = build_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 10, 0.2)
+    assert lrs[:10] == [whole.lr_lambdas[0](s) for s in range(10)]  # the first phase as a run of its own
+    assert lrs[9] < lrs[10] < lrs[11] == 1.0 > lrs[12] > lrs[14] > 0  # then a fresh warmup and decay
+    assert sched.get_last_lr()[0] == 0.0
+
+
 def test_early_stopping_counts_evaluations_without_gain():
     state = TrainState()
     assert update_early_stopping(state, 0.5, patience=2)
