@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -287,17 +286,9 @@ def print_table(title: str, summary: dict) -> None:
 
 
 def provenance() -> dict:
-    import torch
+    from lmforge.core.rundir import benchmark_provenance
 
-    device = (
-        torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{platform.machine()} CPU x{os.cpu_count()}"
-    )
-    return {
-        "device": device,
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M %z"),
-        "command": "python " + " ".join(sys.argv),
-    }
+    return benchmark_provenance()
 
 
 def quick(args) -> dict:

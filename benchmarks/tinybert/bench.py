@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -44,17 +42,9 @@ ROWS = {
 
 
 def provenance() -> dict:
-    import torch
+    from lmforge.core.rundir import benchmark_provenance
 
-    device = (
-        torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{platform.machine()} CPU x{os.cpu_count()}"
-    )
-    return {
-        "device": device,
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M %z"),
-        "command": "python " + " ".join(sys.argv),
-    }
+    return benchmark_provenance()
 
 
 # ---- speed --------------------------------------------------------------------------------------

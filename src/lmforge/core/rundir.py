@@ -109,3 +109,21 @@ def _git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def benchmark_provenance() -> dict:
+    """Device, torch version, date and command line, recorded beside every benchmark result."""
+    import os
+    import platform
+    import sys
+    import time
+
+    import torch
+
+    cpu = f"{platform.machine()} CPU x{os.cpu_count()}"
+    return {
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M %z"),
+        "command": "python " + " ".join(sys.argv),
+    }
