@@ -1,4 +1,5 @@
-"""The `lmforge` command line: list, run, eval, predict, report.
+"""The `lmforge` command line: list, run, eval, predict, export, report, and the explanation commands
+(explain, explain-eval, explain-global, probe: see explain/commands.py).
 
 Exit codes: 0 success, 2 bad input or usage (one line on stderr saying what and where),
 130 interrupted by SIGINT / SIGTERM after a checkpoint was saved, 1 anything unexpected.
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from lmforge.config import SECTIONS, describe
 from lmforge.errors import Interrupted, UserError
+from lmforge.explain.commands import add_all as add_explanation_commands
 from lmforge.registry import (
     METHODS,
     load_finished_run,
@@ -119,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("report", help="rebuild RUN_DIR/report.html")
     p.add_argument("run_dir", type=Path)
     p.set_defaults(handler=cmd_report)
+
+    add_explanation_commands(commands)
     return parser
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["confusion_matrix_html", "heatmap_html", "line_chart_svg", "write_report"]
+__all__ = ["confusion_matrix_html", "heatmap_html", "html_page", "line_chart_svg", "write_report"]
 
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 _W, _H = 640, 320
@@ -235,6 +235,14 @@ def _eval_html(result: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def html_page(title: str, body: str, style: str = "") -> str:
+    """A whole self-contained HTML page: the reports' style (plus `style`), `title`, the `body` fragment."""
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)}</title><style>{_STYLE}{style}</style></head><body>\n{body}\n</body></html>\n"
+    )
+
+
 def write_report(run_dir: Path, sections: list[tuple[str, str]] | None = None) -> Path:
     """Write ``run_dir/report.html`` (atomically) from the run's files and return its path."""
     run_dir = Path(run_dir)
@@ -273,10 +281,7 @@ def write_report(run_dir: Path, sections: list[tuple[str, str]] | None = None) -
     for sec_title, fragment in sections or []:
         body.append(f"<h2>{escape(sec_title)}</h2>{fragment}")
 
-    page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
-    )
+    page = html_page(title, "\n".join(body))
     out = run_dir / "report.html"
     tmp = run_dir / "report.html.tmp"
     tmp.write_text(page, encoding="utf-8")

@@ -1,0 +1,251 @@
+"""The explanation commands of the CLI: explain, explain-eval, explain-global, probe.
+
+Each `add_*` registers a subcommand on the CLI's subparsers; torch, transformers and Captum are
+imported inside the handlers so that `lmforge --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from html import escape
+from pathlib import Path
+
+from lmforge.errors import UserError
+from lmforge.explain.methods import METHODS, PERTURBATION_METHODS
+
+DEFAULT_EVAL_METHODS = ["grad", "gradxinput", "ig", "smoothgrad", "attention", "rollout", "occlusion", "lime", "shap"]
+
+
+def add_explain_parsers(commands) -> None:
+    p = commands.add_parser(
+        "explain",
+        help="explain a finished run's prediction for a text: per-word attributions",
+        description="Attribute a classifier's prediction to the words of each text: a coloured heat map in the "
+        "terminal and an HTML page (words shaded, raw per-piece values). Green supports the explained label, red "
+        "speaks against it.",
+        epilog='example: lmforge explain runs/finetune-minilm_sst2-... "a gorgeous, witty film" --method ig',
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("texts", nargs="*", help="texts to explain")
+    p.add_argument("--file", type=Path, help="a text file, one text per line")
+    p.add_argument("--method", default="ig", choices=METHODS, help="attribution method (default: %(default)s)")
+    p.add_argument("--target", help="label to explain (default: the predicted label)")
+    p.add_argument("--samples", type=int, default=200, help="LIME / SHAP samples per text (default: 200)")
+    p.add_argument("--html", type=Path, help="HTML page to write (default: RUN_DIR/explanations/<method>-<time>.html)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per text instead of the heat map")
+    p.set_defaults(handler=cmd_explain)
+
+    p = commands.add_parser(
+        "explain-eval",
+        help="compare attribution methods by faithfulness (ERASER comprehensiveness / sufficiency)",
+        description="Explain the model's prediction on each text of a dataset with every method, then measure "
+        "comprehensiveness (higher is better) and sufficiency (lower is better) as AOPC over the top 1/5/10/20/50%% "
+        "of tokens (DeYoung et al. 2020), and Kendall's tau against leave-one-out occlusion. A random-attribution "
+        "row is always included as the floor.",
+        epilog="example: lmforge explain-eval RUN_DIR --data sst2:dev --limit 200 --methods ig grad attention",
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--data", required=True, help="builtin split (sst2:dev) or a .jsonl/.csv/.tsv file")
+    p.add_argument("--text-column", default="text", help="text column in a user file (default: text)")
+    p.add_argument("--methods", nargs="+", default=DEFAULT_EVAL_METHODS, choices=METHODS, metavar="METHOD")
+    p.add_argument("--limit", type=int, default=200, help="first N texts (default: 200)")
+    p.add_argument("--mode", choices=["delete", "mask"], default="delete", help="how tokens are removed")
+    p.add_argument("--samples", type=int, default=200, help="LIME / SHAP samples per text (default: 200)")
+    p.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/explain-eval)")
+    p.set_defaults(handler=cmd_explain_eval)
+
+    p = commands.add_parser(
+        "explain-global",
+        help="which words drive each label across a dataset (corpus-level token importance)",
+        description="Explain the predicted label of every text and add up each word's scores per label. Words "
+        "that push a label across the whole corpus rank first: the way to spot a shortcut the model learned.",
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--data", required=True, help="builtin split (sst2:dev) or a .jsonl/.csv/.tsv file")
+    p.add_argument("--text-column", default="text", help="text column in a user file (default: text)")
+    p.add_argument("--method", default="gradxinput", choices=METHODS, help="attribution method (default: %(default)s)")
+    p.add_argument("--limit", type=int, help="first N texts (default: all)")
+    p.add_argument("--top", type=int, default=15, help="words shown per label (default: 15)")
+    p.add_argument("--min-count", type=int, default=3, help="ignore words seen fewer times (default: 3)")
+    p.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/explain-global)")
+    p.set_defaults(handler=cmd_explain_global)
+
+
+# ---- explain ------------------------------------------------------------------------------------
+
+
+def _explainer(run_dir: Path):
+    from lmforge.explain.attribution import Explainer, require_captum
+    from lmforge.registry import load_finished_run
+
+    require_captum()
+    cfg, labels, model, tokenizer = load_finished_run(run_dir)
+    return Explainer(model, tokenizer, labels, max_length=cfg.model.max_length)
+
+
+def _texts(spec: str, text_column: str, limit: int | None) -> tuple[list[str], str]:
+    from lmforge.core.data import load_examples
+
+    examples = load_examples(spec, text_column, text_column, default_split="dev")
+    texts = [t for t in examples.texts if t.strip()][: limit or None]
+    if not texts:
+        raise UserError(f"{spec}: no texts to explain")
+    return texts, examples.source
+
+
+def cmd_explain(args) -> int:
+    from lmforge.core.report import html_page
+    from lmforge.core.rundir import write_text_atomic
+    from lmforge.explain.render import STYLE, attribution_html, terminal_heatmap
+
+    texts = list(args.texts)
+    if args.file:
+        if not args.file.is_file():
+            raise UserError(f"{args.file}: file not found")
+        texts += [line.strip() for line in args.file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise UserError("nothing to explain: give texts as arguments or --file")
+    explainer = _explainer(args.run_dir)
+    attributions = explainer.explain(texts, args.method, args.target, n_samples=args.samples)
+    for a in attributions:
+        print(json.dumps(a.to_dict()) if args.json else terminal_heatmap(a))
+    out = args.html or args.run_dir / "explanations" / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    body = f"<h1>Explanations: {escape(args.method)}</h1><p>Run <code>{escape(str(args.run_dir))}</code></p>"
+    write_text_atomic(
+        out, html_page(f"explain {args.method}", body + "".join(map(attribution_html, attributions)), STYLE)
+    )
+    print(f"written: {out}", file=sys.stderr)
+    return 0
+
+
+# ---- explain-eval -------------------------------------------------------------------------------
+
+
+def cmd_explain_eval(args) -> int:
+    from tqdm.auto import tqdm
+
+    from lmforge.explain.faithfulness import faithfulness
+
+    if args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    texts, source = _texts(args.data, args.text_column, args.limit)
+    explainer = _explainer(args.run_dir)
+    methods = list(dict.fromkeys([*args.methods, "random"]))
+    print(f"{source}: {len(texts)} texts, methods {', '.join(methods)}", file=sys.stderr)
+    reference = None
+    rows = []
+    for method in tqdm(["occlusion", *[m for m in methods if m != "occlusion"]], desc="methods"):
+        started = time.perf_counter()
+        attributions = []
+        for start in range(0, len(texts), explainer.batch_size):  # keeps memory flat on long datasets
+            chunk = texts[start : start + explainer.batch_size]
+            attributions += explainer.explain(chunk, method, n_samples=args.samples)
+        seconds = (time.perf_counter() - started) / len(texts)
+        if method == "occlusion":
+            reference = attributions  # leave-one-out: the reference of Kendall's tau
+            if method not in methods:
+                continue
+        row = faithfulness(explainer, attributions, args.mode, reference).to_dict()
+        rows.append({**row, "seconds_per_text": seconds})
+    rows.sort(key=lambda r: -r["comprehensiveness"])
+    result = {"data": source, "texts": len(texts), "mode": args.mode, "lime_shap_samples": args.samples, "rows": rows}
+    out = args.out or args.run_dir / "explain-eval"
+    name = f"{source.replace(':', '-').replace('/', '-')}-{args.mode}"
+    _write(out, name, result, "Faithfulness of explanations", faithfulness_table_html(result))
+    print(faithfulness_table_text(result))
+    if rows[-1]["method"] != "random":
+        print("note: random attributions did not come out last on comprehensiveness", file=sys.stderr)
+    print(f"written: {out / (name + '.json')} and .html", file=sys.stderr)
+    return 0
+
+
+def _tau(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def faithfulness_table_text(result: dict) -> str:
+    lines = [
+        f"{result['data']}, {result['texts']} texts, tokens {result['mode']}d; comprehensiveness higher is better, "
+        "sufficiency lower is better",
+        f"{'method':<12}{'comprehensiveness':>19}{'sufficiency':>13}{'tau vs LOO':>12}{'s / text':>10}",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"{r['method']:<12}{r['comprehensiveness']:>19.4f}{r['sufficiency']:>13.4f}"
+            f"{_tau(r['kendall_tau']):>12}{r['seconds_per_text']:>10.3f}"
+        )
+    return "\n".join(lines)
+
+
+def faithfulness_table_html(result: dict) -> str:
+    head = "<tr><th>method</th><th>comprehensiveness (AOPC) ↑</th><th>sufficiency (AOPC) ↓</th>"
+    head += "<th>Kendall tau vs leave-one-out</th><th>seconds per text</th></tr>"
+    rows = "".join(
+        f"<tr><td>{escape(r['method'])}</td><td class='num'>{r['comprehensiveness']:.4f}</td>"
+        f"<td class='num'>{r['sufficiency']:.4f}</td><td class='num'>{_tau(r['kendall_tau'])}</td>"
+        f"<td class='num'>{r['seconds_per_text']:.3f}</td></tr>"
+        for r in result["rows"]
+    )
+    return (
+        f"<p>{escape(result['data'])}: {result['texts']} texts; tokens {escape(result['mode'])}d at the token-id "
+        "level; AOPC over the top 1, 5, 10, 20 and 50% of tokens (DeYoung et al. 2020).</p>"
+        f"<table>{head}{rows}</table>"
+    )
+
+
+# ---- explain-global -----------------------------------------------------------------------------
+
+
+def cmd_explain_global(args) -> int:
+    from lmforge.explain.global_importance import token_importance
+
+    if args.method in PERTURBATION_METHODS:
+        print(f"note: {args.method} runs many forward passes per text; this can take a while", file=sys.stderr)
+    texts, source = _texts(args.data, args.text_column, args.limit)
+    explainer = _explainer(args.run_dir)
+    ranked = token_importance(explainer, texts, args.method, args.min_count, args.top, progress=True)
+    result = {
+        "data": source,
+        "texts": len(texts),
+        "method": args.method,
+        "labels": {label: [r.__dict__ for r in rows] for label, rows in ranked.items()},
+    }
+    lines, sections = [], []
+    for label, rows in ranked.items():
+        lines.append(f"{label}: " + ", ".join(f"{r.word} {r.total:+.3f} ({r.count}x)" for r in rows))
+        cells = "".join(
+            f"<tr><td>{escape(r.word)}</td><td class='num'>{r.total:+.4f}</td><td class='num'>{r.count}</td>"
+            f"<td class='num'>{r.mean:+.4f}</td></tr>"
+            for r in rows
+        )
+        sections.append(
+            f"<h2>{escape(label)}</h2><table><tr><th>word</th><th>total</th><th>count</th><th>mean</th></tr>"
+            f"{cells}</table>"
+        )
+    out = args.out or args.run_dir / "explain-global"
+    name = f"{source.replace(':', '-').replace('/', '-')}-{args.method}"
+    intro = f"<p>{escape(source)}: {len(texts)} texts, {escape(args.method)} attributions to the predicted label.</p>"
+    _write(out, name, result, "Token importance per label", intro + "".join(sections))
+    print("\n".join(lines))
+    print(f"written: {out / (name + '.json')} and .html", file=sys.stderr)
+    return 0
+
+
+def _write(folder: Path, name: str, result: dict, title: str, body: str) -> None:
+    from lmforge.core.report import html_page
+    from lmforge.core.rundir import write_text_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / f"{name}.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(folder / f"{name}.html", html_page(title, f"<h1>{escape(title)}</h1>{body}"))
+
+
+def add_all(commands) -> None:
+    """Every explanation command: explain, explain-eval, explain-global, probe."""
+    from lmforge.explain.probing import add_probe_parser
+
+    add_explain_parsers(commands)
+    add_probe_parser(commands)

@@ -1,0 +1,67 @@
+"""Show attributions: a coloured heat map in the terminal (24-bit ANSI background per word) and a
+self-contained HTML page (words shaded, the raw per-piece values in a table below each text).
+
+Colours follow Captum's convention: green supports the explained label, red speaks against it;
+the shade is the score over the largest absolute score in that text.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+import numpy as np
+
+from lmforge.explain.attribution import Attribution
+from lmforge.explain.methods import UNSIGNED_METHODS
+
+
+def _shares(scores: np.ndarray) -> np.ndarray:
+    """Scores scaled to [-1, 1] by the largest magnitude (all zeros stay zero)."""
+    top = float(np.abs(scores).max()) if len(scores) else 0.0
+    return scores / top if top > 0 else np.zeros_like(scores, dtype=float)
+
+
+def _rgb(share: float) -> tuple[int, int, int]:
+    """White blended towards green (positive) or red (negative) by |share|."""
+    target = (44, 160, 44) if share >= 0 else (214, 39, 40)
+    s = min(1.0, abs(share))
+    return tuple(round(255 + (t - 255) * s) for t in target)
+
+
+def terminal_heatmap(a: Attribution) -> str:
+    """One line of words on coloured backgrounds, then the prediction and the top words."""
+    shares = _shares(a.word_scores)
+    words = []
+    for word, share in zip(a.words, shares):
+        r, g, b = _rgb(share)
+        words.append(f"\x1b[48;2;{r};{g};{b}m\x1b[38;2;0;0;0m{word}\x1b[0m")
+    top = np.argsort(-np.abs(a.word_scores) if a.method in UNSIGNED_METHODS else -a.word_scores)[:5]
+    ranked = ", ".join(f"{a.words[i]} {a.word_scores[i]:+.4f}" for i in top)
+    p = a.probabilities[a.target]
+    return f"{' '.join(words)}\n  {a.method}: explaining {a.target_label} (p = {p:.3f}); top words: {ranked}"
+
+
+def _spans_html(words: list[str], scores: np.ndarray) -> str:
+    spans = []
+    for word, score, share in zip(words, scores, _shares(scores)):
+        r, g, b = _rgb(share)
+        spans.append(f'<span class="w" style="background:rgb({r},{g},{b})" title="{score:+.5f}">{escape(word)}</span>')
+    return " ".join(spans)
+
+
+def attribution_html(a: Attribution) -> str:
+    """A fragment: the shaded words, the prediction, and the raw per-piece values."""
+    probs = ", ".join(f"{escape(label)} {p:.3f}" for label, p in zip(a.labels, a.probabilities))
+    pieces = "".join(
+        f'<tr><td>{escape(piece)}</td><td class="num">{score:+.5f}</td></tr>'
+        for piece, score in zip(a.pieces, a.piece_scores)
+    )
+    return (
+        f'<div class="attr"><p class="text">{_spans_html(a.words, a.word_scores)}</p>'
+        f"<p>{escape(a.method)}, explaining <b>{escape(a.target_label)}</b>; probabilities: {probs}</p>"
+        f"<details><summary>per word piece</summary><table><tr><th>piece</th><th>score</th></tr>{pieces}"
+        "</table></details></div>"
+    )
+
+
+STYLE = ".w{padding:.1rem .2rem;border-radius:3px;line-height:2}.attr{margin:1rem 0}.text{font-size:1.1rem}"
