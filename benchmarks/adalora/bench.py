@@ -382,10 +382,9 @@ def main() -> None:
         job(json.loads(args.job))
         return
     result = quick(args) if args.profile == "quick" else full(args)
-    merged = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    merged[args.profile] = result
-    args.results.write_text(json.dumps(merged, indent=1) + "\n")
-    print(f"written: {args.results}")
+    from lmforge.core.rundir import merge_benchmark_result
+
+    merge_benchmark_result(args.results, args.profile, result)
 
 
 if __name__ == "__main__":

@@ -244,10 +244,9 @@ def main() -> None:
         result = faithfulness_table(classifier_dir(args.run_dir), args.limit, args.samples)
     else:
         result = shortcut(args.epochs, top=15)
-    merged = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    merged[args.part] = result
-    args.results.write_text(json.dumps(merged, indent=1) + "\n")
-    print(f"written: {args.results}")
+    from lmforge.core.rundir import merge_benchmark_result
+
+    merge_benchmark_result(args.results, args.part, result)
 
 
 if __name__ == "__main__":

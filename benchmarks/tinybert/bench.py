@@ -218,10 +218,9 @@ def main() -> None:
         if args.part == "speed"
         else quality(args.work, args.seeds, args.set)
     )
-    merged = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    merged[args.part] = result
-    args.results.write_text(json.dumps(merged, indent=1) + "\n")
-    print(f"written: {args.results}")
+    from lmforge.core.rundir import merge_benchmark_result
+
+    merge_benchmark_result(args.results, args.part, result)
 
 
 if __name__ == "__main__":

@@ -127,3 +127,11 @@ def benchmark_provenance() -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M %z"),
         "command": "python " + " ".join(sys.argv),
     }
+
+
+def merge_benchmark_result(path: Path, key: str, result: dict) -> None:
+    """Store `result` under `key` in the benchmark's results JSON, keeping the other keys."""
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged[key] = result
+    write_text_atomic(path, json.dumps(merged, indent=1) + "\n")
+    print(f"written: {path}")
