@@ -226,17 +226,22 @@ class Explainer:
         targets = [self.target_index(target, p) for p in probs]
         torch.manual_seed(seed)  # LIME / SHAP sampling, smoothgrad noise
         rng = np.random.default_rng(seed)
-        scores: list[np.ndarray] = []
-        for start in range(0, len(encoded), self.batch_size):
-            chunk, chunk_targets = encoded[start : start + self.batch_size], targets[start : start + self.batch_size]
-            if method in GRADIENT_METHODS:
-                scores += self._gradient_scores(method, chunk, chunk_targets)
-            elif method in ATTENTION_METHODS:
-                scores += self._attention_scores(method, chunk)
-            elif method == "random":
-                scores += [rng.random(len(e.input_ids)) for e in chunk]
-            else:
-                scores += [self._perturbation_scores(method, e, t, n_samples) for e, t in zip(chunk, chunk_targets)]
+        if method == "random":
+            scores = [rng.random(len(e.input_ids)) for e in encoded]
+        else:
+            scores = [np.zeros(0)] * len(encoded)
+            by_length = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))  # little padding
+            for start in range(0, len(by_length), self.batch_size):
+                chosen = by_length[start : start + self.batch_size]
+                chunk, chunk_targets = [encoded[i] for i in chosen], [targets[i] for i in chosen]
+                if method in GRADIENT_METHODS:
+                    got = self._gradient_scores(method, chunk, chunk_targets)
+                elif method in ATTENTION_METHODS:
+                    got = self._attention_scores(method, chunk)
+                else:
+                    got = [self._perturbation_scores(method, e, t, n_samples) for e, t in zip(chunk, chunk_targets)]
+                for i, piece_scores in zip(chosen, got):
+                    scores[i] = piece_scores
         return [self._attribution(method, e, p, t, s) for e, p, t, s in zip(encoded, probs, targets, scores)]
 
     def _attribution(self, method: str, e: Encoded, probs: np.ndarray, target: int, scores: np.ndarray):
@@ -282,7 +287,7 @@ class Explainer:
                     target=target,
                     additional_forward_args=(mask,),
                     n_steps=50,
-                    internal_batch_size=max(self.batch_size, len(chunk)) * 4,
+                    internal_batch_size=self.batch_size * 10,  # rows (text x step) per forward pass
                 )
                 .sum(-1)
             )
