@@ -95,29 +95,37 @@ def agreement(run_dir: Path, limit: int) -> dict:
 
     direct = LayerIntegratedGradients(probabilities, model.get_input_embeddings())
 
-    def captum_one_by_one() -> list[np.ndarray]:
+    baselines = []  # (1, T) per text: [CLS] and [SEP] kept, every other piece [PAD], as lmforge's ig
+    for text in texts:
+        ids = torch.tensor([explainer.tokenizer(text, truncation=True, max_length=explainer.max_length)["input_ids"]])
+        baseline = torch.full_like(ids, explainer.pad_id)
+        baseline[0, 0], baseline[0, -1] = ids[0, 0], ids[0, -1]
+        baselines.append((ids, baseline))
+
+    def lmforge_batched() -> list[np.ndarray]:
+        return [a.piece_scores for a in explainer.explain(texts, "ig")]
+
+    def captum_per_text() -> list[np.ndarray]:
         out = []
-        for a in ours:
-            ids = torch.tensor([a.input_ids])
-            baseline = torch.full_like(ids, explainer.pad_id)
-            baseline[0, 0], baseline[0, -1] = ids[0, 0], ids[0, -1]
-            raw = direct.attribute(ids, baselines=baseline, target=a.target, n_steps=50, internal_batch_size=50)
+        for (ids, baseline), target in zip(baselines, targets):
+            raw = direct.attribute(ids, baselines=baseline, target=target, n_steps=50, internal_batch_size=50)
             scores = raw.sum(-1)[0].detach().numpy()
             scores[[0, -1]] = 0.0
             out.append(scores)
         return out
 
-    timings = {"lmforge_batched": [], "captum_per_text": []}
+    targets = [a.target for a in explainer.explain(texts, "random")]  # the predicted labels
+    runs = {"lmforge_batched": lmforge_batched, "captum_per_text": captum_per_text}
+    timings: dict[str, list[float]] = {name: [] for name in runs}
+    scores = {}
     for round_ in range(2):  # alternate the order; the first round also warms up
-        for name in ["lmforge_batched", "captum_per_text"][:: 1 if round_ == 0 else -1]:
+        for name in list(runs)[:: 1 if round_ == 0 else -1]:
             start = time.perf_counter()
-            if name == "lmforge_batched":
-                ours = explainer.explain(texts, "ig")
-            else:
-                theirs = captum_one_by_one()
+            scores[name] = runs[name]()
             timings[name].append(time.perf_counter() - start)
-    differences = [float(np.abs(a.piece_scores - b).max()) for a, b in zip(ours, theirs)]
-    scale = max(float(np.abs(a.piece_scores).max()) for a in ours)
+    ours, theirs = scores["lmforge_batched"], scores["captum_per_text"]
+    differences = [float(np.abs(a - b).max()) for a, b in zip(ours, theirs)]
+    scale = max(float(np.abs(a).max()) for a in ours)
     best = {name: min(values) for name, values in timings.items()}
     result = {
         **provenance(),

@@ -283,16 +283,9 @@ def cmd_predict(args) -> int:
     import torch
 
     from lmforge.core.classify import encode, predict_logits
-    from lmforge.core.data import SUFFIXES, read_file
+    from lmforge.core.data import read_texts
 
-    texts = list(args.texts)
-    if args.file:
-        if args.file.suffix.lower() in SUFFIXES:
-            texts += read_file(args.file, args.text_column, None).texts
-        elif not args.file.is_file():
-            raise UserError(f"{args.file}: file not found")
-        else:
-            texts += [line.strip() for line in args.file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = list(args.texts) + (read_texts(args.file, args.text_column) if args.file else [])
     if not texts:
         raise UserError("nothing to predict: give texts as arguments or --file")
     cfg, labels, model, tokenizer = load_finished_run(args.run_dir)

@@ -173,6 +173,15 @@ def load_examples(
     return read_file(path, text_column, label_column)
 
 
+def read_texts(path: Path, text_column: str = "text") -> list[str]:
+    """Texts of a .jsonl / .csv / .tsv file (its `text_column`), or of a plain text file (one per line)."""
+    if path.suffix.lower() in SUFFIXES:
+        return read_file(path, text_column, None).texts
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def read_file(path: Path, text_column: str, label_column: str | None) -> Examples:
     """Rows of a jsonl / csv / tsv file; with `label_column=None` only texts are read (labels are "")."""
     if not path.is_file():

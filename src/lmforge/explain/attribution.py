@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from lmforge.errors import UserError
 from lmforge.explain.methods import ATTENTION_METHODS, GRADIENT_METHODS, METHODS
@@ -213,9 +214,11 @@ class Explainer:
         target: str | int | None = None,
         n_samples: int = 200,
         seed: int = 0,
+        progress: bool = False,
     ) -> list[Attribution]:
         """One Attribution per text; `target` a label name or index, or None for the predicted label.
-        `n_samples` is LIME's and SHAP's sample count; `seed` fixes their samples and the random scores."""
+        `n_samples` is LIME's and SHAP's sample count; `seed` fixes their samples and the random scores;
+        `progress` shows a bar over the batches."""
         if method not in METHODS:
             raise UserError(f"unknown explanation method {method!r}; choose one of {', '.join(METHODS)}")
         texts = list(texts)
@@ -231,7 +234,8 @@ class Explainer:
         else:
             scores = [np.zeros(0)] * len(encoded)
             by_length = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))  # little padding
-            for start in range(0, len(by_length), self.batch_size):
+            starts = range(0, len(by_length), self.batch_size)
+            for start in tqdm(starts, desc=f"explain ({method})", disable=not progress, leave=False):
                 chosen = by_length[start : start + self.batch_size]
                 chunk, chunk_targets = [encoded[i] for i in chosen], [targets[i] for i in chosen]
                 if method in GRADIENT_METHODS:
@@ -354,13 +358,13 @@ class Explainer:
 
         words = torch.tensor([e.piece_word[i] for i in e.content], device=self.device).unsqueeze(0)  # (1, T_c)
         common = {"baselines": self.mask_id, "target": target, "perturbations_per_eval": self.batch_size}
-        if method in ("lime", "shap") and len(e.words) == 1:
-            method = "occlusion"  # one player: its Shapley value, and LIME's slope, is the occlusion drop
-            words = torch.zeros_like(words)
+        word_level = method in ("lime", "shap")
         with torch.no_grad():
-            if method == "occlusion":
-                mask = words if len(e.words) == 1 else None
-                raw = FeatureAblation(forward).attribute(content, feature_mask=mask, **common)
+            if word_level and len(e.words) == 1:
+                # one player: its Shapley value, and LIME's slope, is the drop when the word is masked
+                raw = FeatureAblation(forward).attribute(content, feature_mask=words, **common)
+            elif method == "occlusion":
+                raw = FeatureAblation(forward).attribute(content, **common)
             elif method == "lime":
                 surrogate = LinearModel(train_fn=weighted_ridge, alpha=1.0)  # LIME's Ridge(alpha=1)
                 lime = Lime(forward, interpretable_model=surrogate, similarity_func=lime_text_kernel())
@@ -370,7 +374,7 @@ class Explainer:
                 shap.interpretable_model = LinearModel(train_fn=weighted_ridge, alpha=0.0)  # its least squares
                 raw = shap.attribute(content, feature_mask=words, n_samples=n_samples, **common)
         raw = raw[0].double().cpu().numpy()
-        if method in ("lime", "shap") or len(e.words) == 1:  # every piece holds its word's score: share it out
+        if word_level:  # every piece holds its word's score: share it out
             of_word = words[0].cpu().numpy()
             raw = raw / np.bincount(of_word)[of_word]
         scores = np.zeros(len(e.input_ids))

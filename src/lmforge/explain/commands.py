@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lmforge.errors import UserError
 from lmforge.explain.methods import METHODS, PERTURBATION_METHODS
+from lmforge.explain.probing import PROPERTIES
 
 DEFAULT_EVAL_METHODS = ["grad", "gradxinput", "ig", "smoothgrad", "attention", "rollout", "occlusion", "lime", "shap"]
 
@@ -29,7 +30,8 @@ def add_explain_parsers(commands) -> None:
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("texts", nargs="*", help="texts to explain")
-    p.add_argument("--file", type=Path, help="a text file, one text per line")
+    p.add_argument("--file", type=Path, help="a text file (one text per line) or a .jsonl/.csv/.tsv file")
+    p.add_argument("--text-column", default="text", help="text column when --file is jsonl/csv/tsv")
     p.add_argument("--method", default="ig", choices=METHODS, help="attribution method (default: %(default)s)")
     p.add_argument("--target", help="label to explain (default: the predicted label)")
     p.add_argument("--samples", type=int, default=200, help="LIME / SHAP samples per text (default: 200)")
@@ -86,25 +88,27 @@ def _explainer(run_dir: Path):
 
 
 def _texts(spec: str, text_column: str, limit: int | None) -> tuple[list[str], str]:
-    from lmforge.core.data import load_examples
+    """The texts of a builtin split (dev by default) or of a user file; no labels needed."""
+    from lmforge.core.data import SUFFIXES, load_examples, read_texts
 
-    examples = load_examples(spec, text_column, text_column, default_split="dev")
-    texts = [t for t in examples.texts if t.strip()][: limit or None]
+    if Path(spec).suffix.lower() in SUFFIXES:
+        texts, source = read_texts(Path(spec), text_column), spec
+    else:
+        examples = load_examples(spec, default_split="dev")
+        texts, source = examples.texts, examples.source
+    texts = [t for t in texts if t.strip()][: limit or None]
     if not texts:
         raise UserError(f"{spec}: no texts to explain")
-    return texts, examples.source
+    return texts, source
 
 
 def cmd_explain(args) -> int:
+    from lmforge.core.data import read_texts
     from lmforge.core.report import html_page
     from lmforge.core.rundir import write_text_atomic
     from lmforge.explain.render import STYLE, attribution_html, terminal_heatmap
 
-    texts = list(args.texts)
-    if args.file:
-        if not args.file.is_file():
-            raise UserError(f"{args.file}: file not found")
-        texts += [line.strip() for line in args.file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = list(args.texts) + (read_texts(args.file, args.text_column) if args.file else [])
     if not texts:
         raise UserError("nothing to explain: give texts as arguments or --file")
     explainer = _explainer(args.run_dir)
@@ -139,10 +143,7 @@ def cmd_explain_eval(args) -> int:
     rows = []
     for method in tqdm(["occlusion", *[m for m in methods if m != "occlusion"]], desc="methods"):
         started = time.perf_counter()
-        attributions = []
-        for start in range(0, len(texts), explainer.batch_size):  # keeps memory flat on long datasets
-            chunk = texts[start : start + explainer.batch_size]
-            attributions += explainer.explain(chunk, method, n_samples=args.samples)
+        attributions = explainer.explain(texts, method, n_samples=args.samples, progress=True)
         seconds = (time.perf_counter() - started) / len(texts)
         if method == "occlusion":
             reference = attributions  # leave-one-out: the reference of Kendall's tau
@@ -243,9 +244,53 @@ def _write(folder: Path, name: str, result: dict, title: str, body: str) -> None
     write_text_atomic(folder / f"{name}.html", html_page(title, f"<h1>{escape(title)}</h1>{body}"))
 
 
+# ---- probe ----------------------------------------------------------------------------------------
+
+
+def add_probe_parser(subparsers) -> None:
+    """Register `lmforge probe MODEL_OR_RUN_DIR ...` on the CLI's subparsers."""
+    p = subparsers.add_parser(
+        "probe",
+        help="probe each layer for a linguistic property, with a control task (Hewitt & Liang 2019)",
+        description="Train a linear probe on every layer's word representations to predict a property, and the "
+        "same probe on a control task (random labels per word type). Prints accuracy, control accuracy and "
+        "selectivity per layer; writes probe.json and probe.html.",
+        epilog="examples: lmforge probe minilm | lmforge probe runs/lora-minilm_sst2-20250101-120000",
+    )
+    model_help = "a model name (minilm, tiny-bert), a Hugging Face folder, or a finished run folder (its model)"
+    p.add_argument("model", metavar="MODEL_OR_RUN_DIR", help=model_help)
+    p.add_argument("--property", default="wordnet-pos", help=f"one of: {', '.join(PROPERTIES)} (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=8000, help="word occurrences, 80%% train (default: 8000, at least 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling, the split and the control labels")
+    p.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/probe, or probes/<model>-<time>)")
+    p.set_defaults(handler=probe_command)
+
+
+def probe_command(args) -> int:
+    from lmforge.core.rundir import new_run_path
+    from lmforge.explain.probing import (
+        check_request,
+        format_probe_table,
+        load_probe_model,
+        probe_layers,
+        write_probe_report,
+    )
+    from lmforge.registry import quiet_libraries
+
+    check_request(args.property, args.limit)  # before loading the model
+    quiet_libraries()
+    model, tokenizer = load_probe_model(args.model, args.seed)
+    result = probe_layers(model, tokenizer, args.property, args.limit, args.seed)
+    result.model = args.model
+    is_run = (Path(args.model) / "config.yaml").is_file()
+    out = args.out or (Path(args.model) / "probe" if is_run else new_run_path(Path(args.model).name, Path("probes")))
+    json_path, html_path = write_probe_report(result, out)
+    print(format_probe_table(result))
+    print(f"written: {json_path} and {html_path} ({result.seconds:.0f} s)")
+    return 0
+
+
 def add_all(commands) -> None:
     """Every explanation command: explain, explain-eval, explain-global, probe."""
-    from lmforge.explain.probing import add_probe_parser
-
     add_explain_parsers(commands)
     add_probe_parser(commands)

@@ -34,17 +34,13 @@ def token_importance(
     progress: bool = False,
 ) -> dict[str, list[TokenImportance]]:
     """Label -> its `top` words by total attribution (words seen at least `min_count` times)."""
-    from tqdm.auto import tqdm
-
     totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    step = explainer.batch_size
-    for start in tqdm(range(0, len(texts), step), desc=f"explain ({method})", disable=not progress, leave=False):
-        for a in explainer.explain(texts[start : start + step], method):
-            for word, score in zip(a.words, a.word_scores):
-                key = word.lower()
-                totals[a.target_label][key] += float(score)
-                counts[a.target_label][key] += 1
+    for a in explainer.explain(texts, method, progress=progress):
+        for word, score in zip(a.words, a.word_scores):
+            key = word.lower()
+            totals[a.target_label][key] += float(score)
+            counts[a.target_label][key] += 1
     ranked = {}
     for label in explainer.labels:
         rows = [

@@ -17,7 +17,6 @@ layer 0 is the embedding output), and a multinomial logistic-regression probe pe
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import random
@@ -412,43 +411,3 @@ def write_probe_report(result: ProbeResult, out_dir: Path) -> tuple[Path, Path]:
     )
     write_text_atomic(html_path, page)
     return json_path, html_path
-
-
-# ---- command line ---------------------------------------------------------------------------------
-
-
-def add_probe_parser(subparsers) -> argparse.ArgumentParser:
-    """Register `lmforge probe MODEL_OR_RUN_DIR ...` on the CLI's subparsers."""
-    p = subparsers.add_parser(
-        "probe",
-        help="probe each layer for a linguistic property, with a control task (Hewitt & Liang 2019)",
-        description="Train a linear probe on every layer's word representations to predict a property, and the "
-        "same probe on a control task (random labels per word type). Prints accuracy, control accuracy and "
-        "selectivity per layer; writes probe.json and probe.html.",
-        epilog="examples: lmforge probe minilm | lmforge probe runs/lora-minilm_sst2-20250101-120000",
-    )
-    model_help = "a model name (minilm, tiny-bert), a Hugging Face folder, or a finished run folder (its model)"
-    p.add_argument("model", metavar="MODEL_OR_RUN_DIR", help=model_help)
-    p.add_argument("--property", default="wordnet-pos", help=f"one of: {', '.join(PROPERTIES)} (default: %(default)s)")
-    p.add_argument("--limit", type=int, default=8000, help="word occurrences, 80%% train (default: 8000, at least 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling, the split and the control labels")
-    p.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/probe, or probes/<model>-<time>)")
-    p.set_defaults(handler=probe_command)
-    return p
-
-
-def probe_command(args) -> int:
-    from lmforge.core.rundir import new_run_path
-    from lmforge.registry import quiet_libraries
-
-    check_request(args.property, args.limit)  # before loading the model
-    quiet_libraries()
-    model, tokenizer = load_probe_model(args.model, args.seed)
-    result = probe_layers(model, tokenizer, args.property, args.limit, args.seed)
-    result.model = args.model
-    is_run = (Path(args.model) / "config.yaml").is_file()
-    out = args.out or (Path(args.model) / "probe" if is_run else new_run_path(Path(args.model).name, Path("probes")))
-    json_path, html_path = write_probe_report(result, out)
-    print(format_probe_table(result))
-    print(f"written: {json_path} and {html_path} ({result.seconds:.0f} s)")
-    return 0

@@ -12,7 +12,6 @@ from html import escape
 import numpy as np
 
 from lmforge.explain.attribution import Attribution
-from lmforge.explain.methods import UNSIGNED_METHODS
 
 
 def _shares(scores: np.ndarray) -> np.ndarray:
@@ -35,7 +34,7 @@ def terminal_heatmap(a: Attribution) -> str:
     for word, share in zip(a.words, shares):
         r, g, b = _rgb(share)
         words.append(f"\x1b[48;2;{r};{g};{b}m\x1b[38;2;0;0;0m{word}\x1b[0m")
-    top = np.argsort(-np.abs(a.word_scores) if a.method in UNSIGNED_METHODS else -a.word_scores)[:5]
+    top = np.argsort(-a.word_scores)[:5]  # the words that support the label most
     ranked = ", ".join(f"{a.words[i]} {a.word_scores[i]:+.4f}" for i in top)
     p = a.probabilities[a.target]
     return f"{' '.join(words)}\n  {a.method}: explaining {a.target_label} (p = {p:.3f}); top words: {ranked}"

@@ -7,10 +7,10 @@ import torch
 
 from lmforge.core.models import load_classifier, load_encoder, tiny_bert_tokenizer
 from lmforge.errors import UserError
+from lmforge.explain.commands import add_probe_parser
 from lmforge.explain.probing import (
     CLASSES,
     Occurrence,
-    add_probe_parser,
     control_labels,
     find_occurrences,
     format_probe_table,
