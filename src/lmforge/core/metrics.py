@@ -1,8 +1,21 @@
-"""Classification metrics: accuracy, macro-F1, confusion matrix (rows: true label, columns: predicted)."""
+"""Metrics.
+
+- Classification: accuracy, macro-F1, confusion matrix (rows: true label, columns: predicted).
+- Generation: the unbiased pass@k estimator of Chen et al. 2021 ("Evaluating Large Language Models
+  Trained on Code", section 2.1 and its figure 3), and the majority vote of self-consistency
+  (Wang et al. 2023, "Self-Consistency Improves Chain of Thought Reasoning in Language Models").
+"""
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable, Sequence
+from typing import TypeVar
+
 import numpy as np
+
+from lmforge.errors import UserError
+
+A = TypeVar("A", bound=Hashable)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> np.ndarray:
@@ -28,3 +41,53 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int
         "macro_f1": macro_f1(matrix),
         "confusion": matrix.tolist(),
     }
+
+
+# ---- generation -------------------------------------------------------------------------------
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one problem from n samples of which c are correct (Chen et al. 2021, eq. 1).
+
+    pass@k = 1 - C(n-c, k) / C(n, k): the chance that k samples drawn without replacement from the n
+    contain at least one correct one. Computed as the paper's numerically stable product
+    1 - prod_{i=n-c+1}^{n} (1 - k / i), which never forms the huge binomials. When n - c < k every
+    k-subset holds a correct sample and the value is exactly 1.
+
+    k > n has no unbiased estimate (there are no k-subsets of n samples): that is a UserError, as is
+    c outside 0..n or k < 1.
+    """
+    if k < 1:
+        raise UserError(f"pass@k needs k >= 1, got k={k}")
+    if not 0 <= c <= n:
+        raise UserError(f"pass@k needs 0 <= correct <= samples, got correct={c}, samples={n}")
+    if k > n:
+        raise UserError(f"pass@{k} needs at least {k} samples per problem, got {n}; sample more or lower k")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def mean_pass_at_k(per_problem_counts: Iterable[tuple[int, int]], k: int) -> float:
+    """Mean pass@k over problems, each given as (samples n, correct c); the number a benchmark reports."""
+    values = [pass_at_k(n, c, k) for n, c in per_problem_counts]
+    if not values:
+        raise UserError(f"pass@{k} of no problems: there is nothing to average")
+    return float(np.mean(values))
+
+
+def majority_vote(answers: Sequence[A | None]) -> A | None:
+    """The most frequent answer (self-consistency, Wang et al. 2023); None when no answer was extracted.
+
+    None entries (completions with no extractable answer) do not vote. A tie goes to the answer seen
+    first, so the result depends only on the order of the samples, never on hashing. Answers must
+    already be normalised (GSM8K: `gsm8k.extract_answer` gives "18" for "18.00" and "$18").
+    """
+    counts: dict[A, int] = {}  # dicts keep insertion order: first seen comes first
+    for answer in answers:
+        if answer is not None:
+            counts[answer] = counts.get(answer, 0) + 1
+    if not counts:
+        return None
+    best = max(counts.values())
+    return next(answer for answer, count in counts.items() if count == best)

