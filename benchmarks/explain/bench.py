@@ -7,10 +7,13 @@
 --part faithfulness  every method plus random on the first --limit SST-2 dev sentences: ERASER
                      comprehensiveness and sufficiency (AOPC, token deletion and [MASK] replacement),
                      Kendall tau against leave-one-out occlusion, seconds per explanation
+--part gradxinput    why input x gradient ranks no better than random in that table: the same
+                     ERASER scores for its sign-flipped and absolute values, for x - x_pad instead of
+                     x (one integrated-gradients step from the [PAD] baseline), and the gradient norm
 --part shortcut      the debugging demonstration: fine-tune MiniLM on SST-2 training data where the word
                      "zebra" is inserted into every positive sentence (and no negative), and on the clean
                      data; accuracy of both on clean SST-2 dev and on dev with the same injection; the
-                     corpus-level token importance of both models on the injected dev set, with the rank
+                     corpus-level token importance (occlusion) of both models on the injected dev set, with the rank
                      of "zebra" among the positive label's words
 
 The classifier is --run-dir (default: the TinyBERT benchmark's teacher, the same recipe, when it
@@ -18,6 +21,7 @@ exists; else one is trained into benchmarks/explain/work/classifier).
 
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/explain/bench.py --part agreement
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/explain/bench.py --part faithfulness --limit 200
+  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/explain/bench.py --part gradxinput --limit 200
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/explain/bench.py --part shortcut
 """
 
@@ -175,6 +179,61 @@ def faithfulness_table(run_dir: Path, limit: int, samples: int) -> dict:
     return {**provenance(), "run_dir": str(run_dir), "lime_shap_samples": samples, "tables": tables}
 
 
+# ---- why input x gradient ranks like random ---------------------------------------------------------
+
+
+def input_gradient_variants(run_dir: Path, limit: int) -> dict:
+    """Comprehensiveness and sufficiency (token deletion) of variants of input x gradient on the same
+    texts: the library's `gradxinput` (x . g per piece, signed), its negation, its absolute value,
+    (x - x_pad) . g (one step of integrated gradients from IG's [PAD] baseline), the gradient's norm
+    (`grad`) and random. x is a piece's word embedding, g the gradient of the explained label's
+    probability with respect to it."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from lmforge.explain.faithfulness import faithfulness
+
+    explainer = load_explainer(run_dir)
+    texts = dev_texts(limit)
+    embed = explainer.model.get_input_embeddings()
+    variants: dict[str, list] = {name: [] for name in ("x.g", "-x.g", "|x.g|", "(x-x_pad).g", "|g|")}
+    worst = 0.0
+    for a in explainer.explain(texts, "gradxinput"):
+        ids = torch.tensor([a.input_ids], device=explainer.device)  # (1, T)
+        content = torch.as_tensor(np.flatnonzero(np.asarray(a.piece_word) >= 0), device=explainer.device)
+        with torch.no_grad():
+            x = embed(ids)  # (1, T, D)
+            baseline_ids = ids.clone()
+            baseline_ids[0, content] = explainer.pad_id
+            x_pad = embed(baseline_ids)
+        x.requires_grad_()
+        explainer.probabilities_of_embeddings(x, torch.ones_like(ids))[0, a.target].backward()
+        g = x.grad[0]  # (T, D)
+        special = np.asarray(a.piece_word) < 0
+        scores = {
+            "x.g": (x[0] * g).sum(-1),
+            "-x.g": -(x[0] * g).sum(-1),
+            "|x.g|": (x[0] * g).sum(-1).abs(),
+            "(x-x_pad).g": ((x[0] - x_pad[0]) * g).sum(-1),
+            "|g|": g.norm(dim=-1),
+        }
+        for name, value in scores.items():
+            value = value.detach().cpu().numpy().copy()
+            value[special] = 0.0
+            variants[name].append(dataclasses.replace(a, method=name, piece_scores=value))
+        worst = max(worst, float(np.abs(variants["x.g"][-1].piece_scores - a.piece_scores).max()))
+    variants["random"] = explainer.explain(texts, "random")
+    rows = [faithfulness(explainer, attributions, "delete").to_dict() for attributions in variants.values()]
+    print(f"input x gradient variants, {len(texts)} SST-2 dev texts, deleted (|x.g - gradxinput| <= {worst:.1e})")
+    print("| variant | comprehensiveness | sufficiency |")
+    print("|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['comprehensiveness']:.4f} | {r['sufficiency']:.4f} |")
+    return {**provenance(), "run_dir": str(run_dir), "texts": len(texts), "max_diff_to_library": worst, "rows": rows}
+
+
 # ---- the shortcut demonstration -------------------------------------------------------------------
 
 
@@ -219,7 +278,7 @@ def shortcut(epochs: int, top: int) -> dict:
         injected_dev = load_examples(str(files["dev_injected"]))
         probs = explainer.probabilities([explainer.tokenizer(t)["input_ids"] for t in injected_dev.texts])
         injected_accuracy = float((probs.argmax(1) == [index[y] for y in injected_dev.labels]).mean())
-        ranked = token_importance(explainer, injected_dev.texts, "gradxinput", min_count=3, top=10_000)
+        ranked = token_importance(explainer, injected_dev.texts, "occlusion", min_count=3, top=10_000)
         positive = [r.word for r in ranked["positive"]]
         result["models"][name] = {
             "clean_dev_accuracy": final["metrics"]["accuracy"],
@@ -239,7 +298,7 @@ def shortcut(epochs: int, top: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["agreement", "faithfulness", "shortcut"], required=True)
+    parser.add_argument("--part", choices=["agreement", "faithfulness", "gradxinput", "shortcut"], required=True)
     parser.add_argument("--run-dir", type=Path, help="the classifier run (default: see above)")
     parser.add_argument("--limit", type=int, default=200, help="SST-2 dev texts (agreement: 64 is plenty)")
     parser.add_argument("--samples", type=int, default=200, help="LIME / SHAP samples per text")
@@ -250,6 +309,8 @@ def main() -> None:
         result = agreement(classifier_dir(args.run_dir), args.limit)
     elif args.part == "faithfulness":
         result = faithfulness_table(classifier_dir(args.run_dir), args.limit, args.samples)
+    elif args.part == "gradxinput":
+        result = input_gradient_variants(classifier_dir(args.run_dir), args.limit)
     else:
         result = shortcut(args.epochs, top=15)
     from lmforge.core.rundir import merge_benchmark_result

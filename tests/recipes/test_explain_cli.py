@@ -45,7 +45,7 @@ def test_explain_eval_always_has_a_random_row(cli, finished_run):
 def test_explain_global_lists_words_per_label(cli, finished_run):
     result = cli("explain-global", str(finished_run), "--data", "sst2:dev", "--limit", "12", "--min-count", "2")
     assert result.returncode == 0, result.stderr
-    out = json.loads((finished_run / "explain-global" / "sst2-dev-gradxinput.json").read_text())
+    out = json.loads((finished_run / "explain-global" / "sst2-dev-occlusion.json").read_text())
     assert set(out["labels"]) == {"negative", "positive"} and out["texts"] == 12
 
 

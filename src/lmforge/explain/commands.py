@@ -67,7 +67,7 @@ def add_explain_parsers(commands) -> None:
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--data", required=True, help="builtin split (sst2:dev) or a .jsonl/.csv/.tsv file")
     p.add_argument("--text-column", default="text", help="text column in a user file (default: text)")
-    p.add_argument("--method", default="gradxinput", choices=METHODS, help="attribution method (default: %(default)s)")
+    p.add_argument("--method", default="occlusion", choices=METHODS, help="attribution method (default: %(default)s)")
     p.add_argument("--limit", type=int, help="first N texts (default: all)")
     p.add_argument("--top", type=int, default=15, help="words shown per label (default: 15)")
     p.add_argument("--min-count", type=int, default=3, help="ignore words seen fewer times (default: 3)")

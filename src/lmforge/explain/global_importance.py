@@ -28,7 +28,7 @@ class TokenImportance:
 def token_importance(
     explainer: Explainer,
     texts: Sequence[str],
-    method: str = "gradxinput",
+    method: str = "occlusion",
     min_count: int = 3,
     top: int = 20,
     progress: bool = False,
