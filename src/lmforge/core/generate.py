@@ -136,6 +136,7 @@ class HFGenerator:
     ) -> list[list[Completion]]:
         import torch
         from tqdm.auto import tqdm
+        from transformers import GenerationConfig
 
         if isinstance(prompts, str):
             raise UserError("generate: prompts must be a list of strings, not one string")
@@ -155,6 +156,11 @@ class HFGenerator:
         done: dict[tuple[int, int], Completion] = {}
         was_training = self.model.training
         self.model.eval()
+        # generate() fills every option it is not given from model.generation_config (a folder's
+        # generation_config.json may set repetition_penalty, top_k, ...): the sampling parameters must
+        # be the only ones, so the model's defaults are set aside for the call.
+        model_defaults = self.model.generation_config
+        self.model.generation_config = GenerationConfig()
         bar = tqdm(total=len(rows), desc="generate", unit="sample", disable=not progress)
         try:
             with torch.inference_mode():
@@ -167,6 +173,7 @@ class HFGenerator:
                     bar.update(len(batch))
         finally:
             bar.close()
+            self.model.generation_config = model_defaults
             self.model.train(was_training)
         return [[done[(i, j if samples > 1 else 0)] for j in range(params.n)] for i in range(len(prompts))]
 

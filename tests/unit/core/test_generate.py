@@ -105,6 +105,14 @@ def test_sample_seeds_are_stable_numbers():
     assert len({sample_seed(0, "a", 0), sample_seed(1, "a", 0), sample_seed(0, "b", 0), sample_seed(0, "a", 1)}) == 4
 
 
+def test_the_models_own_generation_defaults_are_ignored(gen):
+    model, tokenizer = tiny_gpt2()
+    model.generation_config.update(do_sample=True, temperature=0.5, top_k=3, repetition_penalty=1.5)
+    params = SamplingParams(max_new_tokens=8)
+    assert HFGenerator(model, tokenizer).generate(PROMPTS, params) == gen.generate(PROMPTS, params)
+    assert model.generation_config.repetition_penalty == 1.5  # and they are back after the call
+
+
 def test_generation_leaves_a_training_model_in_training_mode():
     model, tokenizer = tiny_gpt2()
     model.train()
