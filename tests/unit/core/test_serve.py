@@ -117,3 +117,12 @@ def test_serve_command_starts_and_answers(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_serve_with_a_bad_model_exits_2_with_one_line(cli):
+    result = cli("serve", "./no/such/folder")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "lmforge: error: model './no/such/folder': not a builtin model (minilm, tiny-bert, gemma-3-270m, tiny-gpt2), "
+        "a local folder, or a hub id (org/name)"
+    ]
