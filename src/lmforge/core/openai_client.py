@@ -73,8 +73,11 @@ class OpenAIGenerator:
                 bar.update(1)
                 return result
 
-            with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            pool = ThreadPoolExecutor(max_workers=self.concurrency)
+            try:
                 return list(pool.map(one, prompts))
+            finally:  # after a failure, the prompts not yet sent are not sent (each would retry in vain)
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def complete(self, prompt: str, params: SamplingParams) -> list[Completion]:
         """The n completions of one prompt: one request."""

@@ -120,3 +120,10 @@ def test_no_server_is_a_user_error_after_the_retries(scripted):
     scripted.server_close()
     with pytest.raises(UserError, match=r"refused.*after 2 tries"):
         OpenAIGenerator("m", url, max_retries=1, backoff=0.01).generate(["hi"], SamplingParams())
+
+
+def test_after_a_failure_the_remaining_prompts_are_not_sent(scripted):
+    scripted.script = [(400, 0)]
+    with pytest.raises(UserError, match="HTTP 400"):
+        OpenAIGenerator("m", scripted.url, concurrency=1).generate(["p"] * 20, SamplingParams())
+    assert len(scripted.seen) < 20
