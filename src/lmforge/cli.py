@@ -1,5 +1,5 @@
-"""The `lmforge` command line: list, run, eval, predict, export, report, and the explanation commands
-(explain, explain-eval, explain-global, probe: see explain/commands.py).
+"""The `lmforge` command line: list, run, eval, predict, export, report, the explanation commands
+(explain, explain-eval, explain-global, probe: see explain/commands.py) and serve (core/serve.py).
 
 Exit codes: 0 success, 2 bad input or usage (one line on stderr saying what and where),
 130 interrupted by SIGINT / SIGTERM after a checkpoint was saved, 1 anything unexpected.
@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 
 from lmforge.config import SECTIONS, describe
+from lmforge.core.serve import add_serve_parser
 from lmforge.errors import Interrupted, UserError
 from lmforge.explain.commands import add_all as add_explanation_commands
 from lmforge.registry import (
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_report)
 
     add_explanation_commands(commands)
+    add_serve_parser(commands)
     return parser
 
 
@@ -160,7 +162,7 @@ def cmd_list(args) -> int:
     if what in ("all", "models"):
         print("models:")
         for m in BUILTIN_MODELS.values():
-            print(f"  {m.name:<10} {m.parameters:>6}  {m.description}")
+            print(f"  {m.name:<12} {m.parameters:>6}  {m.description}")
         print("  (or any local Hugging Face folder, or a hub id when online)")
     if what in ("all", "datasets"):
         print("datasets:")

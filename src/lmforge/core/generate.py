@@ -1,0 +1,273 @@
+"""Batched text generation with explicit sampling parameters, through one interface and two backends.
+
+- `hf` (default): a local transformers causal LM (`HFGenerator`): prompts sorted by length, left
+  padded, generated in batches with the KV cache; a batch stops as soon as every sequence has hit
+  EOS or a stop string, and each text is cut at its first stop string.
+- `openai`: any OpenAI-compatible server (vLLM, llama.cpp, Ollama, `lmforge serve`) through
+  `POST {base_url}/completions` (`OpenAIGenerator`, in core/openai_client.py).
+
+Reproducibility of the `hf` backend: every sample draws from its own random generator, seeded by
+(params.seed, the prompt's text, the sample's index j < n). A completion is therefore a function of
+(model, prompt, params, j) alone: the same call gives the same texts, and a prompt gives the same
+samples whatever other prompts share its batch, whatever the batch size, and in whatever order the
+prompts come, up to floating-point differences between padded batch shapes (which can flip a
+near-tie between two tokens; not seen with float32 on the CPU). Two equal prompts in one call get
+equal samples; ask for n > 1 to get different ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from lmforge.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+BACKENDS = ("hf", "openai")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    """completions per prompt"""
+    temperature: float = 0.0
+    """0 = greedy (then the n completions are equal)"""
+    top_p: float = 1.0
+    """nucleus sampling: sample from the smallest set of tokens whose probability reaches top_p"""
+    max_new_tokens: int = 256
+    """generated tokens per completion at most"""
+    stop: tuple[str, ...] = ()
+    """a completion ends at the first of these strings (not included in its text)"""
+    seed: int = 0
+    """seeds every sample's random generator (see the module docstring)"""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):  # a lone string is one stop string, not a tuple of characters
+            object.__setattr__(self, "stop", (self.stop,))
+        else:
+            object.__setattr__(self, "stop", tuple(self.stop))
+        if self.n < 1:
+            raise UserError(f"sampling: n must be at least 1, got {self.n}")
+        if self.temperature < 0:
+            raise UserError(f"sampling: temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"sampling: top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise UserError(f"sampling: max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise UserError(f"sampling: stop strings must be non-empty strings, got {self.stop!r}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    """the generated text, cut before the first stop string"""
+    tokens: int
+    """generated tokens, up to and including the one that ended it (EOS or the end of a stop string)"""
+    finish_reason: str
+    """"stop" (EOS or a stop string) or "length" (max_new_tokens reached)"""
+
+
+class Generator(Protocol):
+    def generate(
+        self, prompts: Sequence[str], params: SamplingParams, progress: bool = False
+    ) -> list[list[Completion]]:
+        """For each prompt, its params.n completions, in the order of `prompts`."""
+        ...
+
+
+def make_generator(backend: str, model: str | Path, **kw) -> Generator:
+    """A generator: `hf` loads `model` (a builtin name, a folder, a finished run) locally, with keyword
+    `batch_size` and `seed` (tiny-gpt2's weights); `openai` talks to the server at keyword `base_url`
+    that serves `model`, with keywords `api_key`, `timeout`, `max_retries`, `concurrency`."""
+    if backend == "hf":
+        from lmforge.core.causal_lm import load_causal_lm
+
+        seed = kw.pop("seed", 0)
+        lm, tokenizer = load_causal_lm(str(model), seed=seed)
+        return HFGenerator(lm, tokenizer, **kw)
+    if backend == "openai":
+        from lmforge.core.openai_client import OpenAIGenerator
+
+        return OpenAIGenerator(str(model), **kw)
+    raise UserError(f"generation backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+
+
+def sample_seed(seed: int, prompt: str, j: int) -> int:
+    """The seed of sample j of `prompt`: stable across processes and platforms (not Python's hash)."""
+    digest = hashlib.sha256(f"{seed}\0{j}\0{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """`text` before the earliest stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class HFGenerator:
+    """Generation with a local transformers causal LM: sorted, left-padded batches with the KV cache."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 8):
+        if batch_size < 1:
+            raise UserError(f"generation: batch_size must be at least 1, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        eos = model.generation_config.eos_token_id
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        self.eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
+        config = model.config.get_text_config()
+        self.max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text)["input_ids"])
+
+    def generate(
+        self, prompts: Sequence[str], params: SamplingParams, progress: bool = False
+    ) -> list[list[Completion]]:
+        import torch
+        from tqdm.auto import tqdm
+        from transformers import GenerationConfig
+
+        if isinstance(prompts, str):
+            raise UserError("generate: prompts must be a list of strings, not one string")
+        lengths = [self.count_tokens(p) for p in prompts]
+        for i, length in enumerate(lengths):
+            if length == 0:
+                raise UserError(f"generate: prompt {i} is empty (no tokens)")
+            if self.max_positions and length + params.max_new_tokens > self.max_positions:
+                raise UserError(
+                    f"generate: prompt {i} has {length} tokens; with max_new_tokens={params.max_new_tokens} it "
+                    f"passes the model's {self.max_positions} positions"
+                )
+        # Greedy samples are all equal: generate one per prompt and copy it.
+        samples = 1 if params.temperature == 0 else params.n
+        rows = [(i, j) for i in range(len(prompts)) for j in range(samples)]
+        rows.sort(key=lambda r: -lengths[r[0]])  # longest first: padding stays small, memory peaks early
+        done: dict[tuple[int, int], Completion] = {}
+        was_training = self.model.training
+        self.model.eval()
+        # generate() fills every option it is not given from model.generation_config (a folder's
+        # generation_config.json may set repetition_penalty, top_k, ...): the sampling parameters must
+        # be the only ones, so the model's defaults are set aside for the call.
+        model_defaults = self.model.generation_config
+        self.model.generation_config = GenerationConfig()
+        bar = tqdm(total=len(rows), desc="generate", unit="sample", disable=not progress)
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(rows), self.batch_size):
+                    batch = rows[start : start + self.batch_size]
+                    texts = [prompts[i] for i, _ in batch]
+                    seeds = [sample_seed(params.seed, prompts[i], j) for i, j in batch]
+                    for row, completion in zip(batch, self._generate_batch(texts, seeds, params)):
+                        done[row] = completion
+                    bar.update(len(batch))
+        finally:
+            bar.close()
+            self.model.generation_config = model_defaults
+            self.model.train(was_training)
+        return [[done[(i, j if samples > 1 else 0)] for j in range(params.n)] for i in range(len(prompts))]
+
+    def _generate_batch(self, texts: list[str], seeds: list[int], params: SamplingParams) -> list[Completion]:
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+        self.tokenizer.padding_side = "left"  # all prompts end at the same column: new tokens line up
+        enc = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.model.device)
+        prompt_len = enc["input_ids"].shape[1]
+        stop = StopStrings(self.tokenizer, params.stop, prompt_len)
+        processors = LogitsProcessorList()
+        if params.temperature > 0:
+            processors.append(SeededSampler(seeds, params.temperature, params.top_p))
+        config = GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=False,  # sampling happens in SeededSampler, which leaves one token for argmax
+            num_beams=1,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=sorted(self.eos_ids) or None,
+        )
+        out = self.model.generate(
+            **enc,
+            generation_config=config,
+            logits_processor=processors,
+            stopping_criteria=StoppingCriteriaList([stop]) if params.stop else None,
+        )
+        completions = []
+        for row, generated in enumerate(out[:, prompt_len:].tolist()):  # (B, new tokens)
+            end = next((k + 1 for k, t in enumerate(generated) if t in self.eos_ids), None)
+            text_end = end - 1 if end is not None else None  # the EOS token is not part of the text
+            if row in stop.ended_at and (end is None or stop.ended_at[row] < end):
+                end = text_end = stop.ended_at[row]
+            n_tokens = end if end is not None else len(generated)
+            text = self.tokenizer.decode(generated[:text_end], skip_special_tokens=True)
+            text, _ = cut_at_stop(text, params.stop)
+            completions.append(Completion(text, n_tokens, "stop" if end is not None else "length"))
+        return completions
+
+
+class SeededSampler:
+    """A logits processor that samples each row with its own torch.Generator, then leaves only the
+    sampled token possible, so that generate's argmax picks it.
+
+    One generator per sample (not one for the batch) makes a sample independent of its batch.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        import torch
+
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1).cpu()  # (B, V)
+        if self.top_p < 1:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            # drop a token when the tokens ranked above it already reach top_p (the first always stays)
+            drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= self.top_p
+            sorted_probs[drop] = 0
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        chosen = torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, self.generators)]).to(
+            scores.device
+        )  # (B,)
+        forced = torch.full_like(scores, float("-inf"))
+        forced.scatter_(-1, chosen[:, None], 0.0)
+        return forced
+
+
+class StopStrings:
+    """A stopping criterion: a row is done once its generated text contains a stop string.
+
+    Records `ended_at[row]`, the number of generated tokens when the row's stop string appeared.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str], prompt_len: int):
+        self.tokenizer = tokenizer
+        self.stop = tuple(stop)
+        self.prompt_len = prompt_len
+        self.ended_at: dict[int, int] = {}
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        import torch
+
+        generated = input_ids[:, self.prompt_len :]  # (B, new tokens so far)
+        for row in range(generated.shape[0]):
+            if row in self.ended_at:
+                continue
+            # The whole generated text each step: a stop string may span tokens; decoding a few hundred
+            # tokens costs microseconds next to a forward pass.
+            text = self.tokenizer.decode(generated[row], skip_special_tokens=True)
+            if any(s in text for s in self.stop):
+                self.ended_at[row] = generated.shape[1]
+        done = [row in self.ended_at for row in range(generated.shape[0])]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)

