@@ -1,5 +1,6 @@
 """The `lmforge` command line: list, run, eval, predict, export, report, the explanation commands
-(explain, explain-eval, explain-global, probe: see explain/commands.py) and serve (core/serve.py).
+(explain, explain-eval, explain-global, probe: see explain/commands.py), serve (core/serve.py) and
+eval-gen (core/eval_gen_command.py).
 
 Exit codes: 0 success, 2 bad input or usage (one line on stderr saying what and where),
 130 interrupted by SIGINT / SIGTERM after a checkpoint was saved, 1 anything unexpected.
@@ -16,6 +17,7 @@ import traceback
 from pathlib import Path
 
 from lmforge.config import SECTIONS, describe
+from lmforge.core.eval_gen_command import add_eval_gen_parser
 from lmforge.core.serve import add_serve_parser
 from lmforge.errors import Interrupted, UserError
 from lmforge.explain.commands import add_all as add_explanation_commands
@@ -125,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_explanation_commands(commands)
     add_serve_parser(commands)
+    add_eval_gen_parser(commands)
     return parser
 
 
