@@ -15,6 +15,7 @@ from lmforge.errors import UserError
 from lmforge.methods.adalora import config as adalora_config
 from lmforge.methods.finetune import config as finetune_config
 from lmforge.methods.lora import config as lora_config
+from lmforge.methods.sft import config as sft_config
 from lmforge.methods.tinybert import config as tinybert_config
 
 
@@ -63,6 +64,15 @@ METHODS = {
         "lmforge.methods.tinybert.recipe:run",
         "lmforge.methods.tinybert.recipe:load_trained",
         "lmforge.methods.tinybert.report:report_sections",
+    ),
+    "sft": Method(
+        "sft",
+        "supervised fine-tuning of a causal LM on (prompt, completion) pairs, full or LoRA",
+        "Ouyang et al. 2022 (SFT stage); Hu et al. 2022 (LoRA)",
+        sft_config.SftConfig,
+        "lmforge.methods.sft.recipe:run",
+        "lmforge.methods.sft.recipe:load_trained",
+        "lmforge.methods.sft.report:report_sections",
     ),
 }
 

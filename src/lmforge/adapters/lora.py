@@ -4,7 +4,9 @@ B = 0 so training starts from the pretrained function).
 
 Adapters are injected by module-name pattern, merged into / removed from the base weights, and
 saved in PEFT's adapter format (`adapter_config.json` + `adapter_model.safetensors`) so that
-`peft.PeftModel.from_pretrained` loads them unchanged.
+`peft.PeftModel.from_pretrained` loads them unchanged. LoRA also adapts GPT-2's `Conv1D` layers
+(`c_attn`, `c_proj`, `c_fc`: a linear layer whose weight is stored (in, out), PEFT's
+`fan_in_fan_out`); A and B keep the same shapes, only merging transposes the update.
 """
 
 from __future__ import annotations
@@ -23,40 +25,62 @@ from lmforge.errors import UserError
 PEFT_PREFIX = "base_model.model."
 
 
+def conv1d_class() -> type[nn.Module]:
+    """GPT-2's Conv1D (transformers): a linear layer with its weight stored (in, out)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return Conv1D
+
+
+def linear_shape(layer: nn.Module) -> tuple[int, int]:
+    """(in, out) features of an nn.Linear or a Conv1D."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features
+    return layer.weight.shape[0], layer.weight.shape[1]  # Conv1D: (in, out)
+
+
 class AdapterLinear(nn.Module):
     """A frozen `base` linear plus a low-rank update `delta_weight()` (out, in) that can be merged
     into the base weight and taken out again. LoRA and AdaLoRA's SVD form are both of this kind."""
 
     base: nn.Linear
     merged: bool
+    fan_in_fan_out: bool = False  # the base stores its weight (in, out): GPT-2's Conv1D
 
     def delta_weight(self) -> torch.Tensor:
         raise NotImplementedError
 
+    def _delta_for_base(self) -> torch.Tensor:
+        delta = self.delta_weight()  # (out, in)
+        return (delta.T if self.fan_in_fan_out else delta).to(self.base.weight.dtype)
+
     @torch.no_grad()
     def merge(self) -> None:
         if not self.merged:
-            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+            self.base.weight += self._delta_for_base()
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
         if self.merged:
-            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+            self.base.weight -= self._delta_for_base()
             self.merged = False
 
 
 class LoraLinear(AdapterLinear):
-    """y = base(x) + scaling * B(A(dropout(x))); A: (r, in), B: (out, r)."""
+    """y = base(x) + scaling * B(A(dropout(x))); A: (r, in), B: (out, r). `base` is an nn.Linear or
+    a Conv1D."""
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float):
         super().__init__()
         self.base = base
+        self.fan_in_fan_out = not isinstance(base, nn.Linear)
+        in_features, out_features = linear_shape(base)
         self.r = r
         self.scaling = alpha / r
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, dtype=base.weight.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, dtype=base.weight.dtype))
+        self.lora_A = nn.Parameter(torch.empty(r, in_features, dtype=base.weight.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, r, dtype=base.weight.dtype))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear and peft
         self.merged = False
 
@@ -78,12 +102,19 @@ def matches(module_name: str, targets: list[str]) -> bool:
 def inject_lora(
     model: nn.Module, targets: list[str], r: int, alpha: float, dropout: float, trainable_modules: list[str]
 ) -> list[str]:
-    """Replace matching nn.Linear layers by LoraLinear; freeze all but LoRA and `trainable_modules`.
+    """Replace matching nn.Linear (and GPT-2 Conv1D) layers by LoraLinear; freeze all but LoRA and
+    `trainable_modules`.
 
     Returns the names of the adapted layers. `trainable_modules` (e.g. ["classifier"]) are trained
     in full and saved with the adapter, as PEFT's `modules_to_save`.
     """
-    return inject_adapters(model, targets, lambda name, base: LoraLinear(base, r, alpha, dropout), trainable_modules)
+    return inject_adapters(
+        model,
+        targets,
+        lambda name, base: LoraLinear(base, r, alpha, dropout),
+        trainable_modules,
+        (nn.Linear, conv1d_class()),
+    )
 
 
 def inject_adapters(
@@ -91,12 +122,14 @@ def inject_adapters(
     targets: list[str],
     make_layer: Callable[[str, nn.Linear], nn.Module],
     trainable_modules: list[str],
+    layer_types: tuple[type[nn.Module], ...] = (nn.Linear,),
 ) -> list[str]:
-    """Wrap each nn.Linear whose name matches `targets` with `make_layer(name, linear)`; freeze everything
-    else except the adapter's own parameters and `trainable_modules`. Returns the adapted names."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and matches(n, targets)]
+    """Wrap each layer of `layer_types` whose name matches `targets` with `make_layer(name, layer)`;
+    freeze everything else except the adapter's own parameters and `trainable_modules`. Returns the
+    adapted names."""
+    names = [n for n, m in model.named_modules() if isinstance(m, layer_types) and matches(n, targets)]
     if not names:
-        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, layer_types)})
         raise UserError(f"target_modules {targets} match no linear layer (layer names: {', '.join(linear)})")
     for p in model.parameters():
         p.requires_grad_(False)
@@ -133,11 +166,7 @@ def remove_lora(model: nn.Module) -> nn.Module:
 
     Every AdapterLinear qualifies: LoRA and AdaLoRA's SVD form.
     """
-    adapters = {
-        n: m
-        for n, m in model.named_modules()
-        if isinstance(getattr(m, "base", None), nn.Linear) and callable(getattr(m, "merge", None))
-    }
+    adapters = {n: m for n, m in model.named_modules() if isinstance(m, AdapterLinear)}
     for name, layer in adapters.items():
         layer.merge()
         parent_name, _, child = name.rpartition(".")
@@ -173,13 +202,14 @@ def save_adapter(
     targets: list[str],
     trainable_modules: list[str],
     base_model: str,
+    task_type: str = "SEQ_CLS",
 ) -> None:
-    """Write a PEFT-format LoRA adapter folder."""
+    """Write a PEFT-format LoRA adapter folder; `task_type` is PEFT's (SEQ_CLS, CAUSAL_LM)."""
     folder.mkdir(parents=True, exist_ok=True)
     save_file(adapter_state_dict(model, trainable_modules), str(folder / "adapter_model.safetensors"))
     config = {
         "peft_type": "LORA",
-        "task_type": "SEQ_CLS",
+        "task_type": task_type,
         "base_model_name_or_path": base_model,
         "r": r,
         "lora_alpha": alpha,
@@ -187,7 +217,7 @@ def save_adapter(
         "target_modules": list(targets),
         "modules_to_save": list(trainable_modules),
         "bias": "none",
-        "fan_in_fan_out": False,
+        "fan_in_fan_out": any(layer.fan_in_fan_out for layer in lora_layers(model).values()),
         "init_lora_weights": True,
         "inference_mode": True,
         "use_rslora": False,

@@ -10,10 +10,14 @@ Builtin names work offline:
   trained on the bundled datasets: real tokenization of any text, seconds per run; for tests.
 Anything else is a local Hugging Face folder with a config.json (a finished run's `final/` folder
 works too: give the run folder or the `final/` folder), or a hub id when the machine has network.
+A finished run whose `final/` is a causal-LM LoRA adapter (`lmforge run sft/... sft.lora=true`)
+loads as its base model (named in the run's config.yaml) with the adapter merged into the weights:
+a plain transformers model, for generation, `lmforge serve` and further training alike.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -53,6 +57,9 @@ def load_causal_lm(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTraine
 
     if name == TINY_GPT2:
         return tiny_gpt2(seed)
+    adapter = adapter_folder(name)
+    if adapter is not None:
+        return load_adapted_run(adapter)
     path = causal_lm_path(name)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
@@ -67,8 +74,9 @@ def load_causal_tokenizer(name: str) -> PreTrainedTokenizerBase:
 
     if name == TINY_GPT2:
         return tiny_gpt2_tokenizer()
+    adapter = adapter_folder(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(causal_lm_path(name)))
+        tokenizer = AutoTokenizer.from_pretrained(str(adapter or causal_lm_path(name)))
     except (OSError, ValueError) as e:
         raise UserError(f"model {name!r}: could not load its tokenizer: {str(e).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
@@ -94,6 +102,50 @@ def causal_lm_path(name: str) -> Path | str:
     from lmforge.core.models import _resolve_path
 
     return _resolve_path(name)  # a hub id (or a clear error)
+
+
+def adapter_folder(name: str) -> Path | None:
+    """The adapter folder of `name` when it is a LoRA run (its folder or its final/), else None."""
+    path = Path(name).expanduser()
+    for folder in (path, path / "final"):
+        if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+            return folder
+    return None
+
+
+def load_adapted_run(folder: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A LoRA run's causal LM: the base model of the run's config.yaml (`model.name`, and `train.seed`
+    for tiny-gpt2's random weights) with the adapter of `folder` merged into its weights."""
+    from lmforge.adapters.lora import load_adapter, remove_lora
+    from lmforge.config import load_yaml
+
+    task_type = json.loads((folder / "adapter_config.json").read_text()).get("task_type")
+    if task_type != "CAUSAL_LM":
+        raise UserError(f"{folder}: the adapter is not a causal LM's (PEFT task_type {task_type!r})")
+    run_config = folder.parent / "config.yaml"
+    if not run_config.is_file():
+        raise UserError(f"{folder}: an adapter without its run folder (no {run_config} naming the base model)")
+    raw = load_yaml(run_config.read_text(encoding="utf-8")) or {}
+    base = (raw.get("model") or {}).get("name")
+    if not base:
+        raise UserError(f"{run_config}: no model.name, so the adapter's base model is unknown")
+    model, _ = load_causal_lm(base, seed=(raw.get("train") or {}).get("seed", 0))
+    model = remove_lora(load_adapter(model, folder))  # plain linear layers, the update merged in
+    model.requires_grad_(True)
+    return model.eval(), load_causal_tokenizer(str(folder))
+
+
+def set_dropout(model, p: float) -> None:
+    """Set every dropout rate of a loaded model to `p` (its nn.Dropout modules and the attention
+    dropout that attention functions read from `attention_dropout`); the saved config keeps the
+    model's own rates, which only matter in training."""
+    from torch import nn
+
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = p
 
 
 # ---- gemma-3-270m ---------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The parts of a classifier training run that every classification recipe shares.
 
-A recipe writes its own loop out of these calls, so that a method's extra work (AdaLoRA's
-allocator, a regulariser) is a plain call at its place in the loop:
+A recipe writes its own loop out of these calls (the generic ones are `TrainingRun`'s, in
+core/training_run.py), so that a method's extra work (AdaLoRA's allocator, a regulariser) is a
+plain call at its place in the loop:
 
     t = start_classifier_run(cfg, run_dir, resume, adapt)
     with StopSignal() as stop:
@@ -16,86 +17,35 @@ allocator, a regulariser) is a plain call at its place in the loop:
 
 from __future__ import annotations
 
-import shutil
-import time
-from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from lmforge.config import RunConfig
-from lmforge.core import checkpoint as ckpt
 from lmforge.core.classify import collate, encode, evaluate, loss_sum
 from lmforge.core.console import say
 from lmforge.core.data import Task, describe, load_task
-from lmforge.core.loop import (
-    OptimizerBatch,
-    StopSignal,
-    TrainState,
-    advance,
-    build_optimizer,
-    build_scheduler,
-    count_parameters,
-    is_due,
-    make_accelerator,
-    optimizer_batches,
-    seed_everything,
-    steps_per_epoch,
-    total_steps,
-    trainable_state,
-    update_early_stopping,
-)
+from lmforge.core.loop import OptimizerBatch, count_parameters, seed_everything
 from lmforge.core.models import load_classifier
-from lmforge.core.report import write_report
-from lmforge.core.rundir import RunDir, build_manifest, fingerprint
-from lmforge.errors import Interrupted, UserError
+from lmforge.core.training_run import SaveFinal, TrainingRun, open_run, save_best, start_training
+
+__all__ = ["Adapt", "ClassifierRun", "SaveFinal", "open_run", "save_best", "start_classifier_run"]
 
 Adapt = Callable[[torch.nn.Module], None]  # changes the freshly loaded model in place (adapters, freezing)
 BuildModel = Callable[[list[str], int], tuple[torch.nn.Module, Any]]  # (labels, seed) -> (model, tokenizer)
 LossFn = Callable[[dict, torch.Tensor], dict[str, torch.Tensor]]  # (inputs, labels) -> named mean losses
-SaveFinal = Callable[[torch.nn.Module, Any, Path], None]  # (model, tokenizer, folder)
 
 
-@dataclass
-class ClassifierRun:
-    cfg: RunConfig
+@dataclass(kw_only=True)
+class ClassifierRun(TrainingRun):
     task: Task
-    model: torch.nn.Module  # wrapped by Accelerate; `unwrapped` is the plain module
-    tokenizer: Any
-    optimizer: Any
-    scheduler: Any
-    accelerator: Any
-    run: RunDir
-    state: TrainState
-    resumed_from: Path | None  # the checkpoint this run continues from, if any
     train_ids: list[list[int]]
     train_labels: list[int]
     eval_ids: list[list[int]]
     eval_labels: list[int]
-    n_steps: int
-    per_epoch: int
-    trainable: int
-    total: int
-    batches: Iterator[OptimizerBatch]
-    bar: Any
-    metrics: dict | None = None  # the latest evaluation, reused at the end when it is of the final model
-    extra_state: Callable[[], dict] | None = None  # method state saved with every checkpoint
-
-    @property
-    def main(self) -> bool:
-        return self.accelerator.is_main_process
-
-    @property
-    def unwrapped(self) -> torch.nn.Module:
-        return self.accelerator.unwrap_model(self.model)
-
-    def running(self) -> bool:
-        return self.state.step < self.n_steps and not self.state.stopped_early
 
     def accumulate_gradients(
         self,
@@ -111,38 +61,17 @@ class ClassifierRun:
         is added once per step, spread evenly over the micro-batches. The step's value of each
         named loss is kept in `self.step_losses` for logging.
         """
-        acc, step_loss = self.accelerator, 0.0
-        pad_id = self.tokenizer.pad_token_id
-        self.step_losses = {}
-        for i, micro in enumerate(batch.micro_batches):
-            inputs = collate([self.train_ids[j] for j in micro], pad_id, acc.device)
-            labels = torch.tensor([self.train_labels[j] for j in micro], device=acc.device)
-            last = i == len(batch.micro_batches) - 1
-            share = len(micro) * acc.num_processes / batch.size
-            with nullcontext() if last else acc.no_sync(self.model), acc.autocast():
-                if loss_fn is None:
-                    logits = self.model(**inputs).logits  # (B, C)
-                    parts = {"loss": loss_sum(logits, labels) / len(micro)}
-                else:
-                    parts = loss_fn(inputs, labels)
-                loss = sum(parts.values()) * share
-                if regularizer is not None:
-                    loss = loss + regularizer() / len(batch.micro_batches)
-            acc.backward(loss)
-            step_loss += loss.item()
-            for name, value in parts.items():
-                self.step_losses[name] = self.step_losses.get(name, 0.0) + value.item() * share / acc.num_processes
-        if acc.num_processes > 1:  # each process summed its share: the step's loss is their mean
-            step_loss = acc.reduce(torch.tensor(step_loss, device=acc.device), "mean").item()
-        return step_loss
+        device, pad_id = self.accelerator.device, self.tokenizer.pad_token_id
 
-    def optimizer_step(self, batch: OptimizerBatch) -> None:
-        """Clip, step the optimizer and the schedule, and count the step (`state.step` += 1)."""
-        if self.cfg.train.max_grad_norm > 0:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        advance(self.state, batch, self.per_epoch)
+        def micro_loss(micro: list[int]) -> dict[str, torch.Tensor]:
+            inputs = collate([self.train_ids[j] for j in micro], pad_id, device)
+            labels = torch.tensor([self.train_labels[j] for j in micro], device=device)
+            if loss_fn is None:
+                logits = self.model(**inputs).logits  # (B, C)
+                return {"loss": loss_sum(logits, labels) / batch.size}
+            return {name: value * (len(micro) / batch.size) for name, value in loss_fn(inputs, labels).items()}
+
+        return self.accumulate(batch, micro_loss, regularizer)
 
     def evaluate(self) -> dict:
         return evaluate(
@@ -155,53 +84,6 @@ class ClassifierRun:
             self.accelerator.device,
         )
 
-    def save_checkpoint(self) -> None:
-        if self.main:
-            ckpt.save_checkpoint(
-                self.run.checkpoints,
-                self.state.step,
-                trainable_state(self.unwrapped),
-                self.optimizer,
-                self.scheduler,
-                self.state.to_dict(),
-                self.cfg.train.keep_checkpoints,
-                extra=self.extra_state() if self.extra_state else None,
-            )
-
-    def end_step(self, step_loss: float, started: float, stop: StopSignal, log: dict | None = None) -> None:
-        """After a step: timing, the metrics line (plus `log`), evaluation, early stopping, checkpoint."""
-        train, state = self.cfg.train, self.state
-        state.train_seconds += time.perf_counter() - started
-        state.running_loss += step_loss
-        state.running_steps += 1
-        epoch = round(state.step / self.per_epoch, 4)
-        self.bar.update(1)
-        self.bar.set_postfix(loss=f"{step_loss:.4f}", epoch=f"{epoch:.2f}")
-        last = state.step == self.n_steps
-        if self.main and (state.step % train.log_every == 0 or last):
-            loss = state.running_loss / state.running_steps
-            lr = self.scheduler.get_last_lr()[0]
-            self.run.log({"split": "train", "step": state.step, "epoch": epoch, "loss": loss, "lr": lr, **(log or {})})
-            state.running_loss, state.running_steps = 0.0, 0
-        self.metrics = None
-        if is_due(state.step, train.eval_every, self.per_epoch) or last:
-            self.metrics = metrics = self.evaluate()
-            if self.main:
-                scores = {k: v for k, v in metrics.items() if k != "confusion"}
-                self.run.log({"split": "eval", "step": state.step, "epoch": epoch, **scores})
-                self.bar.write(
-                    f"step {state.step}: eval loss {metrics['loss']:.4f}, "
-                    f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
-                )
-            improved = update_early_stopping(state, metrics[train.metric], train.early_stopping_patience)
-            if improved and train.early_stopping_patience and self.main:
-                save_best(self.run, self.unwrapped)
-        if stop.requested or is_due(state.step, train.save_every, self.per_epoch):
-            self.save_checkpoint()
-        if stop.requested:
-            self.bar.close()
-            raise Interrupted(f"{stop.requested} at step {state.step}; checkpoint saved in {self.run.checkpoints}")
-
     def finish(
         self,
         save_final: SaveFinal,
@@ -209,40 +91,16 @@ class ClassifierRun:
     ) -> dict:
         """Restore the best model if early stopping chose one, evaluate, and write final/,
         final.json (last: it marks a finished run) and report.html."""
-        train, state = self.cfg.train, self.state
-        self.bar.close()
-        if state.stopped_early:
-            patience = train.early_stopping_patience
-            say(f"early stop at step {state.step}: no {train.metric} gain in {patience} evaluations")
-        model = self.unwrapped
-        if train.early_stopping_patience and state.best_step != state.step:
-            model.load_state_dict(load_file(str(self.run.checkpoints / "best.safetensors")), strict=False)
-            say(f"restored the best model (step {state.best_step}, {train.metric} {state.best_metric:.4f})")
-            self.metrics = None
-        final = self.metrics or self.evaluate()
-        if self.main:
-            tmp = self.run.path / "final.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            save_final(model, self.tokenizer, tmp)
-            shutil.rmtree(self.run.final, ignore_errors=True)
-            tmp.rename(self.run.final)
-            self.run.write_json(
-                "final.json",
-                {
-                    "metrics": {k: v for k, v in final.items() if k != "confusion"},
-                    "labels": self.task.labels,
-                    "confusion": final["confusion"],
-                    "eval_data": self.task.eval.source,
-                    "n_examples": len(self.task.eval),
-                    "steps": state.step,
-                    "best_step": state.best_step,
-                    "train_seconds": round(state.train_seconds, 3),
-                    "trainable_parameters": self.trainable,
-                    "total_parameters": self.total,
-                },
-            )
-            write_report(self.run.path, report_sections(self.run.path) if report_sections else None)
-        return final
+
+        def summary(final: dict) -> dict:
+            return {
+                "labels": self.task.labels,
+                "confusion": final["confusion"],
+                "eval_data": self.task.eval.source,
+                "n_examples": len(self.task.eval),
+            }
+
+        return super().finish(save_final, summary, report_sections)
 
 
 def start_classifier_run(
@@ -284,89 +142,22 @@ def start_classifier_run(
     eval_ids = encode(tokenizer, task.eval.texts, cfg.model.max_length)
     label_index = {label: i for i, label in enumerate(task.labels)}
 
-    optimizer = build_optimizer(model, train.lr, train.weight_decay)
-    n_steps = total_steps(len(train_ids), train)
-    if check_steps is not None:
-        check_steps(n_steps)
-    scheduler = build_scheduler(optimizer, n_steps, train.warmup_ratio, phases(n_steps) if phases else None)
-    accelerator = make_accelerator(train)
-    main = accelerator.is_main_process
-    if accelerator.num_processes > 1:  # dropout differs per process; DDP broadcasts rank 0's weights
-        torch.manual_seed(train.seed + accelerator.process_index)
-    run, state, resumed_from = open_run(run_dir, cfg, task, resume, model, optimizer, scheduler, write=main)
-    accelerator.wait_for_everyone()
-    model, optimizer = accelerator.prepare(model, optimizer)
-    model.train()
     lengths = [len(x) for x in train_ids]
-    batches = optimizer_batches(lengths, train, state, accelerator.process_index, accelerator.num_processes)
-    bar = tqdm(total=n_steps, initial=state.step, desc="train", unit="step", disable=not main, dynamic_ncols=True)
-    return ClassifierRun(
-        cfg=cfg,
+    return start_training(
+        cfg,
+        run_dir,
+        resume,
+        model,
+        tokenizer,
+        lengths,
+        task,
+        check_steps,
+        phases,
+        run_class=ClassifierRun,
+        select_metric=train.metric,
         task=task,
-        model=model,
-        tokenizer=tokenizer,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        accelerator=accelerator,
-        run=run,
-        state=state,
-        resumed_from=resumed_from,
         train_ids=train_ids,
         train_labels=[label_index[x] for x in task.train.labels],
         eval_ids=eval_ids,
         eval_labels=[label_index[x] for x in task.eval.labels],
-        n_steps=n_steps,
-        per_epoch=steps_per_epoch(len(train_ids), train),
-        trainable=trainable,
-        total=total,
-        batches=batches,
-        bar=bar,
     )
-
-
-def open_run(run_dir: Path, cfg: RunConfig, task: Task, resume: bool, model, optimizer, scheduler, write: bool = True):
-    """Create the run folder, or restore the latest checkpoint of an existing one.
-
-    Returns (RunDir, TrainState, the checkpoint restored or None). Only the main process
-    (`write`) creates or changes files; the others just read the checkpoint.
-    """
-    run = RunDir(run_dir)
-    state = TrainState()
-    if resume:
-        if (run.path / "final.json").exists():
-            raise UserError(f"{run.path}: this run already finished; nothing to resume")
-        if write:
-            ckpt.remove_partial(run.checkpoints)
-        latest = ckpt.latest_checkpoint(run.checkpoints)
-        if latest is None:
-            say(f"{run.path}: no checkpoint yet; starting from step 0")
-        else:
-            state = TrainState(**ckpt.load_checkpoint(latest, model, optimizer, scheduler))
-            say(f"resumed from {latest} (step {state.step})")
-        if write:
-            run.truncate_metrics(state.step)
-        return run, state, latest
-    if not write:
-        return run, state, None
-    if run.path.exists() and any(run.path.iterdir()):
-        raise UserError(f"{run.path}: run folder already exists; add --resume to continue it or pick --run-dir")
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.config.write_text(cfg.to_yaml())
-    data = {
-        split: {
-            "source": ex.source,
-            "examples": len(ex),
-            "skipped": ex.skipped,
-            "sha256_16": fingerprint(ex.texts, ex.labels),
-        }
-        for split, ex in (("train", task.train), ("eval", task.eval))
-    }
-    run.write_json("manifest.json", build_manifest(cfg.train.seed, data))
-    return run, state, None
-
-
-def save_best(run: RunDir, model: torch.nn.Module) -> None:
-    run.checkpoints.mkdir(parents=True, exist_ok=True)
-    tmp = run.checkpoints / "best.safetensors.tmp"
-    save_file({k: v.cpu().contiguous() for k, v in trainable_state(model).items()}, str(tmp))
-    tmp.replace(run.checkpoints / "best.safetensors")

@@ -182,17 +182,23 @@ def read_texts(path: Path, text_column: str = "text") -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def read_file(path: Path, text_column: str, label_column: str | None) -> Examples:
-    """Rows of a jsonl / csv / tsv file; with `label_column=None` only texts are read (labels are "")."""
+def read_rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, row) of every non-blank row of a .jsonl / .csv / .tsv file (csv / tsv: a header
+    line first); a missing or empty file, bad JSON, a non-UTF-8 byte or a row of the wrong width is a
+    UserError naming the file and line."""
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     text = _decode(path)
     if not text.strip():
         raise UserError(f"{path}: the file is empty")
     if path.suffix.lower() == ".jsonl":
-        rows = _jsonl_rows(path, text)
-    else:
-        rows = _delimited_rows(path, text, "\t" if path.suffix.lower() == ".tsv" else ",")
+        return _jsonl_rows(path, text)
+    return _delimited_rows(path, text, "\t" if path.suffix.lower() == ".tsv" else ",")
+
+
+def read_file(path: Path, text_column: str, label_column: str | None) -> Examples:
+    """Rows of a jsonl / csv / tsv file; with `label_column=None` only texts are read (labels are "")."""
+    rows = read_rows(path)
     columns = [text_column, label_column] if label_column else [text_column]
     texts, labels, lines, skipped = [], [], [], {}
     for line_no, row in rows:

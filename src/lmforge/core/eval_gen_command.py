@@ -71,7 +71,9 @@ def add_eval_gen_parser(commands) -> None:
     p.add_argument("--task", required=True, help=f"{' | '.join(TASKS)}")
     p.add_argument("--split", help="the task's split (default: its evaluation split: gsm8k dev, mbpp test, ...)")
     p.add_argument("--limit", type=int, help="first L problems of the split (default: all)")
-    p.add_argument("--shots", type=int, help="few-shot exemplars in each prompt (gsm8k only: 0-8, default 8)")
+    p.add_argument(
+        "--shots", type=int, help="few-shot exemplars in each prompt (gsm8k: 0-8, default 8; mbpp: 0-3, default 3)"
+    )
     p.add_argument("--n", type=int, default=1, help="samples per problem (default: %(default)s)")
     p.add_argument("--k", default="1", help="pass@k for these k, a comma list, each <= n (default: %(default)s)")
     p.add_argument("--temperature", type=float, help="0 is greedy (default: 0 when n is 1, else 0.8)")
@@ -179,13 +181,13 @@ def cmd_eval_gen(args) -> int:
 
 
 def _shots_option(task, shots: int | None) -> dict:
-    """{"shots": shots} when given and the task takes it (GSM8K); nothing when not given."""
+    """{"shots": shots} when given and the task takes it (GSM8K, MBPP); nothing when not given."""
     import inspect
 
     if shots is None:
         return {}
     if "shots" not in inspect.signature(task.problems).parameters:
-        raise UserError(f"--shots: task {task.name} has a fixed prompt format; --shots applies to gsm8k")
+        raise UserError(f"--shots: task {task.name} has a fixed prompt format; --shots applies to gsm8k and mbpp")
     return {"shots": shots}
 
 

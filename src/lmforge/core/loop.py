@@ -108,6 +108,7 @@ class OptimizerBatch:
     index: int  # position of this batch within its epoch
     micro_batches: list[list[int]]  # example indices, this process's share
     size: int  # examples in the whole step, over all processes: the loss is divided by it
+    examples: list[int]  # the whole step's example indices, over all processes (a loss per token counts them)
 
 
 GROUP_SPAN = 50  # optimizer batches whose examples are sorted by length together
@@ -150,7 +151,7 @@ def optimizer_batches(
         for b in range(start, len(batches)):
             chunk = batches[b]
             micro = [chunk[i : i + train.batch_size][rank::world] for i in range(0, len(chunk), train.batch_size)]
-            yield OptimizerBatch(epoch, b, [m for m in micro if m], len(chunk))
+            yield OptimizerBatch(epoch, b, [m for m in micro if m], len(chunk), chunk)
         epoch, start = epoch + 1, 0
 
 

@@ -14,7 +14,7 @@ as the MBPP README and the Hugging Face loader define them:
 | train      | 601-974  | sanitized where it has the task (120), else mbpp.jsonl (254)   | 374      |
 
 Prompt: the paper's 3-shot format (section 2.1, tasks 2, 3 and 4 as the shots, taken from the
-sanitized file):
+sanitized file; `shots` takes fewer, 0 leaves the problem alone, as supervised fine-tuning trains it):
 "You are an expert Python programmer, and here is your task: {text} Your code should pass these
 tests:\n\n{tests}\n[BEGIN]\n{code}\n[DONE]\n" per shot, and the problem itself ending at "[BEGIN]\n".
 Only `test_list` is run (the `challenge_test_list` of the full file is not), as in the paper.
@@ -43,6 +43,7 @@ IDS = {
     "train": range(601, 975),
 }
 SHOT_IDS = (2, 3, 4)
+SHOTS = 3
 # The shots end every answer with [DONE]; a model that never writes it is cut when it starts the
 # next few-shot block.
 STOP = ("[DONE]", "\nYou are an expert Python programmer")
@@ -104,16 +105,22 @@ def _block(task: dict, code: str | None) -> str:
 
 
 def problems(
-    split: str = "test", limit: int | None = None, sanitized_path: Path = SANITIZED, full_path: Path = FULL
+    split: str = "test",
+    limit: int | None = None,
+    sanitized_path: Path = SANITIZED,
+    full_path: Path = FULL,
+    shots: int = SHOTS,
 ) -> list[Problem]:
-    """Problems of a split in task-id order, each prompt 3-shot (tasks 2, 3, 4)."""
+    """Problems of a split in task-id order, each prompt with `shots` (0-3) worked tasks (2, 3, 4) first."""
     check_split("mbpp", split, SPLITS)
+    if not 0 <= shots <= len(SHOT_IDS):
+        raise UserError(f"mbpp: shots must be between 0 and {len(SHOT_IDS)}, got {shots}")
     sanitized = _sanitized(sanitized_path)
     full = _full(full_path) if split not in ("test", "prompt") else {}
     missing = [i for i in SHOT_IDS if i not in sanitized]
     if missing:
         raise UserError(f"{sanitized_path}: the few-shot tasks {', '.join(map(str, missing))} are missing")
-    header = "".join(_block(sanitized[i], sanitized[i]["code"]) for i in SHOT_IDS)
+    header = "".join(_block(sanitized[i], sanitized[i]["code"]) for i in SHOT_IDS[:shots])
     if split in ("test", "prompt"):
         tasks = [sanitized[i] for i in IDS[split] if i in sanitized]
     elif split == "test_full":
@@ -127,7 +134,8 @@ def problems(
         )
         for task in tasks
     ]
-    note = f"{from_sanitized} from {sanitized_path.name}, {len(tasks) - from_sanitized} from {full_path.name}"
+    from_full = len(tasks) - from_sanitized
+    note = f"{shots}-shot, {from_sanitized} from {sanitized_path.name}, {from_full} from {full_path.name}"
     return take("mbpp", split, chosen, limit, note)
 
 

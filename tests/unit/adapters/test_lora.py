@@ -96,3 +96,43 @@ def test_names_that_match_nothing_are_user_errors():
         inject_lora(model, ["q_proj"], 4, 8, 0.0, ["classifier"])
     with pytest.raises(UserError, match="trainable_modules: no module named 'score'"):
         inject_lora(load_classifier("tiny-bert", LABELS)[0], ["query"], 4, 8, 0.0, ["score"])
+
+
+GPT2_TARGETS = ["c_attn", "c_proj", "c_fc"]  # GPT-2's Conv1D layers: weight stored (in, out)
+
+
+def adapted_gpt2(seed=0):
+    from lmforge.core.causal_lm import set_dropout, tiny_gpt2
+
+    model, tok = tiny_gpt2(seed)
+    set_dropout(model, 0.0)
+    inject_lora(model, GPT2_TARGETS, r=4, alpha=8, dropout=0.0, trainable_modules=[])
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_B.normal_(0, 0.5)
+    return model.eval(), tok
+
+
+def test_lora_on_gpt2_conv1d_merges_saves_and_loads_in_peft_format(tmp_path):
+    from peft import PeftModel
+    from transformers.pytorch_utils import Conv1D
+
+    from lmforge.core.causal_lm import tiny_gpt2
+
+    model, tok = adapted_gpt2()
+    assert len(lora_layers(model)) == 8  # c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj in 2 layers
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n, _ in model.named_parameters() if "lora_" in n
+    }
+    inputs = tok(["the movie was a gorgeous mess\n", "what is 2 + 3 ?"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        before = model(**inputs).logits
+        assert not torch.allclose(before, tiny_gpt2(0)[0].eval()(**inputs).logits, atol=1e-3)
+        save_adapter(model, tmp_path, 4, 8, 0.0, GPT2_TARGETS, [], "tiny-gpt2", task_type="CAUSAL_LM")
+        loaded = load_adapter(tiny_gpt2(0)[0], tmp_path).eval()
+        assert torch.equal(before, loaded(**inputs).logits)
+        peft_model = PeftModel.from_pretrained(tiny_gpt2(0)[0], str(tmp_path)).eval()
+        assert torch.allclose(before, peft_model(**inputs).logits, atol=1e-5)
+        plain = remove_lora(model)
+        assert not lora_layers(plain) and isinstance(plain.transformer.h[0].attn.c_attn, Conv1D)
+        assert torch.allclose(before, plain(**inputs).logits, atol=1e-5)

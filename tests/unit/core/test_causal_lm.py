@@ -133,3 +133,42 @@ def test_causal_tokenizer_of_a_folder_gets_a_pad_token(tmp_path):
     tok.save_pretrained(tmp_path)
     (tmp_path / "config.json").write_text("{}")
     assert load_causal_tokenizer(str(tmp_path)).pad_token == "<|endoftext|>"
+
+
+def test_set_dropout_zero_makes_training_mode_deterministic():
+    from lmforge.core.causal_lm import set_dropout
+
+    model, tok = tiny_gpt2(seed=3)
+    inputs = tok(["a gorgeous, moving film"], return_tensors="pt")
+    with torch.no_grad():
+        reference = model(**inputs).logits
+        model.train()
+        assert not torch.equal(model(**inputs).logits, reference)  # GPT-2's dropout is 0.1
+        set_dropout(model, 0.0)
+        assert torch.equal(model(**inputs).logits, reference)
+
+
+def test_a_lora_run_loads_as_its_base_with_the_adapter_merged(tmp_path):
+    from lmforge.adapters.lora import inject_lora, lora_layers, save_adapter
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("method: sft\nmodel:\n  name: tiny-gpt2\ntrain:\n  seed: 7\n")
+    model, tok = tiny_gpt2(seed=7)
+    inject_lora(model, ["c_attn", "c_fc"], r=2, alpha=4, dropout=0.0, trainable_modules=[])
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_B.normal_(0, 0.5)
+    save_adapter(model, run / "final", 2, 4, 0.0, ["c_attn", "c_fc"], [], "tiny-gpt2", task_type="CAUSAL_LM")
+    tok.save_pretrained(run / "final")
+    inputs = tok(["Question: 2 + 3 ?\nAnswer:"], return_tensors="pt")
+    with torch.no_grad():
+        expected = model.eval()(**inputs).logits
+        for name in (str(run), str(run / "final")):
+            loaded, loaded_tok = load_causal_lm(name)
+            assert not lora_layers(loaded) and not loaded.training  # merged: a plain GPT-2
+            assert loaded_tok.pad_token == "<pad>"
+            assert torch.allclose(loaded(**inputs).logits, expected, atol=1e-5)
+    (run / "config.yaml").unlink()
+    with pytest.raises(UserError, match="without its run folder"):
+        load_causal_lm(str(run))

@@ -57,6 +57,7 @@ def test_micro_batches_of_two_processes_partition_the_step():
         i for m in one.micro_batches for i in m
     )
     assert ranks[0].size == ranks[1].size == one.size == 8
+    assert ranks[0].examples == ranks[1].examples == one.examples == [i for m in one.micro_batches for i in m]
 
 
 def test_no_weight_decay_on_biases_and_norms():

@@ -39,6 +39,17 @@ def test_prompt_is_the_three_shot_format_of_the_paper():
     assert "\r" not in problem.prompt and "\r" not in mbpp.problems("test_full", limit=1)[0].reference
 
 
+def test_fewer_shots_keep_the_problem_block():
+    three = mbpp.problems("train", limit=1)[0]
+    zero = mbpp.problems("train", limit=1, shots=0)[0]
+    assert zero.prompt.startswith("You are an expert Python programmer, and here is your task: ")
+    assert zero.prompt.count("[BEGIN]") == 1 and three.prompt.endswith(zero.prompt)
+    assert zero.reference == three.reference
+    assert mbpp.problems("train", limit=1, shots=1)[0].prompt.count("[BEGIN]") == 2
+    with pytest.raises(UserError, match="shots must be between 0 and 3"):
+        mbpp.problems("train", shots=4)
+
+
 @pytest.mark.parametrize(
     "completion, code",
     [

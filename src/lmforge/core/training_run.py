@@ -1,0 +1,336 @@
+"""The parts of a training run that every recipe shares, whatever its model, data and loss.
+
+A recipe loads its data and model, then writes its loop out of these calls, so that a method's
+extra work is a plain call at its place in the loop:
+
+    t = start_training(cfg, run_dir, resume, model, tokenizer, lengths, data)
+    t.evaluator = lambda: {...}                  # held-out metrics of the current model
+    with StopSignal() as stop:
+        while t.running():
+            batch, started = next(t.batches), time.perf_counter()
+            loss = t.accumulate(batch, micro_loss)  # forward + backward over the micro-batches
+            t.optimizer_step(batch)                 # clip, optimizer and scheduler step, count the step
+            t.optimizer.zero_grad(set_to_none=True)
+            t.end_step(loss, started, stop)         # log, evaluate, early-stop, checkpoint
+    return t.finish(save_final, summary)            # final/, final.json, report.html
+
+Classifier recipes use `ClassifierRun` (core/classifier_run.py), which adds their data, loss and
+evaluation to this; other recipes (a causal LM's supervised fine-tuning) give their own.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from lmforge.config import RunConfig
+from lmforge.core import checkpoint as ckpt
+from lmforge.core.console import say
+from lmforge.core.data import Task
+from lmforge.core.loop import (
+    OptimizerBatch,
+    StopSignal,
+    TrainState,
+    advance,
+    build_optimizer,
+    build_scheduler,
+    count_parameters,
+    is_due,
+    make_accelerator,
+    optimizer_batches,
+    steps_per_epoch,
+    total_steps,
+    trainable_state,
+    update_early_stopping,
+)
+from lmforge.core.report import write_report
+from lmforge.core.rundir import RunDir, build_manifest, fingerprint
+from lmforge.errors import Interrupted, UserError
+
+SaveFinal = Callable[[torch.nn.Module, Any, Path], None]  # (model, tokenizer, folder)
+MicroLoss = Callable[[list[int]], dict[str, torch.Tensor]]  # example indices -> named losses (see `accumulate`)
+
+
+@dataclass(kw_only=True)
+class TrainingRun:
+    cfg: RunConfig
+    model: torch.nn.Module  # wrapped by Accelerate; `unwrapped` is the plain module
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    accelerator: Any
+    run: RunDir
+    state: TrainState
+    resumed_from: Path | None  # the checkpoint this run continues from, if any
+    n_steps: int
+    per_epoch: int
+    trainable: int
+    total: int
+    batches: Iterator[OptimizerBatch]
+    bar: Any
+    evaluator: Callable[[], dict] | None = None  # metrics of the current model on held-out data
+    select_metric: str | None = None  # the metric early stopping and the best model follow (higher is better)
+    metrics: dict | None = None  # the latest evaluation, reused at the end when it is of the final model
+    extra_state: Callable[[], dict] | None = None  # method state saved with every checkpoint
+    step_losses: dict[str, float] = field(default_factory=dict)  # the last step's named losses
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def running(self) -> bool:
+        return self.state.step < self.n_steps and not self.state.stopped_early
+
+    def accumulate(
+        self, batch: OptimizerBatch, micro_loss: MicroLoss, regularizer: Callable[[], torch.Tensor] | None = None
+    ) -> float:
+        """Forward and backward over the step's micro-batches; returns the step's loss.
+
+        `micro_loss(indices)` runs the model on one micro-batch (this process's share) and returns
+        named losses, each already divided by the size of the whole step over all processes (its
+        examples, or its tokens: whatever the loss is a mean over), so that summed over the
+        micro-batches they are the step's mean and accumulation is exact. Each process's part is
+        multiplied by the number of processes, since DDP averages gradients over them.
+        `regularizer()` (a scalar for the whole step) is added once per step, spread evenly over the
+        micro-batches. The step's value of each named loss is kept in `self.step_losses`.
+        """
+        acc, step_loss = self.accelerator, 0.0
+        self.step_losses = {}
+        for i, micro in enumerate(batch.micro_batches):
+            last = i == len(batch.micro_batches) - 1
+            with nullcontext() if last else acc.no_sync(self.model), acc.autocast():
+                parts = micro_loss(micro)
+                loss = sum(parts.values()) * acc.num_processes
+                if regularizer is not None:
+                    loss = loss + regularizer() / len(batch.micro_batches)
+            acc.backward(loss)
+            step_loss += loss.item()
+            for name, value in parts.items():
+                self.step_losses[name] = self.step_losses.get(name, 0.0) + value.item()
+        if acc.num_processes > 1:  # each process summed its share: the step's loss is their mean
+            step_loss = acc.reduce(torch.tensor(step_loss, device=acc.device), "mean").item()
+        return step_loss
+
+    def optimizer_step(self, batch: OptimizerBatch) -> None:
+        """Clip, step the optimizer and the schedule, and count the step (`state.step` += 1)."""
+        if self.cfg.train.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        advance(self.state, batch, self.per_epoch)
+
+    def evaluate(self) -> dict:
+        if self.evaluator is None:
+            raise RuntimeError("the recipe set no evaluator")
+        return self.evaluator()
+
+    def save_checkpoint(self) -> None:
+        if self.main:
+            ckpt.save_checkpoint(
+                self.run.checkpoints,
+                self.state.step,
+                trainable_state(self.unwrapped),
+                self.optimizer,
+                self.scheduler,
+                self.state.to_dict(),
+                self.cfg.train.keep_checkpoints,
+                extra=self.extra_state() if self.extra_state else None,
+            )
+
+    def end_step(self, step_loss: float, started: float, stop: StopSignal, log: dict | None = None) -> None:
+        """After a step: timing, the metrics line (plus `log`), evaluation, early stopping, checkpoint."""
+        train, state = self.cfg.train, self.state
+        state.train_seconds += time.perf_counter() - started
+        state.running_loss += step_loss
+        state.running_steps += 1
+        epoch = round(state.step / self.per_epoch, 4)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{step_loss:.4f}", epoch=f"{epoch:.2f}")
+        last = state.step == self.n_steps
+        if self.main and (state.step % train.log_every == 0 or last):
+            loss = state.running_loss / state.running_steps
+            lr = self.scheduler.get_last_lr()[0]
+            self.run.log({"split": "train", "step": state.step, "epoch": epoch, "loss": loss, "lr": lr, **(log or {})})
+            state.running_loss, state.running_steps = 0.0, 0
+        self.metrics = None
+        if is_due(state.step, train.eval_every, self.per_epoch) or last:
+            self.metrics = metrics = self.evaluate()
+            if self.main:
+                scores = scalar_metrics(metrics)
+                self.run.log({"split": "eval", "step": state.step, "epoch": epoch, **scores})
+                self.bar.write(f"step {state.step}: eval {', '.join(f'{k} {v:.4f}' for k, v in scores.items())}")
+            if self.select_metric is not None:
+                improved = update_early_stopping(state, metrics[self.select_metric], train.early_stopping_patience)
+                if improved and train.early_stopping_patience and self.main:
+                    save_best(self.run, self.unwrapped)
+        if stop.requested or is_due(state.step, train.save_every, self.per_epoch):
+            self.save_checkpoint()
+        if stop.requested:
+            self.bar.close()
+            raise Interrupted(f"{stop.requested} at step {state.step}; checkpoint saved in {self.run.checkpoints}")
+
+    def finish(
+        self,
+        save_final: SaveFinal,
+        summary: Callable[[dict], dict],
+        report_sections: Callable[[Path], list[tuple[str, str]]] | None = None,
+    ) -> dict:
+        """Restore the best model if early stopping chose one, evaluate, and write final/,
+        final.json (last: it marks a finished run) and report.html.
+
+        final.json holds the scalar metrics, then `summary(final_metrics)` (the data evaluated on,
+        a confusion matrix, ...), then the step counts, training time and parameter counts."""
+        train, state = self.cfg.train, self.state
+        self.bar.close()
+        if state.stopped_early:
+            patience = train.early_stopping_patience
+            say(f"early stop at step {state.step}: no {self.select_metric} gain in {patience} evaluations")
+        model = self.unwrapped
+        if train.early_stopping_patience and state.best_step != state.step:
+            model.load_state_dict(load_file(str(self.run.checkpoints / "best.safetensors")), strict=False)
+            say(f"restored the best model (step {state.best_step}, {self.select_metric} {state.best_metric:.4f})")
+            self.metrics = None
+        final = self.metrics or self.evaluate()
+        if self.main:
+            tmp = self.run.path / "final.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_final(model, self.tokenizer, tmp)
+            shutil.rmtree(self.run.final, ignore_errors=True)
+            tmp.rename(self.run.final)
+            self.run.write_json(
+                "final.json",
+                {
+                    "metrics": scalar_metrics(final),
+                    **summary(final),
+                    "steps": state.step,
+                    "best_step": state.best_step,
+                    "train_seconds": round(state.train_seconds, 3),
+                    "trainable_parameters": self.trainable,
+                    "total_parameters": self.total,
+                },
+            )
+            write_report(self.run.path, report_sections(self.run.path) if report_sections else None)
+        return final
+
+
+def scalar_metrics(metrics: dict) -> dict:
+    """The numbers of an evaluation (a confusion matrix and other tables left out)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def start_training(
+    cfg: RunConfig,
+    run_dir: Path,
+    resume: bool,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    lengths: list[int],
+    data: Task,
+    check_steps: Callable[[int], None] | None = None,
+    phases: Callable[[int], list[int]] | None = None,
+    run_class: type[TrainingRun] = TrainingRun,
+    **fields: Any,
+) -> TrainingRun:
+    """The optimizer, the schedule, Accelerate, the run folder (or its latest checkpoint, restored)
+    and the resumable batch stream over examples of token counts `lengths`, for a model already
+    loaded and adapted; call it after every input is checked, since it writes the run folder.
+
+    `data` (its `train` and `eval` examples) goes into manifest.json. `check_steps(total_steps)`
+    refuses a run too short for the method; `phases(total_steps)` splits the learning-rate
+    schedule into stages. `run_class` and `fields`: a TrainingRun with more fields (ClassifierRun)."""
+    train = cfg.train
+    trainable, total = count_parameters(model)
+    optimizer = build_optimizer(model, train.lr, train.weight_decay)
+    n_steps = total_steps(len(lengths), train)
+    if check_steps is not None:
+        check_steps(n_steps)
+    scheduler = build_scheduler(optimizer, n_steps, train.warmup_ratio, phases(n_steps) if phases else None)
+    accelerator = make_accelerator(train)
+    main = accelerator.is_main_process
+    if accelerator.num_processes > 1:  # dropout differs per process; DDP broadcasts rank 0's weights
+        torch.manual_seed(train.seed + accelerator.process_index)
+    run, state, resumed_from = open_run(run_dir, cfg, data, resume, model, optimizer, scheduler, write=main)
+    accelerator.wait_for_everyone()
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    batches = optimizer_batches(lengths, train, state, accelerator.process_index, accelerator.num_processes)
+    bar = tqdm(total=n_steps, initial=state.step, desc="train", unit="step", disable=not main, dynamic_ncols=True)
+    return run_class(
+        cfg=cfg,
+        model=model,
+        tokenizer=tokenizer,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        accelerator=accelerator,
+        run=run,
+        state=state,
+        resumed_from=resumed_from,
+        n_steps=n_steps,
+        per_epoch=steps_per_epoch(len(lengths), train),
+        trainable=trainable,
+        total=total,
+        batches=batches,
+        bar=bar,
+        **fields,
+    )
+
+
+def open_run(run_dir: Path, cfg: RunConfig, task: Task, resume: bool, model, optimizer, scheduler, write: bool = True):
+    """Create the run folder, or restore the latest checkpoint of an existing one.
+
+    Returns (RunDir, TrainState, the checkpoint restored or None). Only the main process
+    (`write`) creates or changes files; the others just read the checkpoint.
+    """
+    run = RunDir(run_dir)
+    state = TrainState()
+    if resume:
+        if (run.path / "final.json").exists():
+            raise UserError(f"{run.path}: this run already finished; nothing to resume")
+        if write:
+            ckpt.remove_partial(run.checkpoints)
+        latest = ckpt.latest_checkpoint(run.checkpoints)
+        if latest is None:
+            say(f"{run.path}: no checkpoint yet; starting from step 0")
+        else:
+            state = TrainState(**ckpt.load_checkpoint(latest, model, optimizer, scheduler))
+            say(f"resumed from {latest} (step {state.step})")
+        if write:
+            run.truncate_metrics(state.step)
+        return run, state, latest
+    if not write:
+        return run, state, None
+    if run.path.exists() and any(run.path.iterdir()):
+        raise UserError(f"{run.path}: run folder already exists; add --resume to continue it or pick --run-dir")
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.config.write_text(cfg.to_yaml())
+    data = {
+        split: {
+            "source": ex.source,
+            "examples": len(ex),
+            "skipped": ex.skipped,
+            "sha256_16": fingerprint(ex.texts, ex.labels),
+        }
+        for split, ex in (("train", task.train), ("eval", task.eval))
+    }
+    run.write_json("manifest.json", build_manifest(cfg.train.seed, data))
+    return run, state, None
+
+
+def save_best(run: RunDir, model: torch.nn.Module) -> None:
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    tmp = run.checkpoints / "best.safetensors.tmp"
+    save_file({k: v.cpu().contiguous() for k, v in trainable_state(model).items()}, str(tmp))
+    tmp.replace(run.checkpoints / "best.safetensors")

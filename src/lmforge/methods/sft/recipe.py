@@ -1,0 +1,175 @@
+"""Supervised fine-tuning of a causal LM on (prompt, completion) pairs: setup -> train -> evaluate -> save.
+
+The loss of a step is the mean cross-entropy of its completion tokens (EOS included) given
+everything before them: summed over the step's supervised tokens, divided by their count over the
+whole step (all micro-batches and processes), so gradient accumulation is exact and a long
+completion weighs in proportion to its tokens (as one long sequence would). Evaluation is the same
+loss on held-out pairs (`data.py` says which), and its perplexity exp(loss): a signal for how
+training goes, not a task score (`lmforge eval-gen` measures accuracy / pass@k by generating).
+
+Full fine-tuning (`sft.lora=false`) trains every weight and saves a Hugging Face folder in
+`final/`; LoRA (`sft.lora=true`, `adapters/lora.py`) trains adapters on frozen weights and saves a
+PEFT adapter folder. `load_causal_lm(run_dir)` loads either (LoRA: the base model with the adapter
+merged), so `lmforge serve RUN_DIR` and `lmforge eval-gen RUN_DIR` take a finished run.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lmforge.adapters.lora import inject_lora, save_adapter
+from lmforge.config import RunConfig
+from lmforge.core.causal_lm import GEMMA, gemma_path, load_causal_lm, set_dropout
+from lmforge.core.console import say
+from lmforge.core.data import Task
+from lmforge.core.loop import StopSignal, count_parameters, seed_everything
+from lmforge.core.training_run import start_training
+from lmforge.errors import UserError
+from lmforge.methods.sft.data import Encoded, collate, encode_pairs, load_train_dev
+from lmforge.methods.sft.report import DATA_FILE, data_summary, report_sections
+
+NOTICES = ("GEMMA_TERMS.html", "NOTICE.md", "LICENSE-NOTICE.txt")  # license files of the base model, passed on
+
+
+def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
+    sft, train = cfg.options, cfg.train
+    check_options(cfg)
+    train_pairs, dev_pairs = load_train_dev(cfg.data, sft)
+
+    seed_everything(train.seed)
+    model, tokenizer = load_causal_lm(cfg.model.name, seed=train.seed)
+    if cfg.model.dropout is not None:
+        set_dropout(model, cfg.model.dropout)
+    if sft.lora:
+        names = inject_lora(
+            model, sft.target_modules, sft.lora_r, sft.lora_alpha, sft.lora_dropout, sft.trainable_modules
+        )
+        say(f"LoRA r={sft.lora_r} alpha={sft.lora_alpha:g} on {len(names)} layers ({', '.join(sft.target_modules)})")
+    trainable, total = count_parameters(model)
+    say(f"{cfg.model.name}: {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
+    train_pairs, train_data = encode_pairs(tokenizer, train_pairs, cfg.model.max_length)
+    dev_pairs, dev_data = encode_pairs(tokenizer, dev_pairs, cfg.model.max_length)
+    say(f"training on {train_pairs.describe()}")
+    say(f"held out: {dev_pairs.describe()}")
+
+    data = Task(train_pairs.examples(), dev_pairs.examples(), [])  # for manifest.json
+    lengths = [len(x) for x in train_data.ids]
+    t = start_training(cfg, run_dir, resume, model, tokenizer, lengths, data)
+    pad_id = tokenizer.pad_token_id
+    if t.main:
+        t.run.write_json(DATA_FILE, data_summary(tokenizer, train_pairs, train_data, dev_pairs, dev_data))
+
+    def evaluate() -> dict:
+        return held_out_loss(t.model, dev_data, pad_id, train.eval_batch_size, t.accelerator.device)
+
+    def micro_loss(micro: list[int], step_tokens: int) -> dict[str, torch.Tensor]:
+        """One micro-batch's summed completion-token loss, divided by the whole step's token count."""
+        ids, prompt_lengths = [train_data.ids[i] for i in micro], [train_data.prompt_lengths[i] for i in micro]
+        inputs = collate(ids, prompt_lengths, pad_id, t.accelerator.device)
+        labels = inputs.pop("labels")
+        logits = t.model(**inputs).logits  # (B, T, V)
+        return {"loss": completion_loss(logits, labels)[0] / step_tokens}
+
+    t.evaluator = evaluate
+    with StopSignal() as stop:
+        while t.running():
+            batch, started = next(t.batches), time.perf_counter()
+            step_tokens = sum(train_data.targets(i) for i in batch.examples)  # every micro-batch and process
+            loss = t.accumulate(batch, partial(micro_loss, step_tokens=step_tokens))
+            t.optimizer_step(batch)
+            t.optimizer.zero_grad(set_to_none=True)
+            t.end_step(loss, started, stop)
+
+    def save(model, tokenizer, folder: Path) -> None:
+        if sft.lora:
+            save_adapter(
+                model,
+                folder,
+                sft.lora_r,
+                sft.lora_alpha,
+                sft.lora_dropout,
+                sft.target_modules,
+                sft.trainable_modules,
+                base_model=cfg.model.name,
+                task_type="CAUSAL_LM",
+            )
+        else:
+            model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        copy_notices(cfg.model.name, folder)
+
+    def summary(final: dict) -> dict:
+        return {
+            "labels": [],
+            "eval_data": dev_pairs.source,
+            "n_examples": len(dev_pairs),
+            "eval_tokens": sum(dev_data.targets(i) for i in range(len(dev_data))),
+            "train_data": train_pairs.source,
+            "train_pairs": len(train_pairs),
+            "lora": sft.lora,
+        }
+
+    final = t.finish(save, summary, report_sections)
+    return {"loss": final["loss"], "perplexity": final["perplexity"]}
+
+
+def check_options(cfg: RunConfig) -> None:
+    """Refuse the shared keys that have no meaning here, before anything is loaded."""
+    train, data = cfg.train, cfg.data
+    if train.early_stopping_patience:
+        raise UserError("train.early_stopping_patience: not available for sft (no accuracy to follow)")
+    if data.text_column != "text" or data.label_column != "label":
+        raise UserError("data.text_column / data.label_column: sft reads sft.prompt_column and sft.completion_column")
+
+
+def completion_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(summed cross-entropy, token count) of the supervised tokens: position t's logits predict
+    labels[t + 1]; labels of -100 (prompt, padding) are left out. Only the supervised positions'
+    logits are gathered and cast to float32, which matters with a 262k-token vocabulary."""
+    target = labels[:, 1:]  # (B, T-1)
+    mask = target != -100
+    picked = logits[:, :-1][mask].float()  # (N, V)
+    return F.cross_entropy(picked, target[mask], reduction="sum"), int(mask.sum())
+
+
+@torch.no_grad()
+def held_out_loss(model, data: Encoded, pad_id: int, batch_size: int, device) -> dict:
+    """Mean completion-token loss over the held-out pairs (every token weighs the same) and its perplexity."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(data)), key=lambda i: len(data.ids[i]))
+    total, count = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        inputs = collate([data.ids[i] for i in chunk], [data.prompt_lengths[i] for i in chunk], pad_id, device)
+        labels = inputs.pop("labels")
+        summed, n = completion_loss(model(**inputs).logits, labels)
+        total, count = total + summed.item(), count + n
+    model.train(was_training)
+    loss = total / count
+    return {"loss": loss, "perplexity": math.exp(loss)}
+
+
+def copy_notices(model_name: str, folder: Path) -> None:
+    """A model derived from Gemma carries the Gemma Terms of Use and its notice (docs/causal_lm.md):
+    the license files of the base model's folder (or of the run it continues) go into `folder`."""
+    if model_name == GEMMA:
+        bases = [gemma_path()]
+    else:
+        path = Path(model_name).expanduser()
+        bases = [path, path / "final"] if path.is_dir() else []
+    for base in bases:
+        for name in NOTICES:
+            if (base / name).is_file():
+                shutil.copy(base / name, folder / name)
+
+
+def load_trained(run_dir: Path, cfg: RunConfig, labels: list[str]):
+    return load_causal_lm(str(run_dir), seed=cfg.train.seed)
