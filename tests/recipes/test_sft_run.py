@@ -23,6 +23,7 @@ TINY = [
     "sft.dev_size=8",
 ]
 GPT2_LORA = "sft.target_modules=c_attn,c_proj,c_fc"  # GPT-2's names for the block's linear (Conv1D) layers
+TIMEOUT = 1200  # a few seconds on an idle machine, minutes on a busy one
 
 
 def records(run_dir):
@@ -56,6 +57,7 @@ def lora_run(tmp_path_factory):
         "data.max_train_examples=40",
         "--run-dir",
         str(run_dir),
+        timeout=TIMEOUT,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return run_dir, result
@@ -94,7 +96,7 @@ def test_resume_from_a_checkpoint_ends_exactly_like_the_uninterrupted_run(lora_r
     (stopped / "report.html").unlink()
     for step in (4, 6):
         shutil.rmtree(stopped / "checkpoints" / f"step-{step:08d}")
-    result = run_cli("run", "sft/gemma_gsm8k", "--resume", "--run-dir", str(stopped))
+    result = run_cli("run", "sft/gemma_gsm8k", "--resume", "--run-dir", str(stopped), timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "step-00000002 (step 2)" in result.stderr
     assert final(stopped)["metrics"] == final(run_dir)["metrics"]
@@ -106,7 +108,7 @@ def test_mbpp_recipe_trains_every_weight_and_the_run_reloads(tmp_path):
     run_dir = tmp_path / "mbpp"
     result = run_cli(
         "run", "sft/gemma_mbpp", *TINY, "sft.lora=false", "train.max_steps=2", "data.max_train_examples=8",
-        "--run-dir", str(run_dir),
+        "--run-dir", str(run_dir), timeout=TIMEOUT,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert (run_dir / "final" / "config.json").is_file() and (run_dir / "final" / "tokenizer.json").is_file()

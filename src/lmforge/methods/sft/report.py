@@ -45,6 +45,12 @@ def data_summary(tokenizer, train: Pairs, train_data: Encoded, dev: Pairs, dev_d
     return {"train": split(train, train_data), "eval": split(dev, dev_data), "examples": examples}
 
 
+def _cell(value) -> str:
+    if isinstance(value, dict):  # skipped pairs: reason -> count
+        return ", ".join(f"{n:,} {why}" for why, n in value.items()) or "none"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
 def report_sections(run_dir: Path) -> list[tuple[str, str]]:
     path = Path(run_dir) / DATA_FILE
     if not path.is_file():
@@ -52,7 +58,7 @@ def report_sections(run_dir: Path) -> list[tuple[str, str]]:
     summary = json.loads(path.read_text())
     head = "".join(f"<th>{escape(k)}</th>" for k in ["", *KEYS])
     rows = "".join(
-        f"<tr><th>{split}</th>" + "".join(f"<td>{escape(str(summary[split].get(k, '')))}</td>" for k in KEYS) + "</tr>"
+        f"<tr><th>{split}</th>" + "".join(f"<td>{escape(_cell(summary[split].get(k)))}</td>" for k in KEYS) + "</tr>"
         for split in ("train", "eval")
     )
     parts = [
