@@ -148,6 +148,38 @@ def set_dropout(model, p: float) -> None:
             module.attention_dropout = p
 
 
+def is_causal_lm(name: str) -> bool:
+    """Whether `name` is a causal LM this module loads: a builtin causal name, or a folder (or a run's
+    final/) whose config.json names a causal-LM architecture (`...ForCausalLM`, `...LMHeadModel`), or has
+    no architectures but `is_decoder`, or a model type that only has causal-LM heads (gpt2, llama, gemma3_text;
+    not bert, which has both a masked and a causal head). A classifier folder, an adapter or a missing
+    path is not. Reads config.json only, no weights."""
+    if name in CAUSAL_BUILTINS:
+        return True
+    path = Path(name).expanduser()
+    config_file = next((p for p in (path / "config.json", path / "final" / "config.json") if p.is_file()), None)
+    if config_file is None:
+        return False
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(config, dict):
+        return False
+    architectures = config.get("architectures") or []
+    if architectures:
+        return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    if config.get("is_decoder"):
+        return True
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    kind = config.get("model_type")
+    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
 # ---- gemma-3-270m ---------------------------------------------------------------------------------
 
 

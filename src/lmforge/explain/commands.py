@@ -13,7 +13,7 @@ from html import escape
 from pathlib import Path
 
 from lmforge.errors import UserError
-from lmforge.explain.methods import METHODS, PERTURBATION_METHODS
+from lmforge.explain.methods import CAUSAL_METHODS, METHODS, PERTURBATION_METHODS, REDUCTIONS
 from lmforge.explain.probing import PROPERTIES
 
 DEFAULT_EVAL_METHODS = ["grad", "gradxinput", "ig", "smoothgrad", "attention", "rollout", "occlusion", "lime", "shap"]
@@ -22,21 +22,51 @@ DEFAULT_EVAL_METHODS = ["grad", "gradxinput", "ig", "smoothgrad", "attention", "
 def add_explain_parsers(commands) -> None:
     p = commands.add_parser(
         "explain",
-        help="explain a finished run's prediction for a text: per-word attributions",
-        description="Attribute a classifier's prediction to the words of each text: a coloured heat map in the "
-        "terminal and an HTML page (words shaded, raw per-piece values). Green supports the explained label, red "
-        "speaks against it.",
-        epilog='example: lmforge explain runs/finetune-minilm_sst2-... "a gorgeous, witty film" --method ig',
+        help="explain a finished run's prediction, or a causal LM's answer to a prompt: per-word attributions",
+        description="Attribute a classifier's prediction to the words of each text, or a causal LM's answer to the "
+        "words of its prompt: a coloured heat map in the terminal and an HTML page (words shaded, raw per-piece "
+        "values). Green supports the explained label (makes the answer more likely), red speaks against it. For a "
+        "causal LM (tiny-gpt2, gemma-3-270m, a causal-LM folder or run) the texts are prompts, the explained "
+        "quantity is log p(answer | prompt), and the methods are grad, gradxinput, ig and occlusion.",
+        epilog='examples: lmforge explain runs/finetune-minilm_sst2-... "a gorgeous, witty film" --method ig | '
+        'lmforge explain gemma-3-270m "The capital of France is" --answer " Paris" --method occlusion',
     )
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument("texts", nargs="*", help="texts to explain")
+    p.add_argument(
+        "run_dir",
+        type=Path,
+        metavar="RUN_DIR_OR_CAUSAL_LM",
+        help="a finished classifier run, or a causal LM (tiny-gpt2, gemma-3-270m, a causal-LM folder or run)",
+    )
+    p.add_argument("texts", nargs="*", help="texts to explain (prompts, for a causal LM)")
     p.add_argument("--file", type=Path, help="a text file (one text per line) or a .jsonl/.csv/.tsv file")
     p.add_argument("--text-column", default="text", help="text column when --file is jsonl/csv/tsv")
     p.add_argument("--method", default="ig", choices=METHODS, help="attribution method (default: %(default)s)")
-    p.add_argument("--target", help="label to explain (default: the predicted label)")
+    p.add_argument("--target", help="label to explain (default: the predicted label); classifiers only")
     p.add_argument("--samples", type=int, default=200, help="LIME / SHAP samples per text (default: 200)")
-    p.add_argument("--html", type=Path, help="HTML page to write (default: RUN_DIR/explanations/<method>-<time>.html)")
+    p.add_argument(
+        "--html",
+        type=Path,
+        help="HTML page to write (default: RUN_DIR/explanations/<method>-<time>.html; for a causal LM that is not "
+        "a run folder: runs/explain/<model>-<method>-<time>.html)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per text instead of the heat map")
+    causal = p.add_argument_group("causal LMs")
+    causal.add_argument(
+        "--answer",
+        action="append",
+        help="the answer to explain, with its leading space (' Paris'); once per prompt, in order "
+        "(default: the model's greedy answer)",
+    )
+    causal.add_argument("--max-new-tokens", type=int, default=16, help="greedy answer's length at most (default: 16)")
+    causal.add_argument(
+        "--stop", action="append", help="the greedy answer ends before this string (repeatable; default: a newline)"
+    )
+    causal.add_argument(
+        "--reduction", choices=REDUCTIONS, default="sum", help="sum or mean of the answer tokens' log-probabilities"
+    )
+    causal.add_argument(
+        "--per-token", action="store_true", help="also attribute each answer token (a matrix in the HTML page)"
+    )
     p.set_defaults(handler=cmd_explain)
 
     p = commands.add_parser(
@@ -103,6 +133,7 @@ def _texts(spec: str, text_column: str, limit: int | None) -> tuple[list[str], s
 
 
 def cmd_explain(args) -> int:
+    from lmforge.core.causal_lm import is_causal_lm
     from lmforge.core.data import read_texts
     from lmforge.core.report import html_page
     from lmforge.core.rundir import write_text_atomic
@@ -111,6 +142,10 @@ def cmd_explain(args) -> int:
     texts = list(args.texts) + (read_texts(args.file, args.text_column) if args.file else [])
     if not texts:
         raise UserError("nothing to explain: give texts as arguments or --file")
+    if is_causal_lm(str(args.run_dir)):
+        return explain_prompts(args, texts)
+    if args.answer:
+        raise UserError(f"--answer applies to a causal LM; {args.run_dir} is not one (a classifier run is explained)")
     explainer = _explainer(args.run_dir)
     attributions = explainer.explain(texts, args.method, args.target, n_samples=args.samples)
     for a in attributions:
@@ -121,6 +156,60 @@ def cmd_explain(args) -> int:
     write_text_atomic(
         out, html_page(f"explain {args.method}", body + "".join(map(attribution_html, attributions)), STYLE)
     )
+    print(f"written: {out}", file=sys.stderr)
+    return 0
+
+
+def explain_prompts(args, prompts: list[str]) -> int:
+    """`lmforge explain CAUSAL_LM PROMPT... [--answer A]...`: the answer's log-probability attributed to the
+    prompt's words (explain/causal.py)."""
+    from lmforge.core.causal_lm import load_causal_lm
+    from lmforge.core.report import html_page
+    from lmforge.core.rundir import write_text_atomic
+    from lmforge.explain.causal import PromptExplainer
+    from lmforge.explain.render import STYLE, prompt_attribution_html, prompt_terminal_heatmap
+    from lmforge.registry import quiet_libraries
+
+    name = str(args.run_dir)
+    if args.method not in CAUSAL_METHODS:
+        raise UserError(f"--method {args.method}: a causal LM is explained with {', '.join(CAUSAL_METHODS)}")
+    if args.target is not None:
+        raise UserError("--target applies to classifier runs; for a causal LM give the answer with --answer")
+    if args.answer is not None and len(args.answer) != len(prompts):
+        raise UserError(f"{len(args.answer)} --answer for {len(prompts)} prompts: give one per prompt, or none")
+    if args.max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
+    quiet_libraries()
+    import torch
+
+    model, tokenizer = load_causal_lm(name)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    explainer = PromptExplainer(model, tokenizer)
+    attributions = explainer.explain(
+        prompts,
+        args.answer,
+        args.method,
+        reduction=args.reduction,
+        per_token=args.per_token,
+        max_new_tokens=args.max_new_tokens,
+        stop=args.stop if args.stop is not None else ("\n",),
+    )
+    for a in attributions:
+        print(json.dumps(a.to_dict()) if args.json else prompt_terminal_heatmap(a))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(name).expanduser()
+    if (path / "config.yaml").is_file():  # a finished run: beside its other outputs
+        out = args.html or path / "explanations" / f"{args.method}-{stamp}.html"
+    else:
+        folder = path.resolve()
+        if folder.name == "final":  # a run's final/ folder: named after the run
+            folder = folder.parent
+        label = folder.name if path.is_dir() else name.strip("/").replace("/", "-")
+        out = args.html or Path("runs") / "explain" / f"{label}-{args.method}-{stamp}.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    body = f"<h1>Explanations: {escape(args.method)}</h1><p>Causal LM <code>{escape(name)}</code></p>"
+    page = html_page(f"explain {args.method}", body + "".join(map(prompt_attribution_html, attributions)), STYLE)
+    write_text_atomic(out, page)
     print(f"written: {out}", file=sys.stderr)
     return 0
 

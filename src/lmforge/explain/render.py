@@ -1,8 +1,9 @@
 """Show attributions: a coloured heat map in the terminal (24-bit ANSI background per word) and a
 self-contained HTML page (words shaded, the raw per-piece values in a table below each text).
 
-Colours follow Captum's convention: green supports the explained label, red speaks against it;
-the shade is the score over the largest absolute score in that text.
+Colours follow Captum's convention: green supports the explained label (for a causal LM: makes the
+answer more likely), red speaks against it; the shade is the score over the largest absolute score
+in that text.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from html import escape
 import numpy as np
 
 from lmforge.explain.attribution import Attribution
+from lmforge.explain.causal import PromptAttribution
 
 
 def _shares(scores: np.ndarray) -> np.ndarray:
@@ -63,4 +65,65 @@ def attribution_html(a: Attribution) -> str:
     )
 
 
-STYLE = ".w{padding:.1rem .2rem;border-radius:3px;line-height:2}.attr{margin:1rem 0}.text{font-size:1.1rem}"
+def _top_words(words: list[str], scores: np.ndarray, k: int = 5) -> str:
+    top = np.argsort(-scores, kind="stable")[:k]  # the words that support the output most
+    return ", ".join(f"{words[i]} {scores[i]:+.4f}" for i in top)
+
+
+def _explained(a: PromptAttribution) -> str:
+    """What the scores explain, with its value."""
+    n = f"{len(a.answer_ids)} token{'s' if len(a.answer_ids) > 1 else ''}"
+    if a.reduction == "sum":
+        return f"log p(answer | prompt) = {a.log_prob:.3f} ({n}, p = {np.exp(a.log_prob):.3g})"
+    return f"mean log p per answer token = {a.log_prob:.3f} ({n})"
+
+
+def prompt_terminal_heatmap(a: PromptAttribution) -> str:
+    """The prompt's words on coloured backgrounds, the answer in bold, then what is explained and the top words."""
+    shares = _shares(a.word_scores)
+    words = []
+    for word, share in zip(a.words, shares):
+        r, g, b = _rgb(share)
+        words.append(f"\x1b[48;2;{r};{g};{b}m\x1b[38;2;0;0;0m{word}\x1b[0m")
+    answer = a.answer.replace("\n", "\\n")
+    return (
+        f"{' '.join(words)} \x1b[1m{answer}\x1b[0m\n  {a.method}: {_explained(a)}; "
+        f"top words: {_top_words(a.words, a.word_scores)}"
+    )
+
+
+def prompt_attribution_html(a: PromptAttribution) -> str:
+    """A fragment: the shaded prompt, the answer, the raw per-piece values and, when there, the matrix of
+    answer tokens x prompt pieces (shaded over the whole matrix)."""
+    pieces = "".join(
+        f'<tr><td>{escape(piece)}</td><td class="num">{score:+.5f}</td></tr>'
+        for piece, score in zip(a.pieces, a.piece_scores)
+    )
+    matrix = ""
+    if a.token_scores is not None:
+        shares = _shares(a.token_scores.ravel()).reshape(a.token_scores.shape)
+        head = "".join(f"<th>{escape(p)}</th>" for p in a.pieces)
+        rows = ""
+        for piece, lp, scores, row_shares in zip(a.answer_pieces, a.token_log_probs, a.token_scores, shares):
+            cells = "".join(
+                f'<td class="num" style="background:rgb{_rgb(sh)}">{s:+.3f}</td>' for s, sh in zip(scores, row_shares)
+            )
+            rows += f"<tr><th>{escape(piece)} ({lp:.2f})</th>{cells}</tr>"
+        matrix = (
+            "<details><summary>per answer token (rows, with log p) x prompt piece</summary>"
+            f"<table><tr><th></th>{head}</tr>{rows}</table></details>"
+        )
+    return (
+        f'<div class="attr"><p class="text">{_spans_html(a.words, a.word_scores)} '
+        f'<b class="answer">{escape(a.answer)}</b></p>'
+        f"<p>{escape(a.method)}, explaining the answer: {escape(_explained(a))}; baseline token "
+        f"<code>{escape(a.baseline_token)}</code></p>"
+        f"<details><summary>per word piece</summary><table><tr><th>piece</th><th>score</th></tr>{pieces}"
+        f"</table></details>{matrix}</div>"
+    )
+
+
+STYLE = (
+    ".w{padding:.1rem .2rem;border-radius:3px;line-height:2}.attr{margin:1rem 0}.text{font-size:1.1rem}"
+    ".answer{text-decoration:underline}"
+)
