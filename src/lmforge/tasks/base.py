@@ -8,6 +8,7 @@ A task is data plus two kinds of scoring:
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -83,21 +84,27 @@ def take(task: str, split: str, problems: list[Problem], limit: int | None, note
     return chosen
 
 
-def read_jsonl(path: Path, required: Sequence[str]) -> list[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; a missing file, bad JSON or missing key is a UserError."""
+def read_jsonl(
+    path: Path, required: Sequence[str], missing: str = "is the lmforge installation complete?"
+) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a .jsonl or .jsonl.gz file; a missing file
+    (`missing` says what to do), an unreadable gzip file, bad JSON or a missing key is a UserError."""
     if not path.is_file():
-        raise UserError(f"{path}: file not found (is the lmforge installation complete?)")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{line_no}: invalid JSON ({e.msg} at column {e.colno})") from None
-            check_keys(path, line_no, row, required)
-            rows.append((line_no, row))
+        raise UserError(f"{path}: file not found ({missing})")
+    rows, zipped = [], path.suffix == ".gz"
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") if zipped else path.open(encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{line_no}: invalid JSON ({e.msg} at column {e.colno})") from None
+                check_keys(path, line_no, row, required)
+                rows.append((line_no, row))
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise UserError(f"{path}: not a readable {'gzip ' if zipped else ''}file ({e})") from None
     if not rows:
         raise UserError(f"{path}: no rows")
     return rows

