@@ -248,7 +248,7 @@ def cmd_eval(args) -> int:
     from lmforge.core.data import check_labels, describe, load_examples
     from lmforge.core.rundir import RunDir
 
-    cfg, labels, model, tokenizer = load_finished_run(args.run_dir)
+    cfg, labels, model, tokenizer = load_finished_run(args.run_dir, classifier_command="eval")
     examples = load_examples(args.data, args.text_column, args.label_column, default_split="dev")
     check_labels(examples, labels)
     print(describe(examples), file=sys.stderr)
@@ -293,7 +293,7 @@ def cmd_predict(args) -> int:
     texts = list(args.texts) + (read_texts(args.file, args.text_column) if args.file else [])
     if not texts:
         raise UserError("nothing to predict: give texts as arguments or --file")
-    cfg, labels, model, tokenizer = load_finished_run(args.run_dir)
+    cfg, labels, model, tokenizer = load_finished_run(args.run_dir, classifier_command="predict")
     logits = predict_logits(
         model, encode(tokenizer, texts, cfg.model.max_length), tokenizer.pad_token_id, 64, model.device
     )

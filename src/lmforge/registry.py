@@ -28,6 +28,7 @@ class Method:
     recipe: str  # "module:function", imported on use so that `lmforge list` stays fast
     loader: str  # (run_dir, cfg, labels) -> (model, tokenizer) of a finished run
     report: str | None = None  # run_dir -> [(title, html)]: the method's own sections of report.html
+    produces: str = "classifier"  # or "causal_lm": what a finished run's final/ holds
 
 
 METHODS = {
@@ -73,6 +74,7 @@ METHODS = {
         "lmforge.methods.sft.recipe:run",
         "lmforge.methods.sft.recipe:load_trained",
         "lmforge.methods.sft.report:report_sections",
+        produces="causal_lm",
     ),
 }
 
@@ -101,15 +103,22 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_finished_run(run_dir: Path):
+def load_finished_run(run_dir: Path, classifier_command: str | None = None):
     """(config, labels, model, tokenizer) of a run that has written final/; the model in eval mode,
-    on the GPU when there is one."""
+    on the GPU when there is one. With `classifier_command` (the CLI command that needs a classifier),
+    a causal-LM run is refused with a pointer to the commands that take one."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir}: not a run folder (no config.yaml)")
     if not (run_dir / "final").is_dir() or not (run_dir / "final.json").is_file():
         raise UserError(f"{run_dir}: the run has not finished (no final/); continue it with lmforge run --resume")
     cfg = load_run_config(run_dir / "config.yaml", [])
+    if classifier_command and METHODS[cfg.method].produces == "causal_lm":
+        raise UserError(
+            f"{run_dir}: a causal-LM run (method {cfg.method}), but lmforge {classifier_command} takes classifier "
+            "runs; "
+            f"score it with lmforge eval-gen {run_dir} --task gsm8k|mbpp|humaneval, or generate with lmforge serve"
+        )
     labels = json.loads((run_dir / "final.json").read_text())["labels"]
     quiet_libraries()
     model, tokenizer = resolve(METHODS[cfg.method].loader)(run_dir, cfg, labels)

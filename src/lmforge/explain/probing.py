@@ -332,7 +332,7 @@ def load_probe_model(name_or_run: str, seed: int = 0) -> tuple[PreTrainedModel, 
         if (path / "config.yaml").is_file():
             from lmforge.registry import load_finished_run
 
-            _, _, model, tokenizer = load_finished_run(path)
+            _, _, model, tokenizer = load_finished_run(path, classifier_command="probe")
             return model, tokenizer
         looks_like_path = name_or_run.startswith(("/", ".", "~")) or (path.parent != Path(".") and path.parent.is_dir())
         if not path.is_dir() and looks_like_path:

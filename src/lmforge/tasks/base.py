@@ -49,6 +49,7 @@ class Task:
     is_correct: Callable[[Problem, str], bool] | None = None  # answer tasks
     extract_answer: Callable[[str], str | None] | None = None  # answer tasks: normalised answer for voting
     program_for: Callable[[Problem, str], str] | None = None  # code tasks: the program the sandbox runs
+    answer_end: str = ""  # what follows a reference in the task's exemplars; a trained completion ends so too
 
     @property
     def kind(self) -> str:

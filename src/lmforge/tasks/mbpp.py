@@ -172,4 +172,5 @@ TASK = Task(
     stop=STOP,
     problems=problems,
     program_for=build_program,
+    answer_end="\n[DONE]",
 )

@@ -6,6 +6,7 @@ import torch
 
 from lmforge.core import causal_lm
 from lmforge.core.causal_lm import (
+    CONVERSION_NOTE,
     GEMMA,
     gemma_path,
     load_causal_lm,
@@ -114,6 +115,9 @@ def test_gemma_is_converted_once_into_the_cache_with_its_terms(fake_gemma, monke
     assert "provided under and subject to the Gemma Terms of Use" in (folder / "LICENSE-NOTICE.txt").read_text()
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no temporary folder, no GGUF left
     assert gemma_path() == folder and len(fake_gemma.calls) == 1  # the second time reads the cache
+    assert "converted by lmforge from the Q4_K_M GGUF file" in (folder / "MODIFICATIONS.txt").read_text()
+    (folder / "MODIFICATIONS.txt").unlink()  # a folder converted before the notice existed gets it on next use
+    assert gemma_path() == folder and (folder / "MODIFICATIONS.txt").read_text() == CONVERSION_NOTE
 
 
 def test_an_interrupted_gemma_conversion_leaves_no_cache_folder(fake_gemma, monkeypatch):

@@ -156,6 +156,12 @@ def test_causal_lms_are_told_from_classifiers(tmp_path):
     ]:
         (tmp_path / "plain" / "config.json").write_text(json.dumps(config))
         assert is_causal_lm(str(tmp_path / "plain")) == causal, config
+    (tmp_path / "lora" / "final").mkdir(parents=True)  # a LoRA run: final/ holds an adapter, no config.json
+    for task_type, causal in [("CAUSAL_LM", True), ("SEQ_CLS", False)]:
+        (tmp_path / "lora" / "final" / "adapter_config.json").write_text(json.dumps({"task_type": task_type}))
+        assert (
+            is_causal_lm(str(tmp_path / "lora")) == causal and is_causal_lm(str(tmp_path / "lora" / "final")) == causal
+        )
 
 
 def test_cli_explains_a_prompt_of_a_causal_lm(tmp_path, capsys):

@@ -49,6 +49,10 @@ def test_pairs_of_task_training_splits_are_zero_shot_by_default():
     assert len(mbpp) == 374 and mbpp.pairs[0].prompt.count("[BEGIN]") == 1
     assert mbpp.pairs[0].prompt.endswith("[BEGIN]\n")
     assert mbpp.pairs[0].where == "mbpp/601" and "def " in mbpp.pairs[0].completion
+    # the completion ends as the exemplars' answers do, so the few-shot prompts and the target agree
+    few_shot = load_pairs("mbpp:train", 2, "prompt", "completion").pairs[0]
+    assert few_shot.prompt.count("\n[DONE]\n") == 2 and few_shot.completion == mbpp.pairs[0].completion
+    assert mbpp.pairs[0].completion.endswith("\n[DONE]") and mbpp.pairs[0].completion.count("[DONE]") == 1
 
 
 def test_task_specs_that_cannot_train_are_refused():
@@ -168,7 +172,7 @@ def test_the_loss_is_the_mean_cross_entropy_of_completion_tokens_by_hand():
     labels = batch.pop("labels")
     with torch.no_grad():
         logits = model(**batch).logits
-        summed, count = completion_loss(logits, labels)
+        summed, count = completion_loss(model, batch, labels)
         by_hand, n = 0.0, 0
         for i, (ids, prompt_length, _) in enumerate(encoded):
             for j in range(prompt_length, len(ids)):  # token j is predicted from position j - 1

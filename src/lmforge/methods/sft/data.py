@@ -3,8 +3,9 @@
 Pairs come from a task's training split or from the user's file:
 - `gsm8k:train` (6,965 problems) or `mbpp:train` (374): each problem's `prompt`, zero-shot by
   default (`sft.shots` adds the task's worked exemplars), and its `reference` as the completion
-  (GSM8K: " " + the worked solution ending in "#### N"; MBPP: the reference code). The model is
-  trained in the format it is later evaluated in (`lmforge eval-gen` with the same shots).
+  (GSM8K: " " + the worked solution ending in "#### N"; MBPP: the reference code and "\n[DONE]",
+  as the task's exemplars end). The model is trained in the format it is later evaluated in
+  (`lmforge eval-gen` with the same shots).
 - a .jsonl / .csv / .tsv file with a `prompt` and a `completion` column (`sft.prompt_column`,
   `sft.completion_column`). Values are used as written, not stripped: a completion's leading space
   is part of its first token. Rows with an empty prompt or completion are skipped and counted; a
@@ -125,8 +126,9 @@ def load_pairs(spec: str, shots: int, prompt_column: str, completion_column: str
 
 
 def task_pairs(name: str, split: str, shots: int) -> Pairs:
-    problems = load_task(name).problems(split, shots=shots)
-    pairs = [Pair(p.prompt, p.reference, p.id) for p in problems]
+    task = load_task(name)
+    # the completion ends as the task's exemplars do (MBPP: "[DONE]"), so zero- and few-shot training agree
+    pairs = [Pair(p.prompt, p.reference + task.answer_end, p.id) for p in task.problems(split, shots=shots)]
     return Pairs(pairs, f"{name}:{split}" + (f" ({shots}-shot)" if shots else ""))
 
 

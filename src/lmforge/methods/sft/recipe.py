@@ -26,9 +26,10 @@ import torch.nn.functional as F
 
 from lmforge.adapters.lora import inject_lora, save_adapter
 from lmforge.config import RunConfig
-from lmforge.core.causal_lm import GEMMA, gemma_path, load_causal_lm, set_dropout
+from lmforge.core.causal_lm import CONVERSION_NOTE, GEMMA, MODIFICATIONS_FILE, gemma_path, load_causal_lm, set_dropout
 from lmforge.core.console import say
 from lmforge.core.data import Task
+from lmforge.core.lm_logits import logits_at
 from lmforge.core.loop import StopSignal, count_parameters, seed_everything
 from lmforge.core.training_run import start_training
 from lmforge.errors import UserError
@@ -74,8 +75,7 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         ids, prompt_lengths = [train_data.ids[i] for i in micro], [train_data.prompt_lengths[i] for i in micro]
         inputs = collate(ids, prompt_lengths, pad_id, t.accelerator.device)
         labels = inputs.pop("labels")
-        logits = t.model(**inputs).logits  # (B, T, V)
-        return {"loss": completion_loss(logits, labels)[0] / step_tokens}
+        return {"loss": completion_loss(t.model, inputs, labels)[0] / step_tokens}
 
     t.evaluator = evaluate
     with StopSignal() as stop:
@@ -103,7 +103,7 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         else:
             model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-        copy_notices(cfg.model.name, folder)
+        copy_notices(cfg.model.name, folder, f"{'LoRA adapter' if sft.lora else 'all weights'}, data {cfg.data.train}")
 
     def summary(final: dict) -> dict:
         return {
@@ -129,14 +129,15 @@ def check_options(cfg: RunConfig) -> None:
         raise UserError("data.text_column / data.label_column: sft reads sft.prompt_column and sft.completion_column")
 
 
-def completion_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+def completion_loss(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(summed cross-entropy, token count) of the supervised tokens: position t's logits predict
-    labels[t + 1]; labels of -100 (prompt, padding) are left out. Only the supervised positions'
-    logits are gathered and cast to float32, which matters with a 262k-token vocabulary."""
+    labels[t + 1]; labels of -100 (prompt, padding) are left out. Logits are computed (`logits_at`)
+    and cast to float32 at the supervised positions only, which matters with a 262k-token vocabulary."""
     target = labels[:, 1:]  # (B, T-1)
-    mask = target != -100
-    picked = logits[:, :-1][mask].float()  # (N, V)
-    return F.cross_entropy(picked, target[mask], reduction="sum"), int(mask.sum())
+    positions = torch.zeros_like(labels, dtype=torch.bool)  # (B, T): the positions that predict a label
+    positions[:, :-1] = target != -100
+    picked = logits_at(model, inputs, positions).float()  # (N, V)
+    return F.cross_entropy(picked, target[positions[:, :-1]], reduction="sum"), int(positions.sum())
 
 
 @torch.no_grad()
@@ -150,16 +151,17 @@ def held_out_loss(model, data: Encoded, pad_id: int, batch_size: int, device) ->
         chunk = order[start : start + batch_size]
         inputs = collate([data.ids[i] for i in chunk], [data.prompt_lengths[i] for i in chunk], pad_id, device)
         labels = inputs.pop("labels")
-        summed, n = completion_loss(model(**inputs).logits, labels)
+        summed, n = completion_loss(model, inputs, labels)
         total, count = total + summed.item(), count + n
     model.train(was_training)
     loss = total / count
     return {"loss": loss, "perplexity": math.exp(loss)}
 
 
-def copy_notices(model_name: str, folder: Path) -> None:
+def copy_notices(model_name: str, folder: Path, how: str) -> None:
     """A model derived from Gemma carries the Gemma Terms of Use and its notice (docs/causal_lm.md):
-    the license files of the base model's folder (or of the run it continues) go into `folder`."""
+    the license files of the base model's folder (or of the run it continues) go into `folder`, and
+    its list of modified files gains the weights written here, fine-tuned `how`."""
     if model_name == GEMMA:
         bases = [gemma_path()]
     else:
@@ -169,6 +171,13 @@ def copy_notices(model_name: str, folder: Path) -> None:
         for name in NOTICES:
             if (base / name).is_file():
                 shutil.copy(base / name, folder / name)
+    if not (folder / "LICENSE-NOTICE.txt").is_file():
+        return  # not a Gemma derivative
+    modified = "adapter_model.safetensors" if (folder / "adapter_model.safetensors").is_file() else "model.safetensors"
+    note = next((base / MODIFICATIONS_FILE for base in bases if (base / MODIFICATIONS_FILE).is_file()), None)
+    history = note.read_text(encoding="utf-8") if note else CONVERSION_NOTE
+    line = f"- {modified}: fine-tuned by lmforge's sft method ({how}) on {time.strftime('%Y-%m-%d')}.\n"
+    (folder / MODIFICATIONS_FILE).write_text(history + line, encoding="utf-8")
 
 
 def load_trained(run_dir: Path, cfg: RunConfig, labels: list[str]):

@@ -55,7 +55,9 @@ def run_task(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
     tb = cfg.options
     if not tb.teacher:
         raise UserError("tinybert.teacher: the task stage needs a finished classifier run folder as its teacher")
-    _, teacher_labels, teacher, tokenizer = load_finished_run(Path(tb.teacher))
+    _, teacher_labels, teacher, tokenizer = load_finished_run(
+        Path(tb.teacher), classifier_command="run tinybert (tinybert.teacher)"
+    )
     teacher.requires_grad_(False)
     general = Path(tb.init_from) / "final" if tb.init_from else None
     if general is not None and not general.is_dir():
