@@ -17,6 +17,7 @@ from lmforge.methods.finetune import config as finetune_config
 from lmforge.methods.lora import config as lora_config
 from lmforge.methods.sft import config as sft_config
 from lmforge.methods.tinybert import config as tinybert_config
+from lmforge.methods.vstar import config as vstar_config
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,15 @@ METHODS = {
         "lmforge.methods.sft.recipe:run",
         "lmforge.methods.sft.recipe:load_trained",
         "lmforge.methods.sft.report:report_sections",
+        produces="causal_lm",
+    ),
+    "vstar": Method(
+        "vstar",
+        "self-improvement: generators on their own correct solutions, a DPO verifier on correct vs incorrect",
+        "Hosseini et al. 2024 (V-STaR)",
+        vstar_config.VstarConfig,
+        "lmforge.methods.vstar.recipe:run",
+        "lmforge.methods.vstar.recipe:load_trained",
         produces="causal_lm",
     ),
 }

@@ -41,7 +41,7 @@ def test_recipe_loads_and_validates(name, path):
 
 
 CHAINED = {"tinybert"}  # recipes that need other finished runs: tests/recipes/test_tinybert_run.py chains them
-CAUSAL = {"sft"}  # causal-LM recipes: tests/recipes/test_sft_run.py runs them on tiny-gpt2
+CAUSAL = {"sft", "vstar"}  # causal-LM recipes: test_sft_run.py and test_vstar_run.py run them on tiny-gpt2
 RUNNABLE = [(n, p) for n, p in RECIPES if n.split("/")[0] not in CHAINED | CAUSAL]
 
 

@@ -1,0 +1,117 @@
+"""V-STaR end to end on tiny-gpt2: the shipped recipes through the CLI at a tiny scale, every stage
+written, an interrupted run resumed without sampling again, and bad options refused."""
+
+import json
+import shutil
+
+import pytest
+from conftest import run_cli
+
+from lmforge.cli import main
+
+TINY = [
+    "model.name=tiny-gpt2",
+    "model.max_length=1024",
+    "data.max_train_examples=6",
+    "train.max_steps=2",
+    "train.batch_size=4",
+    "train.grad_accum=1",
+    "train.eval_batch_size=8",
+    "vstar.iterations=2",
+    "vstar.samples_per_problem=2",
+    "vstar.max_new_tokens=24",
+    "vstar.test_problems=3",
+    "vstar.test_samples=4",
+    "vstar.ks=[1,2,4]",
+    "vstar.target_modules=[c_attn,c_proj,c_fc]",
+    "vstar.verifier.batch_size=2",
+    "vstar.verifier.grad_accum=1",
+]
+TIMEOUT = 1800
+
+
+@pytest.fixture(scope="module")
+def gsm8k_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("vstar") / "gsm8k"
+    result = run_cli("run", "vstar/gemma_gsm8k", *TINY, "--run-dir", str(run_dir), timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
+
+
+def final(run_dir):
+    return json.loads((run_dir / "final.json").read_text())
+
+
+def lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def test_every_stage_is_written_and_the_buffers_grow_as_algorithm_1_says(gsm8k_run):
+    run_dir, result = gsm8k_run
+    stages = run_dir / "stages"
+    for t in (1, 2):
+        assert (stages / f"generator-{t}" / "final.json").is_file()
+        samples = lines(stages / f"samples-{t}.jsonl")
+        assert len(samples) == 6 * 2 and {s["index"] for s in samples} == {0, 1}
+        assert len(lines(stages / f"test-{t}.jsonl")) == 3 * 4
+        scores = lines(stages / f"scores-{t}.jsonl")
+        assert len(scores) == 12 and all(s["tokens"] >= 1 for s in scores)
+    # D_GEN of round 2 = D_SFT (6 references) + the correct samples of round 1
+    correct_1 = sum(s["passed"] for s in lines(stages / "samples-1.jsonl"))
+    assert len(lines(stages / "generator-2.jsonl")) == 6 + correct_1
+    summary = final(run_dir)
+    all_samples = lines(stages / "samples-1.jsonl") + lines(stages / "samples-2.jsonl")
+    assert summary["d_ver_solutions"] == 6 + len(all_samples)
+    assert summary["d_ver_correct"] == 6 + sum(s["passed"] for s in all_samples)
+    assert summary["preference_pairs"] >= 1 and (stages / "verifier" / "final.json").is_file()
+    last = summary["generators"]["2"]
+    assert set(last["best_of_k"]) == {"likelihood", "mean_likelihood", "implicit_reward"}
+    assert set(last["pass@k"]) == set(last["majority_vote"]) == {"1", "2", "4"}
+    report = (run_dir / "report.html").read_text()
+    assert "<svg" in report and "Best-of-k" in report
+
+
+def test_the_verifier_scores_are_its_likelihoods(gsm8k_run):
+    run_dir, _ = gsm8k_run
+    for row in lines(run_dir / "stages" / "scores-2.jsonl"):
+        assert row["likelihood"] < 0 and row["mean_likelihood"] == pytest.approx(row["likelihood"] / row["tokens"])
+
+
+def test_an_interrupted_run_resumes_without_sampling_again(gsm8k_run, tmp_path):
+    run_dir, _ = gsm8k_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    stages = copy / "stages"
+    # stopped after round 1's samples: generator 2, its samples, the verifier and the tests are gone
+    for name in ("generator-2", "verifier"):
+        shutil.rmtree(stages / name)
+    for path in stages.glob("*"):
+        if path.is_file() and not path.name.startswith(("samples-1", "generator-1")):
+            path.unlink()
+    (copy / "final.json").unlink()
+    kept = (stages / "samples-1.jsonl").stat().st_mtime_ns
+    result = run_cli("run", "vstar/gemma_gsm8k", "--resume", "--run-dir", str(copy), timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "samples-1.jsonl: sampled earlier" in result.stderr and "generator 1: finished earlier" in result.stderr
+    assert (stages / "samples-1.jsonl").stat().st_mtime_ns == kept
+    assert final(copy)["generators"] == final(run_dir)["generators"]  # seeded: the same samples and scores
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.train=sst2:train"], "vstar needs a task with labels it can check"),
+        (["data.train=gsm8k:dev"], "train on gsm8k:train"),
+        (["data.eval=gsm8k:dev"], "data.eval: not used by vstar"),
+        (["vstar.ks=[1,16]"], r"each k must be between 1 and vstar.test_samples \(4\)"),
+        (["vstar.test_split=train"], "vstar.test_split: 'train'"),
+    ],
+)
+def test_bad_options_are_one_clear_line_and_nothing_written(tmp_path, capsys, overrides, message):
+    import re
+
+    run_dir = tmp_path / "run"
+    assert main(["run", "vstar/gemma_gsm8k", *TINY, *overrides, "--run-dir", str(run_dir)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.search(message, last), last
+    assert not run_dir.exists()
