@@ -97,6 +97,19 @@ def test_an_interrupted_run_resumes_without_sampling_again(gsm8k_run, tmp_path):
     assert final(copy)["generators"] == final(run_dir)["generators"]  # seeded: the same samples and scores
 
 
+def test_mbpp_runs_programs_in_the_sandbox_and_has_no_majority_vote(tmp_path):
+    run_dir = tmp_path / "mbpp"
+    one_round = [*TINY, "vstar.iterations=1", "data.max_train_examples=4"]
+    result = run_cli("run", "vstar/gemma_mbpp", *one_round, "--run-dir", str(run_dir), timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    samples = lines(run_dir / "stages" / "samples-1.jsonl")
+    assert len(samples) == 8 and all(s["exec_seconds"] is not None for s in samples)  # each program was run
+    pairs = lines(run_dir / "stages" / "generator-1.jsonl")
+    assert len(pairs) == 4 and all(p["completion"].endswith("\n[DONE]") for p in pairs)
+    last = final(run_dir)["generators"]["1"]
+    assert "majority_vote" not in last and set(last["best_of_k"]["likelihood"]) == {"1", "2", "4"}
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

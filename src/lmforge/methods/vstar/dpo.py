@@ -8,15 +8,13 @@ reference, and is trained with DPO (Rafailov et al. 2023, "Direct Preference Opt
     L = -log sigmoid(beta * ((log V(y+|x) - log G_SFT(y+|x)) - (log V(y-|x) - log G_SFT(y-|x))))
 
 averaged over the pairs. log p(y|x) is the sum of the log-probabilities of the completion's tokens and its
-EOS, exactly the tokens SFT trains on (`methods/sft/data.py`). beta * (log V(y|x) - log G_SFT(y|x)) is the
-implicit reward; at inference the verifier ranks a problem's candidate solutions by it (Best-of-k).
+EOS, exactly the tokens SFT trains on (`methods/sft/data.py`). beta * (log V(y|x) - log G_SFT(y|x)) is DPO's
+implicit reward; at test time V-STaR ranks candidates by the verifier's likelihood log V(y|x) instead,
+and `verifier.py` offers both (and the per-token likelihood).
 
-Hyperparameters. The verifier's beta, learning rate, epochs and LoRA settings are not taken from
-V-STaR here: of the paper (arxiv.org/html/2402.06457v2) only the abstract and introduction could be
-consulted, and they give no training numbers (only that the models are LLaMA2 models). Until
-they are checked against the paper's experimental details, beta defaults to DPO's 0.1 (Rafailov et al.
-2023, appendix B: beta = 0.1 unless noted otherwise, 0.5 for TL;DR summarisation), and the learning
-rate, epochs and LoRA rank are the recipe's own choices.
+Hyperparameters: beta defaults to DPO's 0.1 (Rafailov et al. 2023, appendix B: beta = 0.1 unless noted
+otherwise); the learning rate, epochs and LoRA rank are the recipe's (`vstar.verifier.*`), sized for a
+270M model on a CPU rather than taken from the paper's 7B runs.
 
 The reference never changes, so its log-probabilities are computed once before training
 (`reference_logprobs`) and cached on disk under a fingerprint of the token ids (`save_reference`,

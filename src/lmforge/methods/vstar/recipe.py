@@ -27,7 +27,6 @@ from lmforge.core.rundir import RunDir, build_manifest, write_text_atomic
 from lmforge.errors import UserError
 from lmforge.methods.vstar.select import best_of_k_curve, majority_vote_curve, preference_pairs
 from lmforge.methods.vstar.stages import (
-    read_samples,
     reference_samples,
     sample_stage,
     sampling_params,
@@ -50,10 +49,11 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         run.config.write_text(cfg.to_yaml())
         write_text_atomic(run.manifest, json.dumps(build_manifest(cfg.train.seed, {}), indent=1) + "\n")
 
+    # Zero-shot prompts throughout: the generators are trained, sampled and tested in the same format.
     # D_SFT: the training problems (the first data.max_train_examples, 0 = all) with their reference solutions
-    problems = task.problems(train_split, limit=cfg.data.max_train_examples or None)
+    problems = task.problems(train_split, limit=cfg.data.max_train_examples or None, shots=0)
     queries = problems[: v.query_problems or None]
-    test_problems = task.problems(test_split, limit=v.test_problems or None)
+    test_problems = task.problems(test_split, limit=v.test_problems or None, shots=0)
     by_id = {p.id: p for p in problems}
     d_gen = [training_pair(p, p.reference, task) for p in problems]
     d_ver = reference_samples(problems)
@@ -96,7 +96,10 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
 
     write_vstar_report(run.path, final)
     last = results[v.iterations]
-    return {"pass@1": last["pass@k"]["1"], f"best_of_{max(v.ks)}": last["best_of_k"][v.verifier.test_score][str(max(v.ks))]}
+    return {
+        "pass@1": last["pass@k"]["1"],
+        f"best_of_{max(v.ks)}": last["best_of_k"][v.verifier.test_score][str(max(v.ks))],
+    }
 
 
 def test_metrics(task, problems, candidates, scores, ks) -> dict:
@@ -152,11 +155,15 @@ def check_options(cfg: RunConfig):
         raise UserError("data.eval: not used by vstar (test problems come from vstar.test_split); leave it empty")
     test_split = v.test_split or task.eval_split
     if test_split not in task.splits or test_split == task.train_split:
-        raise UserError(f"vstar.test_split: {test_split!r}: one of {', '.join(s for s in task.splits if s != task.train_split)}")
+        raise UserError(
+            f"vstar.test_split: {test_split!r}: one of {', '.join(s for s in task.splits if s != task.train_split)}"
+        )
     if not v.ks or any(k < 1 or k > v.test_samples for k in v.ks):
         raise UserError(f"vstar.ks: {v.ks}: each k must be between 1 and vstar.test_samples ({v.test_samples})")
     if cfg.train.early_stopping_patience:
-        raise UserError("train.early_stopping_patience: not available for vstar (the generators have no accuracy to follow)")
+        raise UserError(
+            "train.early_stopping_patience: not available for vstar (the generators have no accuracy to follow)"
+        )
     return task, task.train_split, test_split
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from lmforge.config import DataConfig, RunConfig
 from lmforge.core.console import say
 from lmforge.core.eval_gen import Sample, SampledProblems, sample_and_label, write_samples
-from lmforge.core.generate import HFGenerator, SamplingParams
 from lmforge.core.eval_gen_command import DEFAULT_MAX_NEW_TOKENS, FALLBACK_MAX_NEW_TOKENS
+from lmforge.core.generate import HFGenerator, SamplingParams
 from lmforge.methods.sft.config import SftConfig
 from lmforge.methods.sft.data import Pair
 from lmforge.tasks.base import Problem, Task
@@ -91,7 +91,9 @@ def sampling_params(cfg: RunConfig, task: Task, n: int) -> SamplingParams:
     return SamplingParams(n=n, temperature=v.temperature, top_p=v.top_p, max_new_tokens=max_new, seed=v.seed)
 
 
-def sample_stage(path: Path, task: Task, problems: Sequence[Problem], model_dir: Path, params: SamplingParams, cfg) -> list[Sample]:
+def sample_stage(
+    path: Path, task: Task, problems: Sequence[Problem], model_dir: Path, params: SamplingParams, cfg
+) -> list[Sample]:
     """`params.n` labelled samples per problem from the model of `model_dir`, kept in `path`."""
     from lmforge.core.causal_lm import load_causal_lm
 

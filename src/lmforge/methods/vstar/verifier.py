@@ -18,11 +18,11 @@ Test-time scores of a candidate y of problem x (`score_candidates`):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import random
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,8 +33,15 @@ from lmforge.core.data import Examples, Task
 from lmforge.core.loop import StopSignal
 from lmforge.core.training_run import start_training
 from lmforge.errors import UserError
-from lmforge.methods.sft.data import Encoded, Pair, collate, encode_pair
-from lmforge.methods.vstar.dpo import completion_logprobs, dpo_loss, load_reference, reference_logprobs, save_reference
+from lmforge.methods.sft.data import Encoded, collate, encode_pair
+from lmforge.methods.vstar.dpo import (
+    completion_logprobs,
+    dpo_loss,
+    fingerprint,
+    load_reference,
+    reference_logprobs,
+    save_reference,
+)
 
 HELD_OUT_SHARE = 0.1  # of the problems with pairs, at most HELD_OUT_PROBLEMS, at least one when there are two
 HELD_OUT_PROBLEMS = 20
@@ -71,13 +78,6 @@ def encode_preferences(tokenizer, pairs: Sequence[PreferencePair], max_length: i
     return kept, Encoded(ids, prompt_lengths)
 
 
-def fingerprint(encoded: Encoded) -> str:
-    digest = hashlib.sha256()
-    for ids, p in zip(encoded.ids, encoded.prompt_lengths):
-        digest.update(f"{p}:{','.join(map(str, ids))};".encode())
-    return digest.hexdigest()
-
-
 def train_verifier(cfg: RunConfig, stages: Path, gsft_dir: Path, pairs: Sequence[PreferencePair]) -> Path:
     """The DPO verifier in stages/verifier/, from the finished G_SFT run `gsft_dir`; reused when finished."""
     from lmforge.adapters.lora import inject_lora, save_adapter
@@ -93,16 +93,19 @@ def train_verifier(cfg: RunConfig, stages: Path, gsft_dir: Path, pairs: Sequence
     train_pairs, train_data = encode_preferences(tokenizer, train_pairs, cfg.model.max_length)
     dev_pairs, dev_data = encode_preferences(tokenizer, dev_pairs, cfg.model.max_length)
     if not train_pairs:
-        raise UserError("verifier: no preference pairs to train on (no problem has both a correct and an incorrect solution)")
+        raise UserError(
+            "verifier: no preference pairs to train on (no problem has both a correct and an incorrect solution)"
+        )
     say(f"verifier: DPO on {len(train_pairs):,} pairs, {len(dev_pairs):,} held out, beta {opts.beta:g}")
 
     reference = {}
     for name, data in (("train", train_data), ("dev", dev_data)):
         path = stages / f"verifier.reference-{name}.pt"
-        cached = load_reference(path, fingerprint(data)) if len(data) else torch.zeros(0)
+        key = fingerprint(data, str(gsft_dir.resolve()))  # a cache of other tokens or another G_SFT is stale
+        cached = load_reference(path, key) if len(data) else torch.zeros(0)
         if cached is None:
             cached = reference_logprobs(model, data, tokenizer.pad_token_id, cfg.train.eval_batch_size, "cpu")
-            save_reference(path, cached, fingerprint(data))
+            save_reference(path, cached, key)
         reference[name] = cached  # (2P,): chosen at even rows, rejected at odd rows
 
     if v.lora:
@@ -120,7 +123,9 @@ def train_verifier(cfg: RunConfig, stages: Path, gsft_dir: Path, pairs: Sequence
     lengths = [len(train_data.ids[2 * i]) + len(train_data.ids[2 * i + 1]) for i in range(len(train_pairs))]
     examples = Examples([p.prompt for p in train_pairs], [p.chosen for p in train_pairs], "D_VER pairs")
     resume = (folder / "config.yaml").is_file()  # started before: continue from its last checkpoint
-    t = start_training(verifier_cfg, folder, resume, model, tokenizer, lengths, Task(examples, Examples([], [], ""), []))
+    t = start_training(
+        verifier_cfg, folder, resume, model, tokenizer, lengths, Task(examples, Examples([], [], ""), [])
+    )
     pad_id = tokenizer.pad_token_id
 
     def pair_batch(data: Encoded, indices: Sequence[int], device):
@@ -149,7 +154,7 @@ def train_verifier(cfg: RunConfig, stages: Path, gsft_dir: Path, pairs: Sequence
             ref = reference["dev"][rows].to(policy.device)
             loss, stats = dpo_loss(policy[0::2], policy[1::2], ref[0::2], ref[1::2], opts.beta)
             losses.append(loss.item() * len(chunk))
-            right += round(stats["reward_accuracy"] * len(chunk))
+            right += round(float(stats["reward_accuracy"]) * len(chunk))
         t.model.train(was_training)
         return {"dpo_loss": sum(losses) / len(dev_pairs), "reward_accuracy": right / len(dev_pairs)}
 
@@ -157,7 +162,7 @@ def train_verifier(cfg: RunConfig, stages: Path, gsft_dir: Path, pairs: Sequence
     with StopSignal() as stop:
         while t.running():
             batch, started = next(t.batches), time.perf_counter()
-            loss = t.accumulate(batch, lambda micro: micro_loss(micro, len(batch.examples)))
+            loss = t.accumulate(batch, partial(micro_loss, step_pairs=len(batch.examples)))
             t.optimizer_step(batch)
             t.optimizer.zero_grad(set_to_none=True)
             t.end_step(loss, started, stop)
