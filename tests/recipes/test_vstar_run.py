@@ -26,6 +26,9 @@ TINY = [
     "vstar.target_modules=[c_attn,c_proj,c_fc]",
     "vstar.verifier.batch_size=2",
     "vstar.verifier.grad_accum=1",
+    "vstar.orm.enabled=true",
+    "vstar.orm.batch_size=4",
+    "vstar.orm.grad_accum=1",
 ]
 TIMEOUT = 1800
 
@@ -65,7 +68,8 @@ def test_every_stage_is_written_and_the_buffers_grow_as_algorithm_1_says(gsm8k_r
     assert summary["d_ver_correct"] == 6 + sum(s["passed"] for s in all_samples)
     assert summary["preference_pairs"] >= 1 and (stages / "verifier" / "final.json").is_file()
     last = summary["generators"]["2"]
-    assert set(last["best_of_k"]) == {"likelihood", "mean_likelihood", "implicit_reward"}
+    assert set(last["best_of_k"]) == {"likelihood", "mean_likelihood", "implicit_reward", "orm"}
+    assert (stages / "orm" / "final.json").is_file()
     assert set(last["pass@k"]) == set(last["majority_vote"]) == {"1", "2", "4"}
     report = (run_dir / "report.html").read_text()
     assert "<svg" in report and "Best-of-k" in report
@@ -75,6 +79,7 @@ def test_the_verifier_scores_are_its_likelihoods(gsm8k_run):
     run_dir, _ = gsm8k_run
     for row in lines(run_dir / "stages" / "scores-2.jsonl"):
         assert row["likelihood"] < 0 and row["mean_likelihood"] == pytest.approx(row["likelihood"] / row["tokens"])
+        assert 0 < row["orm"] < 1
 
 
 def test_an_interrupted_run_resumes_without_sampling_again(gsm8k_run, tmp_path):
@@ -83,7 +88,7 @@ def test_an_interrupted_run_resumes_without_sampling_again(gsm8k_run, tmp_path):
     shutil.copytree(run_dir, copy)
     stages = copy / "stages"
     # stopped after round 1's samples: generator 2, its samples, the verifier and the tests are gone
-    for name in ("generator-2", "verifier"):
+    for name in ("generator-2", "verifier", "orm"):
         shutil.rmtree(stages / name)
     for path in stages.glob("*"):
         if path.is_file() and not path.name.startswith(("samples-1", "generator-1")):

@@ -30,12 +30,20 @@ DIRECT_HEADS = {
 def logits_at(model, inputs: dict[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
     """`model(**inputs).logits[positions]`: (N, V) for a boolean `positions` of shape (B, T) with N
     True entries, in row-major order, computing the output layer at those positions only."""
-    body = DIRECT_HEADS.get(type(model).__name__)
-    if body is None:
+    if type(model).__name__ not in DIRECT_HEADS:
         return model(**inputs).logits[positions]
-    hidden = getattr(model, body)(**inputs).last_hidden_state  # (B, T, H)
+    hidden = last_hidden_states(model, inputs)  # (B, T, H)
     logits = model.get_output_embeddings()(hidden[positions])  # (N, V)
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap is not None:
         logits = torch.tanh(logits / cap) * cap
     return logits
+
+
+def last_hidden_states(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The hidden states (B, T, H) the output layer reads, without computing the output layer where the
+    model class is known (a reward model's head reads them instead)."""
+    body = DIRECT_HEADS.get(type(model).__name__)
+    if body is None:
+        return model(**inputs, output_hidden_states=True).hidden_states[-1]
+    return getattr(model, body)(**inputs).last_hidden_state

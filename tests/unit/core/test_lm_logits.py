@@ -6,7 +6,7 @@ import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, OPTConfig, OPTForCausalLM
 
 from lmforge.core.causal_lm import tiny_gpt2
-from lmforge.core.lm_logits import DIRECT_HEADS, logits_at
+from lmforge.core.lm_logits import DIRECT_HEADS, last_hidden_states, logits_at
 
 
 def tiny_gemma(softcap):
@@ -46,3 +46,16 @@ def test_logits_at_chosen_positions_equal_the_full_logits_there(make):
     if type(model).__name__ == "Gemma3ForCausalLM" and model.config.final_logit_softcapping:
         assert picked.abs().max() <= 5.0  # the cap was applied on the fast path
     assert (type(model).__name__ in DIRECT_HEADS) == (not isinstance(model, OPTForCausalLM))
+
+
+@pytest.mark.parametrize("make", [lambda: tiny_gpt2(seed=3)[0], lambda: tiny_gemma(None), tiny_opt])
+def test_last_hidden_states_are_what_the_output_layer_reads(make):
+    model = make()
+    inputs = {"input_ids": torch.randint(3, 300, (2, 7), generator=torch.Generator().manual_seed(2))}
+    with torch.no_grad():
+        hidden = last_hidden_states(model, inputs)
+        logits = model(**inputs).logits
+    head = model.get_output_embeddings()(hidden)
+    if getattr(model.config, "final_logit_softcapping", None):
+        head = torch.tanh(head / model.config.final_logit_softcapping) * model.config.final_logit_softcapping
+    assert torch.allclose(head, logits, atol=1e-5)

@@ -35,6 +35,19 @@ class VerifierConfig:
 
 
 @dataclass
+class OrmConfig:
+    enabled: bool = option(
+        False, "also train the ORM baseline (a correct / incorrect classifier on D_VER) and score with it"
+    )
+    lr: float = option(
+        1e-4, "peak learning rate of the ORM's training (LoRA and its new head)", min=0.0, exclusive_min=True
+    )
+    epochs: float = option(1.0, "passes over D_VER's solutions", min=0.0, exclusive_min=True)
+    batch_size: int = option(4, "solutions per micro-batch", min=1)
+    grad_accum: int = option(2, "micro-batches per optimizer step", min=1)
+
+
+@dataclass
 class VstarConfig:
     iterations: int = option(3, "T: generator rounds, each SFT from the base model on the whole buffer D_GEN", min=1)
     samples_per_problem: int = option(16, "k: completions sampled per training problem each round", min=1)
@@ -56,3 +69,4 @@ class VstarConfig:
     lora_dropout: float = option(0.1, "dropout on the adapters' input", min=0.0, max=0.9)
     target_modules: list[str] = option(BLOCK_LINEAR_LAYERS, "layers LoRA adapts (GPT-2: c_attn, c_proj, c_fc)")
     verifier: VerifierConfig = option(VerifierConfig(), "the DPO verifier")
+    orm: OrmConfig = option(OrmConfig(), "the outcome-reward-model verifier, a baseline (Cobbe et al. 2021)")

@@ -25,6 +25,7 @@ from lmforge.core.eval_gen import by_problem
 from lmforge.core.metrics import mean_pass_at_k
 from lmforge.core.rundir import RunDir, build_manifest, write_text_atomic
 from lmforge.errors import UserError
+from lmforge.methods.vstar.orm import orm_scores, train_orm
 from lmforge.methods.vstar.select import best_of_k_curve, majority_vote_curve, preference_pairs
 from lmforge.methods.vstar.stages import (
     reference_samples,
@@ -75,6 +76,8 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         for pid, chosen, rejected in preference_pairs(d_ver, v.verifier.max_pairs_per_problem, v.seed)
     ]
     verifier = train_verifier(cfg, stages, generators[0], pairs)
+    train_prompts = {p.id: p.prompt for p in problems}
+    orm = train_orm(cfg, stages, generators[0], train_prompts, d_ver, task.answer_end) if v.orm.enabled else None
 
     prompts = {p.id: p.prompt for p in test_problems}
     results = {}
@@ -87,6 +90,11 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         else:
             scores = score_candidates(verifier / "final", generators[0] / "final", prompts, candidates,
                                       task.answer_end, v.verifier.beta, cfg.train.eval_batch_size)  # fmt: skip
+            if orm is not None:
+                orm_probs = orm_scores(orm / "final", generators[0] / "final", prompts, candidates, task.answer_end,
+                                       cfg.train.eval_batch_size)  # fmt: skip
+                for row, p_correct in zip(scores, orm_probs):
+                    row["orm"] = p_correct
             write_text_atomic(scores_path, "".join(json.dumps(row) + "\n" for row in scores))
         results[t] = test_metrics(task, test_problems, candidates, scores, v.ks)
 
@@ -108,7 +116,7 @@ def test_metrics(task, problems, candidates, scores, ks) -> dict:
     score_of = {(r["problem_id"], r["index"]): r for r in scores}
     counts = [(len(grouped[p.id]), sum(s.passed for s in grouped[p.id])) for p in problems]
     out = {"pass@k": {str(k): mean_pass_at_k(counts, k) for k in ks}, "best_of_k": {}}
-    for name in ("likelihood", "mean_likelihood", "implicit_reward"):
+    for name in [n for n in ("likelihood", "mean_likelihood", "implicit_reward", "orm") if n in scores[0]]:
         per_problem = [
             ([score_of[(s.problem_id, s.index)][name] for s in grouped[p.id]], [s.passed for s in grouped[p.id]])
             for p in problems

@@ -85,6 +85,13 @@ def train_generator(cfg: RunConfig, stages: Path, t: int, pairs: Sequence[Pair],
     return folder
 
 
+def device() -> str:
+    """Where generation and scoring run: the GPU when there is one (training goes through Accelerate)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def sampling_params(cfg: RunConfig, task: Task, n: int) -> SamplingParams:
     v = cfg.options
     max_new = v.max_new_tokens or DEFAULT_MAX_NEW_TOKENS.get(task.name, FALLBACK_MAX_NEW_TOKENS)
@@ -102,7 +109,7 @@ def sample_stage(
         return read_samples(path)
     say(f"{path.name}: {params.n} samples for each of {len(problems):,} problems from {model_dir.name}")
     model, tokenizer = load_causal_lm(str(model_dir))
-    generator = HFGenerator(model, tokenizer, batch_size=cfg.options.generation_batch_size)
+    generator = HFGenerator(model.to(device()), tokenizer, batch_size=cfg.options.generation_batch_size)
     sampled: SampledProblems = sample_and_label(
         task, problems, generator, params, workers=cfg.options.sandbox_workers, progress=True
     )

@@ -42,6 +42,7 @@ from lmforge.methods.vstar.dpo import (
     reference_logprobs,
     save_reference,
 )
+from lmforge.methods.vstar.stages import device
 
 HELD_OUT_SHARE = 0.1  # of the problems with pairs, at most HELD_OUT_PROBLEMS, at least one when there are two
 HELD_OUT_PROBLEMS = 20
@@ -104,7 +105,9 @@ def train_verifier(cfg: RunConfig, stages: Path, gsft_dir: Path, pairs: Sequence
         key = fingerprint(data, str(gsft_dir.resolve()))  # a cache of other tokens or another G_SFT is stale
         cached = load_reference(path, key) if len(data) else torch.zeros(0)
         if cached is None:
-            cached = reference_logprobs(model, data, tokenizer.pad_token_id, cfg.train.eval_batch_size, "cpu")
+            cached = reference_logprobs(
+                model.to(device()), data, tokenizer.pad_token_id, cfg.train.eval_batch_size, device()
+            )
             save_reference(path, cached, key)
         reference[name] = cached  # (2P,): chosen at even rows, rejected at odd rows
 
@@ -195,8 +198,8 @@ def score_candidates(
         ids.append(encoded[0])
         prompt_lengths.append(encoded[1])
     data = Encoded(ids, prompt_lengths)
-    log_v = reference_logprobs(verifier, data, tokenizer.pad_token_id, batch_size, "cpu")
-    log_g = reference_logprobs(reference, data, tokenizer.pad_token_id, batch_size, "cpu")
+    log_v = reference_logprobs(verifier.to(device()), data, tokenizer.pad_token_id, batch_size, device())
+    log_g = reference_logprobs(reference.to(device()), data, tokenizer.pad_token_id, batch_size, device())
     rows = []
     for i, s in enumerate(samples):
         n = data.targets(i)

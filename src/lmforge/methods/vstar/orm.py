@@ -1,0 +1,166 @@
+"""The outcome-reward-model (ORM) verifier, V-STaR's baseline (Cobbe et al. 2021, "Training Verifiers to
+Solve Math Word Problems", section 4): G_SFT with LoRA and a scalar head on the hidden state of a
+solution's last token (its EOS), trained with binary cross-entropy to predict whether the solution is
+correct, on every labelled solution of D_VER. A candidate's score is that predicted probability.
+
+Same data, starting point, LoRA and loop as the DPO verifier (`verifier.py`), so the two differ only
+in the objective: the paper's finding to test is that the DPO verifier keeps gaining as k grows while
+the ORM stalls. Held-out solutions (those of a few problems, carved by problem) give the evaluation:
+loss and accuracy at threshold 0.5.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.config import DataConfig, ModelConfig, RunConfig
+from lmforge.core.console import say
+from lmforge.core.data import Examples, Task
+from lmforge.core.lm_logits import last_hidden_states
+from lmforge.core.loop import StopSignal
+from lmforge.core.training_run import start_training
+from lmforge.errors import UserError
+from lmforge.methods.sft.data import Encoded, collate, encode_pair
+from lmforge.methods.vstar.stages import device
+from lmforge.methods.vstar.verifier import CARVE_SEED, HELD_OUT_PROBLEMS, HELD_OUT_SHARE
+
+HEAD = "score_head"
+
+
+class OutcomeRewardModel(nn.Module):
+    """A causal LM's body and a linear head: the logit of "this solution is correct"."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        self.score_head = nn.Linear(lm.config.get_text_config().hidden_size, 1)
+        nn.init.zeros_(self.score_head.weight)  # every solution starts at probability 0.5
+        nn.init.zeros_(self.score_head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = last_hidden_states(self.lm, {"input_ids": input_ids, "attention_mask": attention_mask})  # (B, T, H)
+        last = attention_mask.sum(dim=1) - 1  # (B,): right padding, so the EOS is the last real token
+        return self.score_head(hidden[torch.arange(len(last)), last]).squeeze(-1)  # (B,) logits
+
+
+def encode_solutions(tokenizer, prompts: dict[str, str], samples: Sequence, answer_end: str) -> Encoded:
+    """Every solution's tokens (prompt, completion, EOS), unlimited in length: they were generated so."""
+    ids, prompt_lengths = [], []
+    for s in samples:
+        encoded = encode_pair(tokenizer, prompts[s.problem_id], s.completion + answer_end, 1 << 30)
+        ids.append(encoded[0])
+        prompt_lengths.append(encoded[1])
+    return Encoded(ids, prompt_lengths)
+
+
+def train_orm(
+    cfg: RunConfig, stages: Path, gsft_dir: Path, prompts: dict[str, str], solutions: Sequence, answer_end: str
+) -> Path:
+    """The ORM in stages/orm/, from the finished G_SFT run `gsft_dir`, on D_VER's labelled solutions."""
+    import random
+
+    from lmforge.adapters.lora import inject_lora, save_adapter
+    from lmforge.core.causal_lm import load_causal_lm
+
+    folder = stages / "orm"
+    if (folder / "final.json").is_file():
+        say(f"orm: finished earlier ({folder})")
+        return folder
+    v, opts = cfg.options, cfg.options.orm
+    if len({s.passed for s in solutions}) < 2:
+        raise UserError("orm: D_VER holds only correct or only incorrect solutions; a classifier needs both")
+    problems = sorted({s.problem_id for s in solutions})
+    n = min(HELD_OUT_PROBLEMS, int(len(problems) * HELD_OUT_SHARE)) or (1 if len(problems) > 1 else 0)
+    held = set(random.Random(CARVE_SEED).sample(problems, n))
+    train = [s for s in solutions if s.problem_id not in held]
+    dev = [s for s in solutions if s.problem_id in held]
+    lm, tokenizer = load_causal_lm(str(gsft_dir))
+    model = OutcomeRewardModel(lm)
+    inject_lora(model, v.target_modules, v.lora_r, v.lora_alpha, v.lora_dropout, [HEAD])
+    train_data = encode_solutions(tokenizer, prompts, train, answer_end)
+    dev_data = encode_solutions(tokenizer, prompts, dev, answer_end)
+    train_labels = torch.tensor([float(s.passed) for s in train])
+    dev_labels = torch.tensor([float(s.passed) for s in dev])
+    say(f"orm: {len(train):,} solutions ({int(train_labels.sum()):,} correct), {len(dev):,} held out")
+    orm_cfg = RunConfig(
+        method="vstar",
+        model=ModelConfig(name=str(gsft_dir), max_length=cfg.model.max_length, dropout=cfg.model.dropout),
+        data=DataConfig(train=f"D_VER solutions ({len(train):,})", eval=""),
+        train=dataclasses.replace(
+            cfg.train, lr=opts.lr, epochs=opts.epochs, max_steps=0, batch_size=opts.batch_size,
+            grad_accum=opts.grad_accum, weight_decay=0.0, eval_every=0, save_every=0, early_stopping_patience=0,
+        ),
+        options=v,
+    )  # fmt: skip
+    examples = Examples([prompts[s.problem_id] for s in train], [str(s.passed) for s in train], "D_VER")
+    resume = (folder / "config.yaml").is_file()
+    t = start_training(orm_cfg, folder, resume, model, tokenizer, [len(x) for x in train_data.ids],
+                       Task(examples, Examples([], [], ""), []))  # fmt: skip
+    pad_id = tokenizer.pad_token_id
+
+    def logits_of(data: Encoded, rows: Sequence[int], dev_device) -> torch.Tensor:
+        inputs = collate([data.ids[r] for r in rows], [data.prompt_lengths[r] for r in rows], pad_id, dev_device)
+        return t.model(inputs["input_ids"], inputs["attention_mask"])
+
+    def micro_loss(micro: list[int], step_size: int) -> dict[str, torch.Tensor]:
+        logits = logits_of(train_data, micro, t.accelerator.device)
+        target = train_labels[micro].to(logits.device)
+        return {"loss": F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / step_size}
+
+    @torch.no_grad()
+    def evaluate() -> dict:
+        if not dev:
+            return {}
+        was_training = t.model.training
+        t.model.eval()
+        size = cfg.train.eval_batch_size
+        chunks = [list(range(i, min(i + size, len(dev)))) for i in range(0, len(dev), size)]
+        logits = torch.cat([logits_of(dev_data, rows, t.accelerator.device).cpu() for rows in chunks])
+        t.model.train(was_training)
+        loss = F.binary_cross_entropy_with_logits(logits, dev_labels).item()
+        return {"loss": loss, "accuracy": ((logits > 0).float() == dev_labels).float().mean().item()}
+
+    t.evaluator = evaluate
+    with StopSignal() as stop:
+        while t.running():
+            batch, started = next(t.batches), time.perf_counter()
+            loss = t.accumulate(batch, partial(micro_loss, step_size=len(batch.examples)))
+            t.optimizer_step(batch)
+            t.optimizer.zero_grad(set_to_none=True)
+            t.end_step(loss, started, stop)
+
+    def save(model, tokenizer, out: Path) -> None:
+        save_adapter(model, out, v.lora_r, v.lora_alpha, v.lora_dropout, v.target_modules, [HEAD],
+                     base_model=str(gsft_dir), task_type="SEQ_CLS")  # fmt: skip
+        tokenizer.save_pretrained(out)
+
+    t.finish(save, lambda final: {"labels": ["False", "True"], "solutions": len(train), "held_out": len(dev)})
+    return folder
+
+
+@torch.no_grad()
+def orm_scores(orm_dir: Path, gsft_dir: Path, prompts: dict[str, str], samples: Sequence, answer_end: str,
+               batch_size: int) -> list[float]:  # fmt: skip
+    """P(correct) of every candidate, in the order of `samples`."""
+    from lmforge.adapters.lora import load_adapter
+    from lmforge.core.causal_lm import load_causal_lm
+
+    lm, tokenizer = load_causal_lm(str(gsft_dir))
+    model = load_adapter(OutcomeRewardModel(lm), orm_dir).to(device()).eval()
+    data = encode_solutions(tokenizer, prompts, samples, answer_end)
+    order = sorted(range(len(data)), key=lambda i: len(data.ids[i]))
+    out = torch.empty(len(data))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        inputs = collate([data.ids[i] for i in chunk], [data.prompt_lengths[i] for i in chunk],
+                         tokenizer.pad_token_id, device())  # fmt: skip
+        out[torch.tensor(chunk)] = torch.sigmoid(model(inputs["input_ids"], inputs["attention_mask"])).cpu()
+    return out.tolist()
