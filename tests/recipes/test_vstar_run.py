@@ -102,6 +102,25 @@ def test_an_interrupted_run_resumes_without_sampling_again(gsm8k_run, tmp_path):
     assert final(copy)["generators"] == final(run_dir)["generators"]  # seeded: the same samples and scores
 
 
+def test_the_openai_backend_samples_through_a_real_server_what_hf_samples_here(gsm8k_run, tmp_path):
+    from lmforge.core.generate import make_generator
+    from lmforge.core.serve import CompletionServer, start_in_thread
+
+    hf_run, _ = gsm8k_run
+    server = CompletionServer(("127.0.0.1", 0), make_generator("hf", "tiny-gpt2"), "tiny-gpt2", quiet=True)
+    start_in_thread(server)
+    try:
+        run_dir = tmp_path / "served"
+        args = [*TINY, "vstar.iterations=1", "vstar.orm.enabled=false", "vstar.backend=openai"]
+        assert main(["run", "vstar/gemma_gsm8k", *args, f"vstar.base_url={server.url}", "--run-dir", str(run_dir)]) == 0
+        assert set(server.loaded) == {"served/generator-1"}  # the generator was loaded by the server, by name
+    finally:
+        server.shutdown()
+        server.server_close()
+    for name in ("samples-1.jsonl", "test-1.jsonl"):  # seeded per sample: the same texts and verdicts
+        assert lines(run_dir / "stages" / name) == lines(hf_run / "stages" / name)
+
+
 def test_mbpp_runs_programs_in_the_sandbox_and_has_no_majority_vote(tmp_path):
     run_dir = tmp_path / "mbpp"
     one_round = [*TINY, "vstar.iterations=1", "data.max_train_examples=4"]

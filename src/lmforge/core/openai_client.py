@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from lmforge.core.generate import Completion, SamplingParams
 from lmforge.errors import UserError
@@ -110,8 +111,21 @@ class OpenAIGenerator:
             raise UserError(f"{self.base_url}/completions: asked for n={params.n}, got {len(completions)} choices")
         return completions
 
-    def post(self, path: str, body: dict) -> dict:
-        """POST JSON, retrying connection errors, 429 and 5xx with exponential backoff."""
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Ask the server to load the model at `path` under `name` (vLLM's runtime LoRA loading: start it
+        with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; `lmforge serve` loads any run).
+        Later requests of this generator ask for `name`. A name the server already holds is kept."""
+        try:
+            self.post("/load_lora_adapter", {"lora_name": name, "lora_path": str(path)}, expect_json=False)
+        except UserError as e:
+            if "already been loaded" not in str(e):  # vLLM's answer to a second load of one name
+                raise
+        self.model = name
+
+    def post(self, path: str, body: dict, expect_json: bool = True) -> dict:
+        """POST JSON, retrying connection errors, 429 and 5xx with exponential backoff. With
+        `expect_json=False` an answer that is not JSON (vLLM answers some calls in plain text) is
+        returned as {"text": ...}."""
         url = self.base_url + path
         headers = {"Content-Type": "application/json"}
         if self.api_key:
@@ -122,7 +136,13 @@ class OpenAIGenerator:
             try:
                 request = urllib.request.Request(url, data=data, headers=headers, method="POST")
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read())
+                    raw = response.read()
+                if not expect_json:
+                    try:
+                        return json.loads(raw)
+                    except json.JSONDecodeError:
+                        return {"text": raw.decode(errors="replace")}
+                return json.loads(raw)
             except urllib.error.HTTPError as e:
                 message = _error_message(e)
                 if e.code not in RETRY_STATUS or attempt == self.max_retries:

@@ -1,14 +1,18 @@
 """`lmforge serve`: an OpenAI-compatible HTTP server over the `hf` generation backend.
 
-Endpoints: `POST /v1/completions`, `POST /v1/chat/completions`, `GET /v1/models` (and `GET /health`).
+Endpoints: `POST /v1/completions`, `POST /v1/chat/completions`, `GET /v1/models` (and `GET /health`), and
+`POST /v1/load_lora_adapter` as vLLM has it (`{"lora_name": ..., "lora_path": ...}`): the folder (a LoRA
+run, its final/ folder, or any model lmforge loads) is loaded beside the served model, and requests whose
+`model` is that name go to it. Self-improvement loops (V-STaR) use it to sample from each new generator.
 The standard library's ThreadingHTTPServer answers requests on threads; generation itself is
 serialised by a lock (one model, one batch at a time; a request's n samples and prompts are batched).
 
 Request fields, as OpenAI defines them: `prompt` (a string or a list of strings) or `messages`,
 `n`, `temperature` (default 1), `top_p` (default 1), `max_tokens` (default 16 for completions, as
 OpenAI, and 256 for chat), `stop` (a string or a list), `seed` (default: a fresh random seed per
-request; with a seed the answer is reproducible). `model` is accepted and ignored: the server has
-one model. `stream`, `logprobs` and `echo` are refused with 400; other fields are ignored.
+request; with a seed the answer is reproducible). `model` selects a model loaded with
+load_lora_adapter; any other name means the served model. `stream`, `logprobs` and `echo` are
+refused with 400; other fields are ignored.
 Each choice also carries `completion_tokens`, its own token count (an extension).
 
 Chat: messages are rendered with the tokenizer's chat template when it has one; otherwise as lines
@@ -44,15 +48,29 @@ class CompletionServer(ThreadingHTTPServer):
         self.model_name = model_name
         self.quiet = quiet
         self.lock = threading.Lock()
+        self.loaded: dict[str, HFGenerator] = {}  # lora_name -> its generator (load_lora_adapter)
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/v1"
 
-    def run_generation(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+    def generator_for(self, model: object) -> HFGenerator:
+        return self.loaded.get(model, self.generator) if isinstance(model, str) else self.generator
+
+    def run_generation(
+        self, prompts: list[str], params: SamplingParams, model: object = None
+    ) -> list[list[Completion]]:
         with self.lock:
-            return self.generator.generate(prompts, params)
+            return self.generator_for(model).generate(prompts, params)
+
+    def load(self, name: str, path: str) -> None:
+        """Load the model of `path` (as `lmforge serve` would) under `name`; loading a name again replaces it."""
+        from lmforge.core.generate import make_generator
+
+        generator = make_generator("hf", path, batch_size=self.generator.batch_size)
+        with self.lock:
+            self.loaded[name] = generator
 
 
 def start_in_thread(server: CompletionServer) -> threading.Thread:
@@ -67,8 +85,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path.rstrip("/") == "/v1/models":
-            model = {"id": self.server.model_name, "object": "model", "created": 0, "owned_by": "lmforge"}
-            self._send(200, {"object": "list", "data": [model]})
+            names = [self.server.model_name, *self.server.loaded]
+            models = [{"id": name, "object": "model", "created": 0, "owned_by": "lmforge"} for name in names]
+            self._send(200, {"object": "list", "data": models})
         elif self.path.rstrip("/") == "/health":
             self._send(200, {"status": "ok"})
         else:
@@ -76,12 +95,17 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = self.path.rstrip("/")
-        if path not in ("/v1/completions", "/v1/chat/completions"):
+        endpoints = {
+            "/v1/completions": self._completions,
+            "/v1/chat/completions": self._chat,
+            "/v1/load_lora_adapter": self._load_lora_adapter,
+        }
+        if path not in endpoints:
             self._error(404, f"no such endpoint: POST {self.path}")
             return
         try:
             body = self._read_json()
-            answer = self._completions(body) if path == "/v1/completions" else self._chat(body)
+            answer = endpoints[path](body)
         except UserError as e:
             self._error(400, str(e))
             return
@@ -101,7 +125,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             raise UserError("'prompt' must be a string or a non-empty list of strings")
         params = sampling_params(body, default_max_tokens=16)
-        results = self.server.run_generation(prompts, params)
+        results = self.server.run_generation(prompts, params, body.get("model"))
         choices = [
             {
                 "index": i * params.n + j,
@@ -119,9 +143,9 @@ class Handler(BaseHTTPRequestHandler):
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise UserError("'messages' must be a non-empty list of {role, content} objects")
-        prompt, extra_stop = render_chat(self.server.generator.tokenizer, messages)
+        prompt, extra_stop = render_chat(self.server.generator_for(body.get("model")).tokenizer, messages)
         params = sampling_params(body, default_max_tokens=256, extra_stop=extra_stop)
-        results = self.server.run_generation([prompt], params)
+        results = self.server.run_generation([prompt], params, body.get("model"))
         choices = [
             {
                 "index": j,
@@ -133,8 +157,15 @@ class Handler(BaseHTTPRequestHandler):
         ]
         return self._answer("chatcmpl", "chat.completion", choices, [prompt], results)
 
+    def _load_lora_adapter(self, body: dict) -> dict:
+        name, path = body.get("lora_name"), body.get("lora_path")
+        if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
+            raise UserError("'lora_name' and 'lora_path' must be non-empty strings")
+        self.server.load(name, path)  # a bad folder is a UserError: 400 with its message
+        return {"status": "ok", "lora_name": name, "lora_path": path}
+
     def _answer(self, prefix: str, kind: str, choices: list, prompts: list[str], results) -> dict:
-        prompt_tokens = sum(self.server.generator.count_tokens(p) for p in prompts)
+        prompt_tokens = sum(self.server.generator.count_tokens(p) for p in prompts)  # one tokenizer for all
         completion_tokens = sum(c.tokens for completions in results for c in completions)
         return {
             "id": f"{prefix}-{uuid.uuid4().hex}",

@@ -126,3 +126,20 @@ def test_serve_with_a_bad_model_exits_2_with_one_line(cli):
         "lmforge: error: model './no/such/folder': not a builtin model (minilm, tiny-bert, gemma-3-270m, tiny-gpt2), "
         "a local folder, or a hub id (org/name)"
     ]
+
+
+def test_load_lora_adapter_serves_another_model_by_name_and_refuses_a_bad_folder(tiny_server, tmp_path):
+    status, answer = call(f"{tiny_server.url}/load_lora_adapter", {"lora_name": "other", "lora_path": "tiny-gpt2"})
+    assert status == 200 and answer["lora_name"] == "other"
+    status, models = call(f"{tiny_server.url}/models")
+    assert [m["id"] for m in models["data"]] == ["tiny-gpt2", "other"]
+    body = {"prompt": "the movie was", "max_tokens": 5, "temperature": 0}
+    _, served = call(f"{tiny_server.url}/completions", {**body, "model": "tiny-gpt2"})
+    _, other = call(f"{tiny_server.url}/completions", {**body, "model": "other"})
+    assert other["choices"][0]["text"] == served["choices"][0]["text"]  # the same weights (seed 0) loaded twice
+    assert tiny_server.generator_for("other") is not tiny_server.generator
+    status, error = call(f"{tiny_server.url}/load_lora_adapter", {"lora_name": "bad", "lora_path": str(tmp_path)})
+    assert status == 400 and str(tmp_path) in error["error"]["message"]
+    status, error = call(f"{tiny_server.url}/load_lora_adapter", {"lora_name": "", "lora_path": "x"})
+    assert status == 400 and "lora_name" in error["error"]["message"]
+    tiny_server.loaded.clear()

@@ -56,7 +56,14 @@ class VstarConfig:
                                 exclusive_min=True)  # fmt: skip
     top_p: float = option(1.0, "nucleus sampling (1 = off)", min=0.0, exclusive_min=True, max=1.0)
     max_new_tokens: int = option(0, "tokens per sample at most (0 = the task's default of lmforge eval-gen)", min=0)
-    generation_batch_size: int = option(8, "sequences generated together", min=1)
+    generation_batch_size: int = option(8, "hf backend: sequences generated together", min=1)
+    backend: str = option(
+        "hf",
+        "generation: hf (here) or openai (a server that loads each generator: vLLM with runtime LoRA, lmforge serve)",
+        choices=["hf", "openai"],
+    )
+    base_url: str = option("http://127.0.0.1:8000/v1", "openai backend: the server's API root")
+    concurrency: int = option(8, "openai backend: requests in flight", min=1)
     sandbox_workers: int = option(2, "code tasks: programs run at a time", min=1)
     test_split: str = option("", "problems of the test stage (empty = the task's evaluation split)")
     test_problems: int = option(0, "test problems: the first N of test_split (0 = all)", min=0)

@@ -103,15 +103,21 @@ def sample_stage(
 ) -> list[Sample]:
     """`params.n` labelled samples per problem from the model of `model_dir`, kept in `path`."""
     from lmforge.core.causal_lm import load_causal_lm
+    from lmforge.core.openai_client import OpenAIGenerator
 
     if path.is_file():
         say(f"{path.name}: sampled earlier")
         return read_samples(path)
-    say(f"{path.name}: {params.n} samples for each of {len(problems):,} problems from {model_dir.name}")
-    model, tokenizer = load_causal_lm(str(model_dir))
-    generator = HFGenerator(model.to(device()), tokenizer, batch_size=cfg.options.generation_batch_size)
+    v = cfg.options
+    say(f"{path.name}: {params.n} samples for each of {len(problems):,} problems from {model_dir.parent.name}")
+    if v.backend == "openai":  # the server loads this stage's model under a name of its own
+        generator = OpenAIGenerator(model_dir.parent.name, base_url=v.base_url, concurrency=v.concurrency)
+        generator.load_adapter(f"{model_dir.parents[2].name}/{model_dir.parent.name}", model_dir.resolve())
+    else:
+        model, tokenizer = load_causal_lm(str(model_dir))
+        generator = HFGenerator(model.to(device()), tokenizer, batch_size=v.generation_batch_size)
     sampled: SampledProblems = sample_and_label(
-        task, problems, generator, params, workers=cfg.options.sandbox_workers, progress=True
+        task, problems, generator, params, workers=v.sandbox_workers, progress=True
     )
     write_samples(path, sampled.samples)
     timing = {"generation_seconds": sampled.generation_seconds, "label_seconds": sampled.label_seconds,
