@@ -26,13 +26,16 @@ from lmforge.core.metrics import mean_pass_at_k
 from lmforge.core.rundir import RunDir, build_manifest, write_text_atomic
 from lmforge.errors import UserError
 from lmforge.methods.vstar.orm import orm_scores, train_orm
+from lmforge.methods.vstar.report import write_vstar_report
 from lmforge.methods.vstar.select import best_of_k_curve, majority_vote_curve, preference_pairs
 from lmforge.methods.vstar.stages import (
+    is_main_process,
     reference_samples,
     sample_stage,
     sampling_params,
     train_generator,
     training_pair,
+    wait_for,
 )
 from lmforge.methods.vstar.verifier import PreferencePair, score_candidates, train_verifier
 from lmforge.tasks import TASKS, load_task
@@ -43,12 +46,13 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
     task, train_split, test_split = check_options(cfg)
     run = RunDir(run_dir)
     stages = run.path / "stages"
-    if not resume:
+    if not resume and is_main_process():
         if run.path.exists() and any(run.path.iterdir()):
             raise UserError(f"{run.path}: run folder already exists; add --resume to continue it or pick --run-dir")
         stages.mkdir(parents=True)
-        run.config.write_text(cfg.to_yaml())
         write_text_atomic(run.manifest, json.dumps(build_manifest(cfg.train.seed, {}), indent=1) + "\n")
+        write_text_atomic(run.config, cfg.to_yaml())
+    wait_for(run.config)
 
     # Zero-shot prompts throughout: the generators are trained, sampled and tested in the same format.
     # D_SFT: the training problems (the first data.max_train_examples, 0 = all) with their reference solutions
@@ -84,30 +88,36 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
     for t, generator in enumerate(generators, start=1):
         params = sampling_params(cfg, task, v.test_samples)
         candidates = sample_stage(stages / f"test-{t}.jsonl", task, test_problems, generator / "final", params, cfg)
-        scores_path = stages / f"scores-{t}.jsonl"
-        if scores_path.is_file():
-            scores = [json.loads(line) for line in scores_path.read_text().splitlines() if line.strip()]
-        else:
-            scores = score_candidates(verifier / "final", generators[0] / "final", prompts, candidates,
-                                      task.answer_end, v.verifier.beta, cfg.train.eval_batch_size)  # fmt: skip
-            if orm is not None:
-                orm_probs = orm_scores(orm / "final", generators[0] / "final", prompts, candidates, task.answer_end,
-                                       cfg.train.eval_batch_size)  # fmt: skip
-                for row, p_correct in zip(scores, orm_probs):
-                    row["orm"] = p_correct
-            write_text_atomic(scores_path, "".join(json.dumps(row) + "\n" for row in scores))
+        scores = score_stage(stages / f"scores-{t}.jsonl", cfg, task, prompts, candidates, generators[0], verifier, orm)
         results[t] = test_metrics(task, test_problems, candidates, scores, v.ks)
 
     final = summarize(cfg, results, d_gen, d_ver, pairs, len(problems), len(queries), len(test_problems))
-    run.write_json("final.json", final)
-    from lmforge.methods.vstar.report import write_vstar_report
-
-    write_vstar_report(run.path, final)
+    if is_main_process():
+        run.write_json("final.json", final)
+        write_vstar_report(run.path, final)
     last = results[v.iterations]
     return {
         "pass@1": last["pass@k"]["1"],
         f"best_of_{max(v.ks)}": last["best_of_k"][v.verifier.test_score][str(max(v.ks))],
     }
+
+
+def score_stage(path: Path, cfg, task, prompts, candidates, gsft: Path, verifier: Path, orm: Path | None) -> list[dict]:
+    """Every candidate's verifier scores (and the ORM's P(correct)), kept in `path`."""
+    if path.is_file() or not is_main_process():
+        wait_for(path)
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    v = cfg.options
+    scores = score_candidates(verifier / "final", gsft / "final", prompts, candidates, task.answer_end,
+                              v.verifier.beta, cfg.train.eval_batch_size)  # fmt: skip
+    if orm is not None:
+        probs = orm_scores(
+            orm / "final", gsft / "final", prompts, candidates, task.answer_end, cfg.train.eval_batch_size
+        )
+        for row, p_correct in zip(scores, probs):
+            row["orm"] = p_correct
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in scores))
+    return scores
 
 
 def test_metrics(task, problems, candidates, scores, ks) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +31,18 @@ from lmforge.tasks.base import Problem, Task
 # Held-out pairs of each generator's SFT: the evaluation loss is a progress signal only, read on the
 # test problems' reference solutions (never trained on) so that no training pair is held out of D_GEN.
 HELD_OUT_PAIRS = 50
+
+
+def is_main_process() -> bool:
+    """Under `accelerate launch` (a process per device) only process 0 samples, scores and writes files;
+    the training stages run on every process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def wait_for(path: Path, poll_seconds: float = 5.0) -> None:
+    """The other processes wait until process 0 has written a stage's output."""
+    while not path.exists():
+        time.sleep(poll_seconds)
 
 
 def training_pair(problem: Problem, completion: str, task: Task) -> Pair:
@@ -64,7 +77,9 @@ def train_generator(cfg: RunConfig, stages: Path, t: int, pairs: Sequence[Pair],
         say(f"generator {t}: finished earlier ({folder})")
         return folder
     data_file = stages / f"generator-{t}.jsonl"
-    if not (folder / "config.yaml").is_file():
+    if not is_main_process():
+        wait_for(data_file)
+    elif not (folder / "config.yaml").is_file():
         write_pairs(data_file, pairs)
     v = cfg.options
     sft_cfg = RunConfig(
@@ -107,6 +122,9 @@ def sample_stage(
 
     if path.is_file():
         say(f"{path.name}: sampled earlier")
+        return read_samples(path)
+    if not is_main_process():
+        wait_for(path)
         return read_samples(path)
     v = cfg.options
     say(f"{path.name}: {params.n} samples for each of {len(problems):,} problems from {model_dir.parent.name}")
