@@ -11,7 +11,6 @@ loss and accuracy at threshold 0.5.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -21,16 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge.config import DataConfig, ModelConfig, RunConfig
+from lmforge.config import RunConfig
 from lmforge.core.console import say
 from lmforge.core.data import Examples, Task
 from lmforge.core.lm_logits import last_hidden_states
 from lmforge.core.loop import StopSignal
 from lmforge.core.training_run import start_training
 from lmforge.errors import UserError
-from lmforge.methods.sft.data import Encoded, collate, encode_pair
-from lmforge.methods.vstar.stages import device
-from lmforge.methods.vstar.verifier import CARVE_SEED, HELD_OUT_PROBLEMS, HELD_OUT_SHARE
+from lmforge.methods.sft.data import Encoded, collate
+from lmforge.methods.vstar.stages import carve_by_problem, device, encode_solutions, verifier_run_config
 
 HEAD = "score_head"
 
@@ -51,22 +49,10 @@ class OutcomeRewardModel(nn.Module):
         return self.score_head(hidden[torch.arange(len(last)), last]).squeeze(-1)  # (B,) logits
 
 
-def encode_solutions(tokenizer, prompts: dict[str, str], samples: Sequence, answer_end: str) -> Encoded:
-    """Every solution's tokens (prompt, completion, EOS), unlimited in length: they were generated so."""
-    ids, prompt_lengths = [], []
-    for s in samples:
-        encoded = encode_pair(tokenizer, prompts[s.problem_id], s.completion + answer_end, 1 << 30)
-        ids.append(encoded[0])
-        prompt_lengths.append(encoded[1])
-    return Encoded(ids, prompt_lengths)
-
-
 def train_orm(
     cfg: RunConfig, stages: Path, gsft_dir: Path, prompts: dict[str, str], solutions: Sequence, answer_end: str
 ) -> Path:
     """The ORM in stages/orm/, from the finished G_SFT run `gsft_dir`, on D_VER's labelled solutions."""
-    import random
-
     from lmforge.adapters.lora import inject_lora, save_adapter
     from lmforge.core.causal_lm import load_causal_lm
 
@@ -77,11 +63,7 @@ def train_orm(
     v, opts = cfg.options, cfg.options.orm
     if len({s.passed for s in solutions}) < 2:
         raise UserError("orm: D_VER holds only correct or only incorrect solutions; a classifier needs both")
-    problems = sorted({s.problem_id for s in solutions})
-    n = min(HELD_OUT_PROBLEMS, int(len(problems) * HELD_OUT_SHARE)) or (1 if len(problems) > 1 else 0)
-    held = set(random.Random(CARVE_SEED).sample(problems, n))
-    train = [s for s in solutions if s.problem_id not in held]
-    dev = [s for s in solutions if s.problem_id in held]
+    train, dev = carve_by_problem(solutions)
     lm, tokenizer = load_causal_lm(str(gsft_dir))
     model = OutcomeRewardModel(lm)
     inject_lora(model, v.target_modules, v.lora_r, v.lora_alpha, v.lora_dropout, [HEAD])
@@ -90,16 +72,7 @@ def train_orm(
     train_labels = torch.tensor([float(s.passed) for s in train])
     dev_labels = torch.tensor([float(s.passed) for s in dev])
     say(f"orm: {len(train):,} solutions ({int(train_labels.sum()):,} correct), {len(dev):,} held out")
-    orm_cfg = RunConfig(
-        method="vstar",
-        model=ModelConfig(name=str(gsft_dir), max_length=cfg.model.max_length, dropout=cfg.model.dropout),
-        data=DataConfig(train=f"D_VER solutions ({len(train):,})", eval=""),
-        train=dataclasses.replace(
-            cfg.train, lr=opts.lr, epochs=opts.epochs, max_steps=0, batch_size=opts.batch_size,
-            grad_accum=opts.grad_accum, weight_decay=0.0, eval_every=0, save_every=0, early_stopping_patience=0,
-        ),
-        options=v,
-    )  # fmt: skip
+    orm_cfg = verifier_run_config(cfg, gsft_dir, opts, f"D_VER solutions ({len(train):,})")
     examples = Examples([prompts[s.problem_id] for s in train], [str(s.passed) for s in train], "D_VER")
     resume = (folder / "config.yaml").is_file()
     t = start_training(orm_cfg, folder, resume, model, tokenizer, [len(x) for x in train_data.ids],

@@ -7,14 +7,20 @@ never samples again what it already sampled.
     stages/samples-1.jsonl       k labelled samples per training problem from G^1
     stages/generator-2/ ...      G^2 on D_SFT + the correct samples of round 1, and so on to G^T
     stages/verifier/             the DPO verifier (verifier.py), from G_SFT
+    stages/orm/                  the ORM baseline (orm.py), when vstar.orm.enabled
     stages/test-<t>.jsonl        N labelled candidates per test problem from G^t
     stages/scores-<t>.jsonl      every candidate's verifier scores
+
+Samples are `core.eval_gen.Sample` rows; the reference solutions of D_SFT join D_VER as samples with
+index -1 and status "reference".
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,12 +31,13 @@ from lmforge.core.eval_gen import Sample, SampledProblems, sample_and_label, wri
 from lmforge.core.eval_gen_command import DEFAULT_MAX_NEW_TOKENS, FALLBACK_MAX_NEW_TOKENS
 from lmforge.core.generate import HFGenerator, SamplingParams
 from lmforge.methods.sft.config import SftConfig
-from lmforge.methods.sft.data import Pair
+from lmforge.methods.sft.data import Encoded, Pair, encode_pair
 from lmforge.tasks.base import Problem, Task
 
 # Held-out pairs of each generator's SFT: the evaluation loss is a progress signal only, read on the
 # test problems' reference solutions (never trained on) so that no training pair is held out of D_GEN.
 HELD_OUT_PAIRS = 50
+CARVE_SEED = 2024  # which problems the verifiers hold out does not depend on the run's seed
 
 
 def is_main_process() -> bool:
@@ -53,6 +60,43 @@ def training_pair(problem: Problem, completion: str, task: Task) -> Pair:
 def reference_samples(problems: Sequence[Problem]) -> list[Sample]:
     """The training set's reference solutions as correct samples: they count in D_GEN and D_VER alike."""
     return [Sample(p.id, -1, p.reference, "stop", 0, True, "reference") for p in problems]
+
+
+def carve_by_problem(items: Sequence, share: float = 0.1, at_most: int = 20) -> tuple[list, list]:
+    """(training items, held-out items): the items (anything with a `problem_id`) of a seeded sample of
+    the problems (`share` of them, at most `at_most`, at least one when there are two) are held out,
+    so that no problem is on both sides."""
+    problems = sorted({x.problem_id for x in items})
+    n = min(at_most, int(len(problems) * share)) or (1 if len(problems) > 1 else 0)
+    held = set(random.Random(CARVE_SEED).sample(problems, n))
+    return [x for x in items if x.problem_id not in held], [x for x in items if x.problem_id in held]
+
+
+def encode_solutions(tokenizer, prompts: dict[str, str], samples: Sequence, answer_end: str) -> Encoded:
+    """Every sample's tokens (prompt, completion as trained, EOS), with no length limit: the samples
+    were generated at these lengths."""
+    ids, prompt_lengths = [], []
+    for s in samples:
+        encoded = encode_pair(tokenizer, prompts[s.problem_id], s.completion + answer_end, 1 << 30)
+        ids.append(encoded[0])
+        prompt_lengths.append(encoded[1])
+    return Encoded(ids, prompt_lengths)
+
+
+def verifier_run_config(cfg: RunConfig, gsft_dir: Path, opts, data: str) -> RunConfig:
+    """The run config of a verifier trained from G_SFT (`opts`: vstar.verifier or vstar.orm): its own
+    rate, epochs and batches; no weight decay; evaluation and a checkpoint once per epoch. Its
+    config.yaml names G_SFT as the base model, so `load_causal_lm` finds what its adapter adapts."""
+    return RunConfig(
+        method="vstar",
+        model=dataclasses.replace(cfg.model, name=str(gsft_dir)),
+        data=DataConfig(train=data, eval=""),
+        train=dataclasses.replace(
+            cfg.train, lr=opts.lr, epochs=opts.epochs, max_steps=0, batch_size=opts.batch_size,
+            grad_accum=opts.grad_accum, weight_decay=0.0, eval_every=0, save_every=0, early_stopping_patience=0,
+        ),
+        options=cfg.options,
+    )  # fmt: skip
 
 
 def write_pairs(path: Path, pairs: Sequence[Pair]) -> None:

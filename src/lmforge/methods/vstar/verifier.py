@@ -18,8 +18,6 @@ Test-time scores of a candidate y of problem x (`score_candidates`):
 from __future__ import annotations
 
 import dataclasses
-import math
-import random
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -27,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.config import DataConfig, ModelConfig, RunConfig
+from lmforge.config import RunConfig
 from lmforge.core.console import say
 from lmforge.core.data import Examples, Task
 from lmforge.core.loop import StopSignal
@@ -42,11 +40,7 @@ from lmforge.methods.vstar.dpo import (
     reference_logprobs,
     save_reference,
 )
-from lmforge.methods.vstar.stages import device
-
-HELD_OUT_SHARE = 0.1  # of the problems with pairs, at most HELD_OUT_PROBLEMS, at least one when there are two
-HELD_OUT_PROBLEMS = 20
-CARVE_SEED = 2024
+from lmforge.methods.vstar.stages import carve_by_problem, device, encode_solutions, verifier_run_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,14 +49,6 @@ class PreferencePair:
     prompt: str
     chosen: str  # a correct completion, ending as the task's exemplars do
     rejected: str  # an incorrect one
-
-
-def carve_by_problem(pairs: Sequence[PreferencePair]) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """(training pairs, held-out pairs): the pairs of a seeded sample of problems are held out."""
-    problems = sorted({p.problem_id for p in pairs})
-    n = min(HELD_OUT_PROBLEMS, int(len(problems) * HELD_OUT_SHARE)) or (1 if len(problems) > 1 else 0)
-    held = set(random.Random(CARVE_SEED).sample(problems, n))
-    return [p for p in pairs if p.problem_id not in held], [p for p in pairs if p.problem_id in held]
 
 
 def encode_preferences(tokenizer, pairs: Sequence[PreferencePair], max_length: int) -> tuple[list, Encoded]:
@@ -113,16 +99,7 @@ def train_verifier(cfg: RunConfig, stages: Path, gsft_dir: Path, pairs: Sequence
 
     if v.lora:
         inject_lora(model, v.target_modules, v.lora_r, v.lora_alpha, v.lora_dropout, [])
-    verifier_cfg = RunConfig(
-        method="vstar",
-        model=ModelConfig(name=str(gsft_dir), max_length=cfg.model.max_length, dropout=cfg.model.dropout),
-        data=DataConfig(train=f"D_VER preference pairs ({len(train_pairs):,})", eval=""),
-        train=dataclasses.replace(
-            cfg.train, lr=opts.lr, epochs=opts.epochs, max_steps=0, batch_size=opts.batch_size,
-            grad_accum=opts.grad_accum, weight_decay=0.0, eval_every=0, save_every=0, early_stopping_patience=0,
-        ),
-        options=v,
-    )  # fmt: skip
+    verifier_cfg = verifier_run_config(cfg, gsft_dir, opts, f"D_VER preference pairs ({len(train_pairs):,})")
     lengths = [len(train_data.ids[2 * i]) + len(train_data.ids[2 * i + 1]) for i in range(len(train_pairs))]
     examples = Examples([p.prompt for p in train_pairs], [p.chosen for p in train_pairs], "D_VER pairs")
     resume = (folder / "config.yaml").is_file()  # started before: continue from its last checkpoint
@@ -192,12 +169,7 @@ def score_candidates(
 
     verifier, tokenizer = load_causal_lm(str(verifier_dir))
     reference, _ = load_causal_lm(str(gsft_dir))
-    ids, prompt_lengths = [], []
-    for s in samples:  # no length limit: the candidates were generated at these lengths
-        encoded = encode_pair(tokenizer, prompts[s.problem_id], s.completion + answer_end, 1 << 30)
-        ids.append(encoded[0])
-        prompt_lengths.append(encoded[1])
-    data = Encoded(ids, prompt_lengths)
+    data = encode_solutions(tokenizer, prompts, samples, answer_end)
     log_v = reference_logprobs(verifier.to(device()), data, tokenizer.pad_token_id, batch_size, device())
     log_g = reference_logprobs(reference.to(device()), data, tokenizer.pad_token_id, batch_size, device())
     rows = []
@@ -208,5 +180,4 @@ def score_candidates(
             "likelihood": float(log_v[i]), "mean_likelihood": float(log_v[i]) / n,
             "implicit_reward": beta * (float(log_v[i]) - float(log_g[i])), "tokens": n,
         })  # fmt: skip
-    assert all(math.isfinite(r["likelihood"]) for r in rows)
     return rows
