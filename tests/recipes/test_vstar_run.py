@@ -134,6 +134,17 @@ def test_mbpp_runs_programs_in_the_sandbox_and_has_no_majority_vote(tmp_path):
     assert "majority_vote" not in last and set(last["best_of_k"]["likelihood"]) == {"1", "2", "4"}
 
 
+def test_rft_shape_samples_once_then_trains_the_last_generator_without_sampling_it(gsm8k_run, tmp_path):
+    hf_run, _ = gsm8k_run
+    run_dir = tmp_path / "rft"
+    args = [*TINY, "vstar.orm.enabled=false", "vstar.sample_last_generator=false"]
+    assert main(["run", "vstar/gemma_gsm8k", *args, "--run-dir", str(run_dir)]) == 0
+    stages = run_dir / "stages"
+    assert (stages / "generator-2" / "final.json").is_file() and not (stages / "samples-2.jsonl").exists()
+    assert lines(stages / "samples-1.jsonl") == lines(hf_run / "stages" / "samples-1.jsonl")
+    assert final(run_dir)["d_ver_solutions"] == 6 + 12 and set(final(run_dir)["generators"]) == {"1", "2"}
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

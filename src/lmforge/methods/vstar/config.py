@@ -52,6 +52,11 @@ class VstarConfig:
     iterations: int = option(3, "T: generator rounds, each SFT from the base model on the whole buffer D_GEN", min=1)
     samples_per_problem: int = option(16, "k: completions sampled per training problem each round", min=1)
     query_problems: int = option(0, "training problems sampled each round: the first N (0 = all)", min=0)
+    sample_last_generator: bool = option(
+        True,
+        "sample the training problems from G^T too (Algorithm 1: the verifier learns from them); false skips "
+        "that round, as RFT (one round of samples, then one generator) needs",
+    )
     temperature: float = option(0.7, "sampling temperature of training-time and test-time samples", min=0.0,
                                 exclusive_min=True)  # fmt: skip
     top_p: float = option(1.0, "nucleus sampling (1 = off)", min=0.0, exclusive_min=True, max=1.0)

@@ -68,6 +68,8 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
     for t in range(1, v.iterations + 1):
         generator = train_generator(cfg, stages, t, d_gen, held_out)
         generators.append(generator)
+        if t == v.iterations and not v.sample_last_generator:
+            break
         params = sampling_params(cfg, task, v.samples_per_problem)
         samples = sample_stage(stages / f"samples-{t}.jsonl", task, queries, generator / "final", params, cfg)
         d_gen += [training_pair(by_id[s.problem_id], s.completion, task) for s in samples if s.passed]
