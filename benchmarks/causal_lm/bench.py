@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from lmforge.core.rundir import run_once
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 MODEL = "gemma-3-270m"
@@ -53,25 +55,10 @@ def provenance() -> dict:
     return benchmark_provenance()
 
 
-def run_once(command: list[str], done_marker: Path, log: Path) -> None:
-    """Run `command` (an lmforge CLI call) unless `done_marker` exists; its output goes to `log`."""
-    if done_marker.is_file():
-        print(f"reused: {done_marker.parent}", flush=True)
-        return
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"running: {' '.join(command[2:])}  (log {log})", flush=True)
-    started = time.perf_counter()
-    with open(log, "w") as f:
-        done = subprocess.run(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command[2:])} failed (exit {done.returncode}); see {log}")
-    print(f"finished in {time.perf_counter() - started:.0f} s", flush=True)
-
-
 def eval_gen(model: str, task: str, shots: int, limit: int, out: Path) -> dict:
     command = [sys.executable, "-m", "lmforge", "eval-gen", model, "--task", task, "--shots", str(shots)]
     command += ["--limit", str(limit), "--out", str(out)]
-    run_once(command, out / "metrics.json", out.with_suffix(".log"))
+    run_once(command, out / "metrics.json", out.with_suffix(".log"), ROOT)
     result = json.loads((out / "metrics.json").read_text())
     m, t = result["metrics"], result["timing"]
     return {
@@ -117,7 +104,7 @@ def sft(work: Path, limit: int, sets: list[str]) -> dict:
         run_dir = work / "runs" / f"sft-{task}"
         resuming = (run_dir / "config.yaml").is_file()
         command = [sys.executable, "-m", "lmforge", "run", recipe, *(["--resume"] if resuming else sets)]
-        run_once([*command, "--run-dir", str(run_dir)], run_dir / "final.json", run_dir.with_suffix(".log"))
+        run_once([*command, "--run-dir", str(run_dir)], run_dir / "final.json", run_dir.with_suffix(".log"), ROOT)
         final = json.loads((run_dir / "final.json").read_text())
         runs[task] = {
             "recipe": recipe,

@@ -129,6 +129,25 @@ def benchmark_provenance() -> dict:
     }
 
 
+def run_once(command: list[str], done_marker: Path, log: Path, cwd: Path) -> None:
+    """A benchmark's step: run `command` (an lmforge CLI call, output to `log`) unless `done_marker`
+    exists, so an interrupted benchmark picks up where it stopped; a failure stops the benchmark."""
+    import sys
+
+    if done_marker.is_file():
+        print(f"reused: {done_marker.parent}", flush=True)
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    shown = " ".join(command[2:]) if command[1:2] == ["-m"] else " ".join(command)
+    print(f"running: {shown}  (log {log})", flush=True)
+    started = time.perf_counter()
+    with open(log, "w") as f:
+        done = subprocess.run(command, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        sys.exit(f"{shown} failed (exit {done.returncode}); see {log}")
+    print(f"finished in {time.perf_counter() - started:.0f} s", flush=True)
+
+
 def merge_benchmark_result(path: Path, key: str, result: dict) -> None:
     """Store `result` under `key` in the benchmark's results JSON, keeping the other keys."""
     merged = json.loads(path.read_text()) if path.is_file() else {}
