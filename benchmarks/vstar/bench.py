@@ -1,0 +1,186 @@
+"""Benchmark V-STaR (Hosseini et al., COLM 2024) and its baselines in one harness, Gemma 3 270M base.
+
+For each task (--tasks gsm8k mbpp), three runs of the vstar recipe, each a real `lmforge run` in its
+own process, kept in --work and reused when finished (an interrupted run resumes at its last stage):
+  vstar     vstar/gemma_<task> at the --profile sizes, with the ORM verifier: generators G^1 (= SFT)
+            .. G^T (the STaR generators: V-STaR trains its generator exactly as STaR does), a DPO
+            verifier and an ORM trained on D_VER of every round, N test candidates from every G^t
+  vstar_t1  the same with T = 1: SFT + verifier (the verifier learns from G_SFT's samples only). Its
+            round-1 stages are copied from `vstar` before it starts: same settings and per-sample
+            seeds, so they are what it would compute
+  rft       RFT (Yuan et al. 2023): the same total samples (k x T per problem) from G_SFT in one round,
+            then one generator on D_SFT + the correct ones (vstar.sample_last_generator=false)
+Rows reported (test problems of the task, greedy-free: every number is over N sampled candidates):
+  Pass@1 of SFT, of each STaR / V-STaR generator and of RFT; majority vote at k (GSM8K); Best-of-k of
+  SFT + verifier, of V-STaR (each test-time score: likelihood, mean likelihood, implicit reward) and
+  of the ORM verifier on the same candidates; for MBPP also HumanEval: the final generator's N
+  candidates per HumanEval problem, scored by the same verifiers.
+
+  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/vstar/bench.py --tasks gsm8k mbpp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from lmforge.core.rundir import run_once
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+# CPU sizes: a 270M model on two cores generates about 15 tokens/s in batches and trains about as fast
+PROFILES = {
+    "cpu": [
+        "data.max_train_examples=32",
+        "vstar.iterations=2",
+        "vstar.samples_per_problem=4",
+        "vstar.test_problems=30",
+        "vstar.test_samples=8",
+        "vstar.ks=[1,2,4,8]",
+        "vstar.verifier.max_pairs_per_problem=4",
+    ],
+    "smoke": [  # the whole harness in minutes, on tiny-gpt2 (numbers meaningless)
+        "model.name=tiny-gpt2",
+        "model.max_length=1024",
+        "data.max_train_examples=4",
+        "train.max_steps=1",
+        "vstar.iterations=2",
+        "vstar.samples_per_problem=2",
+        "vstar.max_new_tokens=16",
+        "vstar.test_problems=2",
+        "vstar.test_samples=2",
+        "vstar.ks=[1,2]",
+        "vstar.target_modules=[c_attn,c_proj,c_fc]",
+    ],
+}
+
+
+def setting(sets: list[str], key: str, default: str) -> str:
+    return next((s.split("=", 1)[1] for s in reversed(sets) if s.startswith(key + "=")), default)
+
+
+def vstar_run(run_dir: Path, task: str, sets: list[str]) -> dict:
+    resuming = (run_dir / "config.yaml").is_file()
+    command = [sys.executable, "-m", "lmforge", "run", f"vstar/gemma_{task}", *([] if resuming else sets)]
+    command += ["--resume"] if resuming else []
+    run_once([*command, "--run-dir", str(run_dir)], run_dir / "final.json", run_dir.with_suffix(".log"), ROOT)
+    return json.loads((run_dir / "final.json").read_text())
+
+
+def seed_round_one(source: Path, target: Path, task: str, sets: list[str]) -> None:
+    """Start the run folder `target` with the finished round-1 stages of `source` (same settings) and
+    its own config.yaml, so that `lmforge run --resume` continues it from round 1's end."""
+    from lmforge.cli import find_recipe
+    from lmforge.core.rundir import write_text_atomic
+    from lmforge.registry import load_run_config
+
+    if target.exists():
+        return
+    (target / "stages").mkdir(parents=True)
+    for name in ("generator-1", "generator-1.jsonl", "samples-1.jsonl", "samples-1.timing.json"):
+        path = source / "stages" / name
+        (shutil.copytree if path.is_dir() else shutil.copy)(path, target / "stages" / name)
+    write_text_atomic(target / "config.yaml", load_run_config(find_recipe(f"vstar/gemma_{task}"), sets).to_yaml())
+
+
+def task_rows(work: Path, task: str, sets: list[str]) -> dict:
+    iterations = int(setting(sets, "vstar.iterations", "2"))
+    k = int(setting(sets, "vstar.samples_per_problem", "4"))
+    main = vstar_run(work / f"{task}-vstar", task, [*sets, "vstar.orm.enabled=true"])
+    t1_dir, t1_sets = work / f"{task}-vstar_t1", [*sets, "vstar.iterations=1", "vstar.orm.enabled=true"]
+    seed_round_one(work / f"{task}-vstar", t1_dir, task, t1_sets)
+    t1 = vstar_run(t1_dir, task, t1_sets)
+    rft_sets = [
+        *sets,
+        "vstar.iterations=2",
+        f"vstar.samples_per_problem={k * iterations}",
+        "vstar.sample_last_generator=false",
+    ]
+    rft = vstar_run(work / f"{task}-rft", task, rft_sets)
+
+    gens = main["generators"]
+    last = gens[str(iterations)]
+    rows = {
+        "SFT": {"pass@1": gens["1"]["pass@k"]["1"]},
+        **{f"STaR / V-STaR generator G^{t}": {"pass@1": gens[str(t)]["pass@k"]["1"]} for t in range(2, iterations + 1)},
+        f"RFT (k = {k * iterations}, one round)": {"pass@1": rft["generators"]["2"]["pass@k"]["1"]},
+        "SFT + DPO verifier (T = 1)": {"best_of_k": t1["generators"]["1"]["best_of_k"]["likelihood"]},
+        f"V-STaR (T = {iterations}), DPO verifier": {"best_of_k": last["best_of_k"]["likelihood"]},
+        f"V-STaR (T = {iterations}), DPO verifier, mean likelihood": {
+            "best_of_k": last["best_of_k"]["mean_likelihood"]
+        },
+        f"V-STaR (T = {iterations}), DPO verifier, implicit reward": {
+            "best_of_k": last["best_of_k"]["implicit_reward"]
+        },
+        f"V-STaR generator (T = {iterations}) + ORM verifier": {"best_of_k": last["best_of_k"]["orm"]},
+        f"pass@k of G^{iterations} (oracle)": {"best_of_k": last["pass@k"]},
+    }
+    if "majority_vote" in last:
+        rows[f"majority vote of G^{iterations}"] = {"best_of_k": last["majority_vote"]}
+    if task == "mbpp":
+        rows.update(humaneval(work / f"{task}-vstar"))
+    return {"rows": rows, "runs": {"vstar": main, "vstar_t1": t1, "rft": rft}}
+
+
+def humaneval(run_dir: Path) -> dict:
+    """The MBPP run's final generator on HumanEval: N candidates per problem (zero-shot, as on MBPP),
+    scored by its DPO verifier and ORM; kept beside the run (humaneval-*.jsonl) and reused."""
+    from lmforge.methods.vstar.recipe import score_stage, test_metrics
+    from lmforge.methods.vstar.stages import sample_stage, sampling_params
+    from lmforge.registry import load_run_config
+    from lmforge.tasks import load_task
+
+    cfg = load_run_config(run_dir / "config.yaml", [])
+    v, task = cfg.options, load_task("humaneval")
+    problems = task.problems(task.eval_split, limit=v.test_problems or None)
+    stages = run_dir / "stages"
+    generator, gsft = stages / f"generator-{v.iterations}", stages / "generator-1"
+    params = sampling_params(cfg, task, v.test_samples)
+    candidates = sample_stage(run_dir / "humaneval-test.jsonl", task, problems, generator / "final", params, cfg)
+    prompts = {p.id: p.prompt for p in problems}
+    orm = stages / "orm" if (stages / "orm").is_dir() else None
+    scores = score_stage(
+        run_dir / "humaneval-scores.jsonl", cfg, task, prompts, candidates, gsft, stages / "verifier", orm
+    )
+    metrics = test_metrics(task, problems, candidates, scores, v.ks)
+    rows = {f"HumanEval: G^{v.iterations} pass@1": {"pass@1": metrics["pass@k"]["1"]}}
+    rows.update({f"HumanEval: G^{v.iterations} + {name}": {"best_of_k": c} for name, c in metrics["best_of_k"].items()})
+    return rows
+
+
+def print_rows(task: str, rows: dict) -> None:
+    ks = sorted({k for r in rows.values() for k in r.get("best_of_k", {})}, key=int)
+    print(f"\n{task}: Pass@1, and Best-of-k / majority vote at k (%)")
+    print("| row | pass@1 | " + " | ".join(f"k={k}" for k in ks) + " |")
+    print("|---|---|" + "---|" * len(ks))
+    for name, r in rows.items():
+        p1 = f"{100 * r['pass@1']:.1f}" if "pass@1" in r else ""
+        cells = [f"{100 * r['best_of_k'][k]:.1f}" if k in r.get("best_of_k", {}) else "" for k in ks]
+        print(f"| {name} | {p1} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", choices=["gsm8k", "mbpp"], default=["gsm8k", "mbpp"])
+    parser.add_argument("--profile", choices=list(PROFILES), default="cpu")
+    parser.add_argument("--set", nargs="*", default=[], help="key=value overrides of every run, after the profile's")
+    parser.add_argument("--work", type=Path, default=HERE / "work", help="run folders (reused)")
+    parser.add_argument("--results", type=Path, default=HERE / "results.json")
+    args = parser.parse_args()
+    from lmforge.core.rundir import benchmark_provenance, merge_benchmark_result
+
+    sets = [*PROFILES[args.profile], *args.set]
+    work = args.work / args.profile
+    for task in args.tasks:
+        result = task_rows(work, task, sets)
+        print_rows(task, result["rows"])
+        merge_benchmark_result(
+            args.results, f"{args.profile}/{task}", {**benchmark_provenance(), "sets": sets, **result}
+        )
+
+
+if __name__ == "__main__":
+    main()
