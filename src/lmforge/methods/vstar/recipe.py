@@ -8,10 +8,11 @@
     V <- DPO(from G_SFT, reference G_SFT, correct x incorrect pairs of D_VER)
     test: N candidates per test problem from each G^t; V scores them; Best-of-k picks the top one
 
-Each stage is checkpointed (`stages.py`); the verifier and its scores are in `verifier.py`, the
-Best-of-k estimator, majority vote and the pair rule in `select.py`. The STaR baseline is the same
-generator loop without the verifier (its Pass@1 per iteration is reported here); RFT, the ORM verifier
-and the other baselines are composed by benchmarks/vstar from runs of this recipe.
+Each stage is checkpointed (`stages.py`); the verifier and its scores are in `verifier.py`, the ORM
+baseline (`vstar.orm.enabled`) in `orm.py`, the Best-of-k estimator, majority vote and the pair rule
+in `select.py`. The STaR baseline is the same generator loop without the verifier (its Pass@1 per
+iteration is reported here); RFT and SFT + verifier are composed by benchmarks/vstar from runs of
+this recipe.
 """
 
 from __future__ import annotations
