@@ -14,6 +14,7 @@ from lmforge.config import RunConfig, apply_overrides, build_config, read_yaml
 from lmforge.errors import UserError
 from lmforge.methods.adalora import config as adalora_config
 from lmforge.methods.finetune import config as finetune_config
+from lmforge.methods.kbert import config as kbert_config
 from lmforge.methods.lora import config as lora_config
 from lmforge.methods.sft import config as sft_config
 from lmforge.methods.tinybert import config as tinybert_config
@@ -30,6 +31,7 @@ class Method:
     loader: str  # (run_dir, cfg, labels) -> (model, tokenizer) of a finished run
     report: str | None = None  # run_dir -> [(title, html)]: the method's own sections of report.html
     produces: str = "classifier"  # or "causal_lm": what a finished run's final/ holds
+    plain_inputs: bool = True  # False: the classifier reads its method's own inputs (K-BERT's sentence trees)
 
 
 METHODS = {
@@ -66,6 +68,15 @@ METHODS = {
         "lmforge.methods.tinybert.recipe:run",
         "lmforge.methods.tinybert.recipe:load_trained",
         "lmforge.methods.tinybert.report:report_sections",
+    ),
+    "kbert": Method(
+        "kbert",
+        "full fine-tuning on sentence trees: knowledge-graph triples, soft positions, visible matrix",
+        "Liu et al. 2020 (K-BERT)",
+        kbert_config.KbertConfig,
+        "lmforge.methods.kbert.recipe:run",
+        "lmforge.methods.kbert.recipe:load_trained",
+        plain_inputs=False,
     ),
     "sft": Method(
         "sft",
@@ -116,7 +127,8 @@ def quiet_libraries() -> None:
 def load_finished_run(run_dir: Path, classifier_command: str | None = None):
     """(config, labels, model, tokenizer) of a run that has written final/; the model in eval mode,
     on the GPU when there is one. With `classifier_command` (the CLI command that needs a classifier),
-    a causal-LM run is refused with a pointer to the commands that take one."""
+    a causal-LM run is refused with a pointer to the commands that take one, and so is a run whose
+    classifier reads other inputs than plain token ids (K-BERT)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir}: not a run folder (no config.yaml)")
@@ -128,6 +140,11 @@ def load_finished_run(run_dir: Path, classifier_command: str | None = None):
             f"{run_dir}: a causal-LM run (method {cfg.method}), but lmforge {classifier_command} takes classifier "
             "runs; "
             f"score it with lmforge eval-gen {run_dir} --task gsm8k|mbpp|humaneval, or generate with lmforge serve"
+        )
+    if classifier_command and not METHODS[cfg.method].plain_inputs:
+        raise UserError(
+            f"{run_dir}: a {cfg.method} run, whose classifier reads its own inputs, but lmforge {classifier_command} "
+            f"feeds plain token ids; its evaluation is in final.json (to score other data: rerun with data.eval=...)"
         )
     labels = json.loads((run_dir / "final.json").read_text())["labels"]
     quiet_libraries()
