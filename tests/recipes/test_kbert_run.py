@@ -1,0 +1,132 @@
+"""K-BERT (Liu et al., AAAI 2020) runs end to end on tiny-bert through the CLI.
+
+A graph that matches nothing gives the plain model's inputs, so such a run equals plain fine-tuning
+(same seed, data, initial weights and batches); the ablation switches change the inputs and still run;
+a bad graph is refused before anything is written; eval and predict refuse a K-BERT run.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmforge.core.models import load_classifier
+from lmforge.methods.kbert.config import KbertConfig
+from lmforge.methods.kbert.graph import load_graph
+from lmforge.methods.kbert.recipe import tree_inputs
+from lmforge.methods.kbert.tree import SentenceTreeBuilder
+
+FAST = [
+    "model.name=tiny-bert",
+    "model.max_length=64",
+    "train.max_steps=6",
+    "train.batch_size=8",
+    "train.eval_every=3",
+    "data.max_train_examples=64",
+    "data.max_eval_examples=32",
+]
+
+
+def read_final(run_dir: Path) -> dict:
+    return json.loads((run_dir / "final.json").read_text())
+
+
+def eval_records(run_dir: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r["split"] == "eval"]
+
+
+@pytest.fixture
+def no_match_graph(tmp_path) -> Path:
+    """A user graph whose one head occurs in no sentence: the trees carry no knowledge."""
+    path = tmp_path / "graph.tsv"
+    path.write_text("# no sentence names this entity\nqxzqxzq\tIsA\tplace\n")
+    return path
+
+
+def test_wordnet_run_writes_a_classifier_run_and_eval_predict_refuse_it(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    result = cli("run", "kbert/minilm_sst2", *FAST, "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "accuracy" in result.stdout and "sentences get knowledge" in result.stderr
+    for part in ("config.yaml", "manifest.json", "metrics.jsonl", "final.json", "report.html"):
+        assert (run_dir / part).exists(), part
+    for part in ("config.json", "model.safetensors", "tokenizer.json", "kbert.json"):
+        assert (run_dir / "final" / part).exists(), part
+    assert [r["step"] for r in eval_records(run_dir)] == [3, 6]
+    final = read_final(run_dir)
+    assert {"accuracy", "macro_f1", "loss"} <= set(final["metrics"])
+    assert final["n_examples"] == 32 and sum(map(sum, final["confusion"])) == 32 and final["labels"]
+    options = json.loads((run_dir / "final" / "kbert.json").read_text())
+    assert options["graph"] == "wordnet" and options["max_entities"] == 2
+    assert options["visible_matrix"] and options["soft_positions"] and options["lemmas"]
+    assert options["train_trees"]["branches"] > 0  # WordNet names words of SST-2
+    for command in (["eval", str(run_dir), "--data", "sst2:dev"], ["predict", str(run_dir), "a fine film"]):
+        refused = cli(*command)
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and "kbert run" in lines[0] and "plain token ids" in lines[0]
+
+
+def test_trec50_recipe_runs(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    # TREC-50's dev labels must all occur in training: the whole training split, two steps.
+    overrides = ["model.name=tiny-bert", "train.max_steps=2", "train.eval_every=2", "data.max_eval_examples=32"]
+    result = cli("run", "kbert/minilm_trec50", *overrides, "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    final = read_final(run_dir)
+    assert len(final["labels"]) > 6 and final["eval_data"] == "trec50:dev"
+
+
+def test_graph_that_matches_nothing_equals_plain_fine_tuning(cli, tmp_path, no_match_graph):
+    kbert_dir, plain_dir = tmp_path / "kbert", tmp_path / "plain"
+    result = cli("run", "kbert/minilm_sst2", *FAST, f"kbert.graph={no_match_graph}", "--run-dir", str(kbert_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "0 of 64 sentences get knowledge" in result.stderr
+    result = cli("run", "finetune/minilm_sst2", *FAST, "--run-dir", str(plain_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    kbert, plain = read_final(kbert_dir), read_final(plain_dir)
+    assert kbert["confusion"] == plain["confusion"] and kbert["labels"] == plain["labels"]
+    for name in ("accuracy", "macro_f1"):
+        assert kbert["metrics"][name] == plain["metrics"][name]
+    # A 4-D additive mask and explicit positions take other kernels than the plain 2-D mask: equal to rounding.
+    assert kbert["metrics"]["loss"] == pytest.approx(plain["metrics"]["loss"], abs=1e-5)
+    for a, b in zip(eval_records(kbert_dir), eval_records(plain_dir), strict=True):
+        assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+
+
+def test_bad_graph_path_is_one_line_exit_2_and_nothing_written(cli, tmp_path):
+    run_dir, missing = tmp_path / "run", tmp_path / "missing.tsv"
+    result = cli("run", "kbert/minilm_sst2", *FAST, f"kbert.graph={missing}", "--run-dir", str(run_dir))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing.tsv" in lines[0] and "not a builtin graph" in lines[0]
+    assert not run_dir.exists()
+
+
+def test_ablation_switches_change_the_inputs():
+    model, tokenizer = load_classifier("tiny-bert", ["negative", "positive"], seed=0)
+    builder = SentenceTreeBuilder(tokenizer, load_graph("wordnet"), max_length=64)
+    trees = builder.trees(["the dogs chase a cat in the garden", "a good film"])
+    assert any(max(tree.branch_ids) > 0 for tree in trees)
+
+    def batch(**switches):
+        return tree_inputs(model, tokenizer, KbertConfig(**switches)).collate(trees, "cpu")
+
+    full, noise, hard = batch(), batch(visible_matrix=False), batch(soft_positions=False)
+    assert torch.equal(full["input_ids"], noise["input_ids"]) and torch.equal(full["input_ids"], hard["input_ids"])
+    assert not torch.equal(full["attention_mask"], noise["attention_mask"])  # branches seen by the whole sentence
+    assert torch.equal(full["position_ids"], noise["position_ids"])
+    assert not torch.equal(full["position_ids"], hard["position_ids"])  # 0..L-1 instead of soft positions
+    assert torch.equal(full["attention_mask"], hard["attention_mask"])
+
+
+@pytest.mark.parametrize("switch", ["kbert.visible_matrix=false", "kbert.soft_positions=false"])
+def test_ablation_runs(cli, tmp_path, switch):
+    run_dir = tmp_path / "run"
+    result = cli("run", "kbert/minilm_sst2", *FAST, switch, "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    options = json.loads((run_dir / "final" / "kbert.json").read_text())
+    assert options["visible_matrix"] is (switch != "kbert.visible_matrix=false")
+    assert options["soft_positions"] is (switch != "kbert.soft_positions=false")
