@@ -1,0 +1,150 @@
+"""Benchmark K-BERT (Liu et al., AAAI 2020, "K-BERT: Enabling Language Representation with Knowledge Graph").
+
+Each run is a real `lmforge run` in its own process, reused when its final.json exists (an interrupted
+run is resumed), so an interrupted benchmark picks up where it stopped. MiniLM over --seeds:
+
+TREC-50 (fine-grained question classification, trec50:dev), for each graph (wordnet, conceptnet):
+  no_graph        plain full fine-tuning (finetune/minilm_trec6 on trec50, max_length 128): the baseline
+  kbert           kbert/minilm_trec50: the paper's model
+  no_visible      the same without the visible matrix (the paper's "knowledge noise" ablation)
+  hard_positions  the same with hard positions 0..L-1 instead of soft positions
+SST-2 (sst2:dev): no_graph vs kbert with wordnet.
+
+Prints accuracy and macro-F1 as mean +- sample std per row and writes benchmarks/kbert/results.json
+(`merge_benchmark_result`, key "quality"; --smoke writes benchmarks/kbert/work/smoke/results.json).
+
+  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/kbert/bench.py --seeds 1 2 3
+Quick check of the machinery on tiny-bert (two steps per run, minutes):
+  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/kbert/bench.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+RESULTS = HERE / "results.json"
+GRAPHS = ["wordnet", "conceptnet"]
+ABLATIONS = {"kbert": [], "no_visible": ["kbert.visible_matrix=false"], "hard_positions": ["kbert.soft_positions=false"]}
+# The plain baseline reads the same data at the same max_length as K-BERT (which needs room for branches).
+PLAIN = {
+    "trec50": ("finetune/minilm_trec6", ["data.train=trec50:train", "data.eval=trec50:dev", "model.max_length=128"]),
+    "sst2": ("finetune/minilm_sst2", ["model.max_length=128"]),
+}
+KBERT = {"trec50": "kbert/minilm_trec50", "sst2": "kbert/minilm_sst2"}
+SMOKE = ["model.name=tiny-bert", "train.max_steps=2", "train.eval_every=2", "data.max_eval_examples=32"]
+SMOKE_TASK = {"sst2": ["data.max_train_examples=256"]}  # TREC-50 keeps its whole training split: every label
+
+
+def lmforge_run(run_dir: Path, recipe: str, overrides: list[str]) -> dict:
+    """`lmforge run RECIPE OVERRIDES --run-dir run_dir` unless it finished; an interrupted run is resumed."""
+    from lmforge.core.rundir import run_once
+
+    resuming = (run_dir / "config.yaml").is_file() and not (run_dir / "final.json").is_file()
+    args = ["--resume"] if resuming else overrides
+    command = [sys.executable, "-m", "lmforge", "run", recipe, *args, "--run-dir", str(run_dir)]
+    run_once(command, run_dir / "final.json", run_dir.with_suffix(".log"), ROOT)
+    return json.loads((run_dir / "final.json").read_text())
+
+
+def plan(seeds: list[int]) -> list[tuple[str, str, str, int, str, list[str]]]:
+    """(task, graph, row, seed, recipe, overrides) of every run, seeds outermost so rows share machine noise."""
+    runs = []
+    for seed in seeds:
+        recipe, extra = PLAIN["trec50"]
+        runs.append(("trec50", "none", "no_graph", seed, recipe, extra))
+        for graph in GRAPHS:
+            for row, switches in ABLATIONS.items():
+                runs.append(("trec50", graph, row, seed, KBERT["trec50"], [f"kbert.graph={graph}", *switches]))
+        recipe, extra = PLAIN["sst2"]
+        runs.append(("sst2", "none", "no_graph", seed, recipe, extra))
+        runs.append(("sst2", "wordnet", "kbert", seed, KBERT["sst2"], ["kbert.graph=wordnet"]))
+    return runs
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def quality(work: Path, seeds: list[int], sets: list[str], task_sets: dict[str, list[str]]) -> dict:
+    rows = []
+    for task, graph, row, seed, recipe, extra in plan(seeds):
+        name = f"{task}-{row}-{graph}-s{seed}"
+        # The row's own overrides come last and win over --set.
+        final = lmforge_run(work / name, recipe, [*sets, *task_sets.get(task, []), f"train.seed={seed}", *extra])
+        knowledge = {}
+        options = work / name / "final" / "kbert.json"
+        if options.is_file():
+            knowledge = json.loads(options.read_text())["eval_trees"]
+        rows.append(
+            {
+                "task": task,
+                "graph": graph,
+                "row": row,
+                "seed": seed,
+                "accuracy": final["metrics"]["accuracy"],
+                "macro_f1": final["metrics"]["macro_f1"],
+                "steps": final["steps"],
+                "train_seconds": final["train_seconds"],
+                "eval_knowledge": knowledge,
+            }
+        )
+    summary: dict[str, dict] = {}
+    for task, graph, row in dict.fromkeys((r["task"], r["graph"], r["row"]) for r in rows):
+        own = [r for r in rows if (r["task"], r["graph"], r["row"]) == (task, graph, row)]
+        acc, acc_std = mean_std([r["accuracy"] for r in own])
+        f1, f1_std = mean_std([r["macro_f1"] for r in own])
+        summary[f"{task}/{graph}/{row}"] = {
+            "runs": len(own),
+            "accuracy_mean": acc,
+            "accuracy_std": acc_std,
+            "macro_f1_mean": f1,
+            "macro_f1_std": f1_std,
+            "s_per_step_mean": statistics.fmean(r["train_seconds"] / max(r["steps"], 1) for r in own),
+        }
+    return {"seeds": seeds, "overrides": sets, "runs": rows, "summary": summary}
+
+
+def print_tables(result: dict) -> None:
+    def cell(mean: float, std: float | None) -> str:
+        return f"{100 * mean:.2f} ± {100 * std:.2f}" if std is not None else f"{100 * mean:.2f}"
+
+    print(f"\nK-BERT, seeds {result['seeds']}, overrides {result['overrides'] or 'none'}")
+    for task in ("trec50", "sst2"):
+        print(f"\n{task} dev")
+        print("| graph | row | runs | accuracy (%) | macro-F1 (%) | s/step |")
+        print("|---|---|---|---|---|---|")
+        for key, s in result["summary"].items():
+            if key.startswith(task + "/"):
+                _, graph, row = key.split("/")
+                print(
+                    f"| {graph} | {row} | {s['runs']} | {cell(s['accuracy_mean'], s['accuracy_std'])} | "
+                    f"{cell(s['macro_f1_mean'], s['macro_f1_std'])} | {s['s_per_step_mean']:.3f} |"
+                )
+
+
+def main() -> None:
+    from lmforge.core.rundir import benchmark_provenance, merge_benchmark_result
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--set", dest="sets", nargs="*", default=[], help="key=value overrides for every run")
+    parser.add_argument("--work", type=Path, default=HERE / "work", help="folder of the runs (reused)")
+    parser.add_argument("--smoke", action="store_true", help="tiny-bert, two steps per run, one seed")
+    args = parser.parse_args()
+    work, seeds, sets, task_sets = args.work, args.seeds, args.sets, {}
+    if args.smoke:
+        work, seeds, sets, task_sets = HERE / "work" / "smoke", args.seeds[:1], [*SMOKE, *sets], SMOKE_TASK
+    result = {**benchmark_provenance(), **quality(work, seeds, sets, task_sets)}
+    print_tables(result)
+    # A smoke result stays in the ignored work folder, out of the committed results.
+    merge_benchmark_result(work / "results.json" if args.smoke else RESULTS, "quality", result)
+
+
+if __name__ == "__main__":
+    main()
