@@ -30,7 +30,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 RESULTS = HERE / "results.json"
 GRAPHS = ["wordnet", "conceptnet"]
-ABLATIONS = {"kbert": [], "no_visible": ["kbert.visible_matrix=false"], "hard_positions": ["kbert.soft_positions=false"]}
+ABLATIONS = {
+    "kbert": [],
+    "no_visible": ["kbert.visible_matrix=false"],
+    "hard_positions": ["kbert.soft_positions=false"],
+}
 # The plain baseline reads the same data at the same max_length as K-BERT (which needs room for branches).
 PLAIN = {
     "trec50": ("finetune/minilm_trec6", ["data.train=trec50:train", "data.eval=trec50:dev", "model.max_length=128"]),
