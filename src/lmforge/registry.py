@@ -137,9 +137,9 @@ def load_finished_run(run_dir: Path, classifier_command: str | None = None):
     cfg = load_run_config(run_dir / "config.yaml", [])
     if classifier_command and METHODS[cfg.method].produces == "causal_lm":
         raise UserError(
-            f"{run_dir}: a causal-LM run (method {cfg.method}), but lmforge {classifier_command} takes classifier "
-            "runs; "
-            f"score it with lmforge eval-gen {run_dir} --task gsm8k|mbpp|humaneval, or generate with lmforge serve"
+            f"{run_dir}: a causal-LM run (method {cfg.method}), but lmforge {classifier_command} takes "
+            f"classifier runs; score it with lmforge eval-gen {run_dir} --task gsm8k|mbpp|humaneval, "
+            "or generate with lmforge serve"
         )
     if classifier_command and not METHODS[cfg.method].plain_inputs:
         raise UserError(
