@@ -51,7 +51,7 @@ def test_bad_values_name_the_key(override, message):
 
 
 def test_unknown_method_lists_the_known_ones():
-    with pytest.raises(UserError, match="unknown method 'lorra' \(one of: .*finetune.*lora"):
+    with pytest.raises(UserError, match=r"unknown method 'lorra' \(one of: .*finetune.*lora"):
         build({"method": "lorra"})
 
 
