@@ -306,7 +306,7 @@ def quick(args) -> dict:
 
 
 def full(args) -> dict:
-    result = {**provenance(), "stages": args.stages}
+    result = {**provenance(), "stages": args.stages, "datasets": args.datasets, "quality_set": args.quality_set}
     if "timing" in args.stages:  # one job at a time, rows rotated over rounds
         specs = []
         for r in range(args.rounds):
@@ -342,8 +342,9 @@ def full(args) -> dict:
             row = row.removeprefix("peft_")  # peft's AdaLoRA runs at lmforge AdaLoRA's rate: the same settings
             return best.get(f"{d}/{row}", best.get(f"{args.sweep_on[0]}/{row}"))
 
+        stage = "quality" + (f"_{args.tag}" if args.tag else "")  # a tagged stage never reuses untagged runs
         specs = [
-            spec("quality", row, d, seed, rate(d, row), [], args.model)
+            spec(stage, row, d, seed, rate(d, row), args.quality_set, args.model)
             for d in args.datasets
             for seed in args.seeds
             for row in ROWS
@@ -375,7 +376,13 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=HERE / "results.json")
     parser.add_argument("--work", type=Path, default=WORK, help="folder for each run's result and log")
     parser.add_argument("--set", nargs="*", default=[], help="key=value overrides for every run (e.g. a smoke test)")
+    parser.add_argument(
+        "--quality-set", nargs="*", default=[], help="key=value overrides for the quality stage only (needs --tag)"
+    )
+    parser.add_argument("--tag", default="", help="names the quality stage's runs, e.g. 1ep for a shorter schedule")
     args = parser.parse_args()
+    if args.quality_set and not args.tag:
+        parser.error("--quality-set needs --tag, so its runs are not mistaken for the default schedule's")
     SETS.extend(args.set)
     WORK = args.work
     if args.job:
@@ -384,7 +391,7 @@ def main() -> None:
     result = quick(args) if args.profile == "quick" else full(args)
     from lmforge.core.rundir import merge_benchmark_result
 
-    merge_benchmark_result(args.results, args.profile, result)
+    merge_benchmark_result(args.results, args.profile + (f"_{args.tag}" if args.tag else ""), result)
 
 
 if __name__ == "__main__":

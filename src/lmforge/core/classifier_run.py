@@ -32,10 +32,12 @@ from lmforge.core.loop import OptimizerBatch, count_parameters, seed_everything
 from lmforge.core.models import load_classifier
 from lmforge.core.training_run import SaveFinal, TrainingRun, open_run, save_best, start_training
 
-__all__ = ["Adapt", "ClassifierRun", "SaveFinal", "open_run", "save_best", "start_classifier_run"]
+__all__ = ["Adapt", "ClassifierRun", "EncodeExamples", "SaveFinal", "open_run", "save_best", "start_classifier_run"]
 
 Adapt = Callable[[torch.nn.Module], None]  # changes the freshly loaded model in place (adapters, freezing)
 BuildModel = Callable[[list[str], int], tuple[torch.nn.Module, Any]]  # (labels, seed) -> (model, tokenizer)
+# (model, tokenizer, task) -> (train ids, eval ids, extra fields of the run class): inputs other than plain token ids
+EncodeExamples = Callable[[torch.nn.Module, Any, Task], tuple[list[list[int]], list[list[int]], dict[str, Any]]]
 LossFn = Callable[[dict, torch.Tensor], dict[str, torch.Tensor]]  # (inputs, labels) -> named mean losses
 
 
@@ -112,6 +114,8 @@ def start_classifier_run(
     build_model: BuildModel | None = None,
     prepare_task: Callable[[Task], Task] | None = None,
     phases: Callable[[int], list[int]] | None = None,
+    encode_examples: EncodeExamples | None = None,
+    run_class: type[ClassifierRun] = ClassifierRun,
 ) -> ClassifierRun:
     """Load and check the data, build and adapt the model, the optimizer and the schedule, and
     create the run folder (or restore its latest checkpoint). Every input is checked before
@@ -120,7 +124,9 @@ def start_classifier_run(
     Optional, for methods that need them: `check_steps(total_steps)` refuses a run too short for
     the method; `build_model(labels, seed)` replaces `load_classifier(model.name)`; `prepare_task`
     changes the loaded data (augmentation); `phases(total_steps)` splits the learning-rate schedule
-    into stages, each with its own warmup and decay."""
+    into stages, each with its own warmup and decay; `encode_examples(model, tokenizer, task)` builds
+    inputs other than the tokenizer's ids (sentence trees), returning the ids that order the batches by
+    length and the extra fields `run_class`, a ClassifierRun subclass, needs to collate them."""
     train = cfg.train
     data = cfg.data
     task = load_task(
@@ -138,8 +144,12 @@ def start_classifier_run(
     adapt(model)
     trainable, total = count_parameters(model)
     say(f"{cfg.model.name}: {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
-    train_ids = encode(tokenizer, task.train.texts, cfg.model.max_length)
-    eval_ids = encode(tokenizer, task.eval.texts, cfg.model.max_length)
+    if encode_examples is None:
+        train_ids = encode(tokenizer, task.train.texts, cfg.model.max_length)
+        eval_ids = encode(tokenizer, task.eval.texts, cfg.model.max_length)
+        extra: dict[str, Any] = {}
+    else:
+        train_ids, eval_ids, extra = encode_examples(model, tokenizer, task)
     label_index = {label: i for i, label in enumerate(task.labels)}
 
     lengths = [len(x) for x in train_ids]
@@ -153,11 +163,12 @@ def start_classifier_run(
         task,
         check_steps,
         phases,
-        run_class=ClassifierRun,
+        run_class=run_class,
         select_metric=train.metric,
         task=task,
         train_ids=train_ids,
         train_labels=[label_index[x] for x in task.train.labels],
         eval_ids=eval_ids,
         eval_labels=[label_index[x] for x in task.eval.labels],
+        **extra,
     )

@@ -30,14 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.config import RunConfig
-from lmforge.core.classifier_run import ClassifierRun
+from lmforge.core.classifier_run import ClassifierRun, start_classifier_run
 from lmforge.core.classify import loss_sum
 from lmforge.core.console import say
-from lmforge.core.data import describe, load_task
-from lmforge.core.loop import OptimizerBatch, StopSignal, count_parameters, seed_everything
+from lmforge.core.data import Task
+from lmforge.core.loop import OptimizerBatch, StopSignal
 from lmforge.core.metrics import classification_metrics
-from lmforge.core.models import load_classifier, load_saved_classifier
-from lmforge.core.training_run import start_training
+from lmforge.core.models import load_saved_classifier
 from lmforge.errors import UserError
 from lmforge.methods.kbert.graph import load_graph
 from lmforge.methods.kbert.tree import SentenceTree, SentenceTreeBuilder, collate
@@ -97,44 +96,22 @@ class KbertRun(ClassifierRun):
 
 
 def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
-    kb, train, data = cfg.options, cfg.train, cfg.data
-    task = load_task(
-        data.train, data.eval, data.text_column, data.label_column, data.max_train_examples, data.max_eval_examples
-    )
+    kb = cfg.options
     graph = load_graph(kb.graph)  # a bad graph is refused here, before anything is written
-    say(describe(task.train))
-    say(describe(task.eval))
-    seed_everything(train.seed)  # as start_classifier_run: the same initial weights as a plain fine-tuning run
-    model, tokenizer = load_classifier(cfg.model.name, task.labels, train.seed, cfg.model.dropout)
-    inputs = tree_inputs(model, tokenizer, kb)
-    trainable, total = count_parameters(model)
-    say(f"{cfg.model.name}: {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
-    builder = SentenceTreeBuilder(tokenizer, graph, kb.max_entities, cfg.model.max_length, kb.lemmas)
-    train_trees, eval_trees = builder.trees(task.train.texts), builder.trees(task.eval.texts)
-    say(f"knowledge graph {graph.name}: {len(graph.triples):,} triples")
-    say(f"train: {tree_summary(train_trees)}")
-    say(f"eval: {tree_summary(eval_trees)}")
-    label_index = {label: i for i, label in enumerate(task.labels)}
 
-    t = start_training(
-        cfg,
-        run_dir,
-        resume,
-        model,
-        tokenizer,
-        [len(tree.input_ids) for tree in train_trees],
-        task,
-        run_class=KbertRun,
-        select_metric=train.metric,
-        task=task,
-        train_ids=[tree.input_ids for tree in train_trees],
-        train_labels=[label_index[x] for x in task.train.labels],
-        eval_ids=[tree.input_ids for tree in eval_trees],
-        eval_labels=[label_index[x] for x in task.eval.labels],
-        train_trees=train_trees,
-        eval_trees=eval_trees,
-        inputs=inputs,
-    )
+    def encode_trees(model, tokenizer, task: Task):
+        """Sentence trees for every text, built once; their flattened ids order the batches by length."""
+        inputs = tree_inputs(model, tokenizer, kb)
+        builder = SentenceTreeBuilder(tokenizer, graph, kb.max_entities, cfg.model.max_length, kb.lemmas)
+        train_trees, eval_trees = builder.trees(task.train.texts), builder.trees(task.eval.texts)
+        say(f"knowledge graph {graph.name}: {len(graph.triples):,} triples")
+        say(f"train: {tree_summary(train_trees)}")
+        say(f"eval: {tree_summary(eval_trees)}")
+        extra = {"train_trees": train_trees, "eval_trees": eval_trees, "inputs": inputs}
+        return [tree.input_ids for tree in train_trees], [tree.input_ids for tree in eval_trees], extra
+
+    # every weight trains, as in the paper: nothing to adapt
+    t = start_classifier_run(cfg, run_dir, resume, lambda model: None, encode_examples=encode_trees, run_class=KbertRun)
     with StopSignal() as stop:
         while t.running():
             batch, started = next(t.batches), time.perf_counter()
@@ -152,9 +129,9 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         "visible_matrix": kb.visible_matrix,
         "soft_positions": kb.soft_positions,
         "max_length": cfg.model.max_length,
-        "position_offset": inputs.position_offset,
-        "train_trees": tree_counts(train_trees),
-        "eval_trees": tree_counts(eval_trees),
+        "position_offset": t.inputs.position_offset,
+        "train_trees": tree_counts(t.train_trees),
+        "eval_trees": tree_counts(t.eval_trees),
     }
 
     def save(model, tokenizer, folder: Path) -> None:
