@@ -8,7 +8,10 @@ TREC-50 (fine-grained question classification, trec50:dev), for each graph (word
   kbert           kbert/minilm_trec50: the paper's model
   no_visible      the same without the visible matrix (the paper's "knowledge noise" ablation)
   hard_positions  the same with hard positions 0..L-1 instead of soft positions
+OpenBookQA (obqa:dev, a knowledge-dependent task: the stem and its four choices as one text, the
+  answer's letter as the label), the same four rows for each graph.
 SST-2 (sst2:dev): no_graph vs kbert with wordnet.
+--tasks picks a subset (a run is named by task, row, graph and seed, so subsets add up).
 
 Prints accuracy and macro-F1 as mean +- sample std per row and writes benchmarks/kbert/results.json
 (`merge_benchmark_result`, key "quality"; --smoke writes benchmarks/kbert/work/smoke/results.json).
@@ -38,11 +41,15 @@ ABLATIONS = {
 # The plain baseline reads the same data at the same max_length as K-BERT (which needs room for branches).
 PLAIN = {
     "trec50": ("finetune/minilm_trec6", ["data.train=trec50:train", "data.eval=trec50:dev", "model.max_length=128"]),
+    "obqa": ("finetune/minilm_trec6", ["data.train=obqa:train", "data.eval=obqa:dev", "model.max_length=128"]),
     "sst2": ("finetune/minilm_sst2", ["model.max_length=128"]),
 }
-KBERT = {"trec50": "kbert/minilm_trec50", "sst2": "kbert/minilm_sst2"}
+KBERT = {"trec50": "kbert/minilm_trec50", "obqa": "kbert/minilm_obqa", "sst2": "kbert/minilm_sst2"}
+TASKS = list(KBERT)
+GRAPH_TASKS = ["trec50", "obqa"]  # every graph and ablation; SST-2 gets no_graph vs K-BERT with wordnet
 SMOKE = ["model.name=tiny-bert", "train.max_steps=2", "train.eval_every=2", "data.max_eval_examples=32"]
-SMOKE_TASK = {"sst2": ["data.max_train_examples=256"]}  # TREC-50 keeps its whole training split: every label
+# TREC-50 keeps its whole training split in the smoke test: every label
+SMOKE_TASK = {"sst2": ["data.max_train_examples=256"], "obqa": ["data.max_train_examples=256"]}
 
 
 def lmforge_run(run_dir: Path, recipe: str, overrides: list[str]) -> dict:
@@ -56,18 +63,19 @@ def lmforge_run(run_dir: Path, recipe: str, overrides: list[str]) -> dict:
     return json.loads((run_dir / "final.json").read_text())
 
 
-def plan(seeds: list[int]) -> list[tuple[str, str, str, int, str, list[str]]]:
+def plan(seeds: list[int], tasks: list[str]) -> list[tuple[str, str, str, int, str, list[str]]]:
     """(task, graph, row, seed, recipe, overrides) of every run, seeds outermost so rows share machine noise."""
     runs = []
     for seed in seeds:
-        recipe, extra = PLAIN["trec50"]
-        runs.append(("trec50", "none", "no_graph", seed, recipe, extra))
-        for graph in GRAPHS:
-            for row, switches in ABLATIONS.items():
-                runs.append(("trec50", graph, row, seed, KBERT["trec50"], [f"kbert.graph={graph}", *switches]))
-        recipe, extra = PLAIN["sst2"]
-        runs.append(("sst2", "none", "no_graph", seed, recipe, extra))
-        runs.append(("sst2", "wordnet", "kbert", seed, KBERT["sst2"], ["kbert.graph=wordnet"]))
+        for task in tasks:
+            recipe, extra = PLAIN[task]
+            runs.append((task, "none", "no_graph", seed, recipe, extra))
+            if task in GRAPH_TASKS:
+                for graph in GRAPHS:
+                    for row, switches in ABLATIONS.items():
+                        runs.append((task, graph, row, seed, KBERT[task], [f"kbert.graph={graph}", *switches]))
+            else:
+                runs.append((task, "wordnet", "kbert", seed, KBERT[task], ["kbert.graph=wordnet"]))
     return runs
 
 
@@ -75,9 +83,9 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def quality(work: Path, seeds: list[int], sets: list[str], task_sets: dict[str, list[str]]) -> dict:
+def quality(work: Path, seeds: list[int], tasks: list[str], sets: list[str], task_sets: dict[str, list[str]]) -> dict:
     rows = []
-    for task, graph, row, seed, recipe, extra in plan(seeds):
+    for task, graph, row, seed, recipe, extra in plan(seeds, tasks):
         name = f"{task}-{row}-{graph}-s{seed}"
         # The row's own overrides come last and win over --set.
         final = lmforge_run(work / name, recipe, [*sets, *task_sets.get(task, []), f"train.seed={seed}", *extra])
@@ -111,7 +119,7 @@ def quality(work: Path, seeds: list[int], sets: list[str], task_sets: dict[str, 
             "macro_f1_std": f1_std,
             "s_per_step_mean": statistics.fmean(r["train_seconds"] / max(r["steps"], 1) for r in own),
         }
-    return {"seeds": seeds, "overrides": sets, "runs": rows, "summary": summary}
+    return {"seeds": seeds, "tasks": tasks, "overrides": sets, "runs": rows, "summary": summary}
 
 
 def print_tables(result: dict) -> None:
@@ -119,7 +127,7 @@ def print_tables(result: dict) -> None:
         return f"{100 * mean:.2f} ± {100 * std:.2f}" if std is not None else f"{100 * mean:.2f}"
 
     print(f"\nK-BERT, seeds {result['seeds']}, overrides {result['overrides'] or 'none'}")
-    for task in ("trec50", "sst2"):
+    for task in result["tasks"]:
         print(f"\n{task} dev")
         print("| graph | row | runs | accuracy (%) | macro-F1 (%) | s/step |")
         print("|---|---|---|---|---|---|")
@@ -137,6 +145,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=TASKS)
     parser.add_argument("--set", dest="sets", nargs="*", default=[], help="key=value overrides for every run")
     parser.add_argument("--work", type=Path, default=HERE / "work", help="folder of the runs (reused)")
     parser.add_argument("--smoke", action="store_true", help="tiny-bert, two steps per run, one seed")
@@ -144,7 +153,7 @@ def main() -> None:
     work, seeds, sets, task_sets = args.work, args.seeds, args.sets, {}
     if args.smoke:
         work, seeds, sets, task_sets = HERE / "work" / "smoke", args.seeds[:1], [*SMOKE, *sets], SMOKE_TASK
-    result = {**benchmark_provenance(), **quality(work, seeds, sets, task_sets)}
+    result = {**benchmark_provenance(), **quality(work, seeds, args.tasks, sets, task_sets)}
     print_tables(result)
     # A smoke result stays in the ignored work folder, out of the committed results.
     merge_benchmark_result(work / "results.json" if args.smoke else RESULTS, "quality", result)

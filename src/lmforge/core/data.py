@@ -100,6 +100,17 @@ def _agnews(split: str) -> tuple[list[str], list[str]]:
     return [t for t, _ in chosen], [label for _, label in chosen]
 
 
+def _obqa(split: str) -> tuple[list[str], list[str]]:
+    """OpenBookQA as 4-way classification: the stem and its four choices in one text, the answer's letter."""
+    texts, labels = [], []
+    for line in _read_lines(DATA_DIR / "openbookqa" / f"{split}_complete.jsonl"):
+        row = json.loads(line)
+        choices = " ".join(f"({c['label']}) {c['text']}" for c in row["question"]["choices"])
+        texts.append(f"{row['question']['stem']} {choices}")
+        labels.append(row["answerKey"])
+    return texts, labels
+
+
 _TREC_SPLIT = "dev = 500 questions of the TREC training file picked by a seeded shuffle (seed 2024); train = the rest"
 _TREC_LICENSE = "data: UIUC Cognitive Computation Group, no license given; copy from harvardnlp/sent-conv-torch (MIT)"
 
@@ -139,6 +150,15 @@ BUILTIN_DATASETS = {
         ["agnews/dev.tsv"],
         {"train": lambda: _agnews("train"), "dev": lambda: _agnews("dev")},
         "dev = 1,000 of the 10,001 articles picked by a seeded shuffle (seed 2024); train = the other 9,001",
+    ),
+    "obqa": BuiltinDataset(
+        "obqa",
+        "OpenBookQA science questions (Mihaylov et al. 2018) as 4-way classification: stem + choices -> A-D",
+        "AllenAI OpenBookQA V1, no license stated upstream; official release archive",
+        ["A", "B", "C", "D"],
+        [f"openbookqa/{split}_complete.jsonl" for split in ("train", "dev", "test")],
+        {split: (lambda split=split: _obqa(split)) for split in ("train", "dev", "test")},
+        "the official train (4,957), dev (500) and test (500) splits",
     ),
 }
 

@@ -11,6 +11,15 @@ def test_builtin_splits_have_the_documented_sizes_and_labels():
     assert set(load_examples("trec6:train").labels) == {"ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"}
     assert len(set(load_examples("trec50:train").labels)) == 50
     assert set(load_examples("agnews:dev").labels) == {"World", "Sports", "Business", "Sci/Tech"}
+    assert [len(load_examples(f"obqa:{split}")) for split in ("train", "dev", "test")] == [4957, 500, 500]
+
+
+def test_openbookqa_text_holds_the_stem_and_every_choice_in_order():
+    dev = load_examples("obqa:dev")
+    first = dev.texts[0]  # the first question of dev_complete.jsonl, answer A
+    assert first.startswith("Frilled sharks and angler fish live far beneath the surface of the ocean")
+    assert first.index("(A) Deep sea animals") < first.index("(B) fish") < first.index("(D) Far Sea Animals")
+    assert dev.labels[0] == "A" and set(dev.labels) == {"A", "B", "C", "D"}
 
 
 @pytest.mark.parametrize("name", ["trec6", "trec50", "agnews"])
