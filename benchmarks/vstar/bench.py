@@ -6,10 +6,11 @@ own process, kept in --work and reused when finished (an interrupted run resumes
             .. G^T (the STaR generators: V-STaR trains its generator exactly as STaR does), a DPO
             verifier and an ORM trained on D_VER of every round, N test candidates from every G^t
   vstar_t1  the same with T = 1: SFT + verifier (the verifier learns from G_SFT's samples only). Its
-            round-1 stages are copied from `vstar` before it starts: same settings and per-sample
-            seeds, so they are what it would compute
+            round-1 stages and G^1's test candidates are copied from `vstar` before it starts: same
+            settings and per-sample seeds, so they are what it would compute
   rft       RFT (Yuan et al. 2023): the same total samples (k x T per problem) from G_SFT in one round,
-            then one generator on D_SFT + the correct ones (vstar.sample_last_generator=false)
+            then one generator on D_SFT + the correct ones (vstar.sample_last_generator=false); G_SFT
+            and its test candidates are copied from `vstar`
 Rows reported (test problems of the task, greedy-free: every number is over N sampled candidates):
   Pass@1 of SFT, of each STaR / V-STaR generator and of RFT; majority vote at k (GSM8K); Best-of-k of
   SFT + verifier, of V-STaR (each test-time score: likelihood, mean likelihood, implicit reward) and
@@ -70,9 +71,15 @@ def vstar_run(run_dir: Path, task: str, sets: list[str]) -> dict:
     return json.loads((run_dir / "final.json").read_text())
 
 
-def seed_round_one(source: Path, target: Path, task: str, sets: list[str]) -> None:
-    """Start the run folder `target` with the finished round-1 stages of `source` (same settings) and
-    its own config.yaml, so that `lmforge run --resume` continues it from round 1's end."""
+ROUND_ONE = ["generator-1", "generator-1.jsonl"]  # G^1 = G_SFT: the same in every run of one task and profile
+ROUND_ONE_TEST = ["test-1.jsonl", "test-1.timing.json"]  # G^1's test candidates: the same per-sample seeds
+ROUND_ONE_SAMPLES = ["samples-1.jsonl", "samples-1.timing.json"]  # k samples per problem: only at the same k
+
+
+def seed_round_one(source: Path, target: Path, task: str, sets: list[str], names: list[str]) -> None:
+    """Start the run folder `target` with `names`, finished stages of `source` computed with the same
+    settings, and its own config.yaml, so that `lmforge run --resume` continues from them. A test stage
+    `source` has not reached yet is left for `target` to compute."""
     from lmforge.cli import find_recipe
     from lmforge.core.rundir import write_text_atomic
     from lmforge.registry import load_run_config
@@ -80,9 +87,10 @@ def seed_round_one(source: Path, target: Path, task: str, sets: list[str]) -> No
     if target.exists():
         return
     (target / "stages").mkdir(parents=True)
-    for name in ("generator-1", "generator-1.jsonl", "samples-1.jsonl", "samples-1.timing.json"):
+    for name in names:
         path = source / "stages" / name
-        (shutil.copytree if path.is_dir() else shutil.copy)(path, target / "stages" / name)
+        if path.exists() or name not in ROUND_ONE_TEST:
+            (shutil.copytree if path.is_dir() else shutil.copy)(path, target / "stages" / name)
     write_text_atomic(target / "config.yaml", load_run_config(find_recipe(f"vstar/gemma_{task}"), sets).to_yaml())
 
 
@@ -91,7 +99,7 @@ def task_rows(work: Path, task: str, sets: list[str]) -> dict:
     k = int(setting(sets, "vstar.samples_per_problem", "4"))
     main = vstar_run(work / f"{task}-vstar", task, [*sets, "vstar.orm.enabled=true"])
     t1_dir, t1_sets = work / f"{task}-vstar_t1", [*sets, "vstar.iterations=1", "vstar.orm.enabled=true"]
-    seed_round_one(work / f"{task}-vstar", t1_dir, task, t1_sets)
+    seed_round_one(work / f"{task}-vstar", t1_dir, task, t1_sets, ROUND_ONE + ROUND_ONE_SAMPLES + ROUND_ONE_TEST)
     t1 = vstar_run(t1_dir, task, t1_sets)
     rft_sets = [
         *sets,
@@ -99,6 +107,7 @@ def task_rows(work: Path, task: str, sets: list[str]) -> dict:
         f"vstar.samples_per_problem={k * iterations}",
         "vstar.sample_last_generator=false",
     ]
+    seed_round_one(work / f"{task}-vstar", work / f"{task}-rft", task, rft_sets, ROUND_ONE + ROUND_ONE_TEST)
     rft = vstar_run(work / f"{task}-rft", task, rft_sets)
 
     gens = main["generators"]
