@@ -1,8 +1,9 @@
 """Batched text generation with explicit sampling parameters, through one interface and two backends.
 
 - `hf` (default): a local transformers causal LM (`HFGenerator`): prompts sorted by length, left
-  padded, generated in batches with the KV cache; a batch stops as soon as every sequence has hit
-  EOS or a stop string, and each text is cut at its first stop string.
+  padded, decoded in batches with the KV cache by a loop of our own; a sequence that hits EOS or a
+  stop string leaves the batch at once (its cache rows dropped, so the rest run on a smaller batch),
+  and each text is cut at its first stop string.
 - `openai`: any OpenAI-compatible server (vLLM, llama.cpp, Ollama, `lmforge serve`) through
   `POST {base_url}/completions` (`OpenAIGenerator`, in core/openai_client.py).
 
@@ -18,6 +19,7 @@ equal samples; ask for n > 1 to get different ones.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +127,10 @@ class HFGenerator:
         eos = model.generation_config.eos_token_id
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
+        forward_parameters = inspect.signature(model.forward).parameters
+        # Only the last position's logits are needed: most transformers causal LMs take `logits_to_keep`
+        self.keeps_last_logits = "logits_to_keep" in forward_parameters
+        self.cache_keyword = "cache" if "cache" in forward_parameters else "past_key_values"  # renamed in 5.x
         config = model.config.get_text_config()
         self.max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
@@ -136,7 +142,6 @@ class HFGenerator:
     ) -> list[list[Completion]]:
         import torch
         from tqdm.auto import tqdm
-        from transformers import GenerationConfig
 
         if isinstance(prompts, str):
             raise UserError("generate: prompts must be a list of strings, not one string")
@@ -156,11 +161,8 @@ class HFGenerator:
         done: dict[tuple[int, int], Completion] = {}
         was_training = self.model.training
         self.model.eval()
-        # generate() fills every option it is not given from model.generation_config (a folder's
-        # generation_config.json may set repetition_penalty, top_k, ...): the sampling parameters must
-        # be the only ones, so the model's defaults are set aside for the call.
-        model_defaults = self.model.generation_config
-        self.model.generation_config = GenerationConfig()
+        # The decoding loop is ours (_generate_batch), so a folder's generation_config.json (repetition
+        # penalty, top_k, ...) plays no part: the sampling parameters are the only ones. Its EOS ids count.
         bar = tqdm(total=len(rows), desc="generate", unit="sample", disable=not progress)
         try:
             with torch.inference_mode():
@@ -173,49 +175,71 @@ class HFGenerator:
                     bar.update(len(batch))
         finally:
             bar.close()
-            self.model.generation_config = model_defaults
             self.model.train(was_training)
         return [[done[(i, j if samples > 1 else 0)] for j in range(params.n)] for i in range(len(prompts))]
 
     def _generate_batch(self, texts: list[str], seeds: list[int], params: SamplingParams) -> list[Completion]:
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+        """Decode one left-padded batch with the KV cache. A row that ends (EOS or a stop string) leaves
+        the batch at once, cache included, so the rows still running do not pay for it: with sampled
+        lengths, a batch often ends with one or two long rows."""
+        import torch
+        from transformers import DynamicCache
 
         self.tokenizer.padding_side = "left"  # all prompts end at the same column: new tokens line up
         enc = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.model.device)
-        prompt_len = enc["input_ids"].shape[1]
-        stop = StopStrings(self.tokenizer, params.stop, prompt_len)
-        processors = LogitsProcessorList()
-        if params.temperature > 0:
-            processors.append(SeededSampler(seeds, params.temperature, params.top_p))
-        config = GenerationConfig(
-            max_new_tokens=params.max_new_tokens,
-            do_sample=False,  # sampling happens in SeededSampler, which leaves one token for argmax
-            num_beams=1,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=sorted(self.eos_ids) or None,
-        )
-        out = self.model.generate(
-            **enc,
-            generation_config=config,
-            logits_processor=processors,
-            stopping_criteria=StoppingCriteriaList([stop]) if params.stop else None,
-        )
+        mask = enc["attention_mask"]  # (B, P), 0 on the left padding
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, P): each row counts from its first token
+        cache = DynamicCache(config=self.model.config)
+        choose = SeededSampler(seeds, params.temperature, params.top_p) if params.temperature > 0 else None
+        active = list(range(len(texts)))  # batch row -> the row of `texts` it holds
+        generated: list[list[int]] = [[] for _ in texts]
+        ended: dict[int, tuple[int, int]] = {}  # row -> (tokens counted, tokens kept in the text)
+        logits = self._forward(enc["input_ids"], mask, positions, cache)  # (B, V), the last position's
+        for step in range(params.max_new_tokens):
+            tokens = choose(logits, active) if choose else logits.argmax(-1)  # (B_active,)
+            still = []
+            for k, (row, token) in enumerate(zip(active, tokens.tolist(), strict=True)):
+                generated[row].append(token)
+                if token in self.eos_ids:  # counted, but not part of the text
+                    ended[row] = (len(generated[row]), len(generated[row]) - 1)
+                elif params.stop and self._has_stop(generated[row], params.stop):
+                    ended[row] = (len(generated[row]), len(generated[row]))
+                else:
+                    still.append(k)
+            if not still or step == params.max_new_tokens - 1:
+                break
+            if len(still) < len(active):  # drop the finished rows from every tensor and the cache
+                keep = torch.tensor(still, device=mask.device)
+                cache.batch_select_indices(keep)
+                mask, positions, tokens = mask[keep], positions[keep], tokens[keep]
+                active = [active[k] for k in still]
+            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+            positions = positions[:, -1:] + 1
+            logits = self._forward(tokens[:, None], mask, positions, cache)
         completions = []
-        for row, generated in enumerate(out[:, prompt_len:].tolist()):  # (B, new tokens)
-            end = next((k + 1 for k, t in enumerate(generated) if t in self.eos_ids), None)
-            text_end = end - 1 if end is not None else None  # the EOS token is not part of the text
-            if row in stop.ended_at and (end is None or stop.ended_at[row] < end):
-                end = text_end = stop.ended_at[row]
-            n_tokens = end if end is not None else len(generated)
-            text = self.tokenizer.decode(generated[:text_end], skip_special_tokens=True)
+        for row, tokens_of_row in enumerate(generated):
+            n_tokens, text_end = ended.get(row, (len(tokens_of_row), len(tokens_of_row)))
+            text = self.tokenizer.decode(tokens_of_row[:text_end], skip_special_tokens=True)
             text, _ = cut_at_stop(text, params.stop)
-            completions.append(Completion(text, n_tokens, "stop" if end is not None else "length"))
+            completions.append(Completion(text, n_tokens, "stop" if row in ended else "length"))
         return completions
+
+    def _forward(self, input_ids, mask, positions, cache):
+        """Logits (B, V) of the last position, the new keys and values appended to `cache`; only the
+        last position goes through the output layer (a 262k-word vocabulary makes it the costliest)."""
+        kwargs = {self.cache_keyword: cache, **({"logits_to_keep": 1} if self.keeps_last_logits else {})}
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
+        return out.logits[:, -1].float()
+
+    def _has_stop(self, tokens: list[int], stop: Sequence[str]) -> bool:
+        # The whole generated text each step: a stop string may span tokens; decoding a few hundred
+        # tokens costs microseconds next to a forward pass.
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return any(s in text for s in stop)
 
 
 class SeededSampler:
-    """A logits processor that samples each row with its own torch.Generator, then leaves only the
-    sampled token possible, so that generate's argmax picks it.
+    """Samples each row with its own torch.Generator (softmax at the temperature, then top-p).
 
     One generator per sample (not one for the batch) makes a sample independent of its batch.
     """
@@ -227,7 +251,8 @@ class SeededSampler:
         self.temperature = temperature
         self.top_p = top_p
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def __call__(self, scores: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """The next token (B,) of each row of `scores` (B, V); `rows[b]`: whose generator row b uses."""
         import torch
 
         probs = torch.softmax(scores.float() / self.temperature, dim=-1).cpu()  # (B, V)
@@ -237,37 +262,5 @@ class SeededSampler:
             drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= self.top_p
             sorted_probs[drop] = 0
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        chosen = torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, self.generators)]).to(
-            scores.device
-        )  # (B,)
-        forced = torch.full_like(scores, float("-inf"))
-        forced.scatter_(-1, chosen[:, None], 0.0)
-        return forced
-
-
-class StopStrings:
-    """A stopping criterion: a row is done once its generated text contains a stop string.
-
-    Records `ended_at[row]`, the number of generated tokens when the row's stop string appeared.
-    """
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str], prompt_len: int):
-        self.tokenizer = tokenizer
-        self.stop = tuple(stop)
-        self.prompt_len = prompt_len
-        self.ended_at: dict[int, int] = {}
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        import torch
-
-        generated = input_ids[:, self.prompt_len :]  # (B, new tokens so far)
-        for row in range(generated.shape[0]):
-            if row in self.ended_at:
-                continue
-            # The whole generated text each step: a stop string may span tokens; decoding a few hundred
-            # tokens costs microseconds next to a forward pass.
-            text = self.tokenizer.decode(generated[row], skip_special_tokens=True)
-            if any(s in text for s in self.stop):
-                self.ended_at[row] = generated.shape[1]
-        done = [row in self.ended_at for row in range(generated.shape[0])]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        chosen = [torch.multinomial(p, 1, generator=self.generators[row])[0] for p, row in zip(probs, rows)]
+        return torch.stack(chosen).to(scores.device)

@@ -69,6 +69,26 @@ def test_stop_strings_cut_the_text_and_end_the_batch_early(gen):
     assert len(calls) == max(c.tokens for [c] in cut)  # one forward per generated token, no more
 
 
+def test_finished_rows_leave_the_batch_and_the_rest_run_on_unchanged(gen):
+    # one row meets its stop string early, the others run to the limit: the finished row's cache rows
+    # are dropped, and the rows still running give what they give alone
+    full = gen.generate(PROMPTS, SamplingParams(max_new_tokens=16))
+    stop = (full[1][0].text[2:5],)
+    assert not any(stop[0] in c.text for i, [c] in enumerate(full) if i != 1)  # only row 1 meets it
+    rows_per_forward = []
+    hook = gen.model.register_forward_hook(lambda _m, args, kwargs, out: rows_per_forward.append(out.logits.shape[0]),
+                                           with_kwargs=True)  # fmt: skip
+    try:
+        cut = gen.generate(PROMPTS, SamplingParams(max_new_tokens=16, stop=stop))
+    finally:
+        hook.remove()
+    alone = [gen.generate([p], SamplingParams(max_new_tokens=16, stop=stop))[0] for p in PROMPTS]
+    assert cut == alone
+    assert cut[1][0].finish_reason == "stop" and cut[0][0].finish_reason == cut[2][0].finish_reason == "length"
+    assert rows_per_forward[0] == 3 and rows_per_forward[-1] == 2  # the row left the batch
+    assert rows_per_forward.count(3) == cut[1][0].tokens
+
+
 def test_eos_ends_a_completion_and_is_not_in_its_text(gen):
     model, tokenizer = tiny_gpt2()
     ids = argmax_tokens(model, tokenizer, PROMPTS[0], 10)
