@@ -24,6 +24,10 @@ Profiles:
            in parallel there; timing always runs one job at a time)
 
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/adalora/bench.py --profile quick
+  # SST-2's quality stage on the CPU: one epoch (217 steps) with the schedule scaled to it, rates from
+  # the TREC-6 sweep; its runs are named quality_1ep-* and its results stored under "full_1ep"
+  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/adalora/bench.py --profile full --stages sweep quality \
+      --datasets sst2 --tag 1ep --quality-set train.epochs=1 adalora.tinit=20 adalora.tfinal=70 adalora.deltaT=5
   HF_HUB_OFFLINE=1 python benchmarks/adalora/bench.py --profile full --workers 12 --model /path/to/minilm
 """
 
