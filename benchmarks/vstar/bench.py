@@ -42,6 +42,7 @@ PROFILES = {
         "vstar.test_samples=8",
         "vstar.ks=[1,2,4,8]",
         "vstar.verifier.max_pairs_per_problem=4",
+        "vstar.generation_batch_size=16",  # 21 tokens/s against 14 at 8 (docs/causal_lm.md)
     ],
     "smoke": [  # the whole harness in minutes, on tiny-gpt2 (numbers meaningless)
         "model.name=tiny-gpt2",
