@@ -10,12 +10,13 @@ own process, kept in --work and reused when finished (an interrupted run resumes
             settings and per-sample seeds, so they are what it would compute
   rft       RFT (Yuan et al. 2023): the same total samples (k x T per problem) from G_SFT in one round,
             then one generator on D_SFT + the correct ones (vstar.sample_last_generator=false); G_SFT
-            and its test candidates are copied from `vstar`
+            and its test candidates are copied from `vstar`. Its DPO verifier, trained on that one
+            round of samples, makes it the paper's "V-STaR [1 Iter]" as well
 Rows reported (test problems of the task, greedy-free: every number is over N sampled candidates):
   Pass@1 of SFT, of each STaR / V-STaR generator and of RFT; majority vote at k (GSM8K); Best-of-k of
-  SFT + verifier, of V-STaR (each test-time score: likelihood, mean likelihood, implicit reward) and
-  of the ORM verifier on the same candidates; for MBPP also HumanEval: the final generator's N
-  candidates per HumanEval problem, scored by the same verifiers.
+  SFT + verifier, of V-STaR [1 iteration], of V-STaR (each test-time score: likelihood, mean
+  likelihood, implicit reward) and of the ORM verifier on the same candidates; for MBPP also
+  HumanEval: the final generator's N candidates per HumanEval problem, scored by the same verifiers.
 
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/vstar/bench.py --tasks gsm8k mbpp
 """
@@ -118,6 +119,10 @@ def task_rows(work: Path, task: str, sets: list[str]) -> dict:
         **{f"STaR / V-STaR generator G^{t}": {"pass@1": gens[str(t)]["pass@k"]["1"]} for t in range(2, iterations + 1)},
         f"RFT (k = {k * iterations}, one round)": {"pass@1": rft["generators"]["2"]["pass@k"]["1"]},
         "SFT + DPO verifier (T = 1)": {"best_of_k": t1["generators"]["1"]["best_of_k"]["likelihood"]},
+        # the paper's V-STaR [1 Iter]: all k x T samples at once from G_SFT, a generator and a verifier on them
+        f"V-STaR [1 iteration] (RFT's generator, k = {k * iterations}) + DPO verifier": {
+            "best_of_k": rft["generators"]["2"]["best_of_k"]["likelihood"]
+        },
         f"V-STaR (T = {iterations}), DPO verifier": {"best_of_k": last["best_of_k"]["likelihood"]},
         f"V-STaR (T = {iterations}), DPO verifier, mean likelihood": {
             "best_of_k": last["best_of_k"]["mean_likelihood"]
