@@ -1,15 +1,19 @@
 """Benchmark K-BERT (Liu et al., AAAI 2020, "K-BERT: Enabling Language Representation with Knowledge Graph").
 
 Each run is a real `lmforge run` in its own process, reused when its final.json exists (an interrupted
-run is resumed), so an interrupted benchmark picks up where it stopped. MiniLM over --seeds:
+run is resumed), so an interrupted benchmark picks up where it stopped; each finished run's numbers
+are also kept in benchmarks/kbert/runs/NAME.json (committed), and a run with a record is not run
+again. MiniLM over --seeds:
 
 TREC-50 (fine-grained question classification, trec50:dev), for each graph (wordnet, conceptnet):
   no_graph        plain full fine-tuning (finetune/minilm_trec6 on trec50, max_length 128): the baseline
   kbert           kbert/minilm_trec50: the paper's model
   no_visible      the same without the visible matrix (the paper's "knowledge noise" ablation)
   hard_positions  the same with hard positions 0..L-1 instead of soft positions
-OpenBookQA (obqa:dev, a knowledge-dependent task: the stem and its four choices as one text, the
-  answer's letter as the label), the same four rows for each graph.
+OpenBookQA (obqa:dev, a knowledge-dependent task), multiple choice (kbert/minilm_obqa, kbert.choices:
+  each question + choice is a tree with one score, the four scores compete); no_graph is the same
+  recipe with kbert.max_entities=0 (no branches: plain multiple-choice fine-tuning); the same four
+  rows for each graph.
 SST-2 (sst2:dev): no_graph vs kbert with wordnet.
 --tasks picks a subset (a run is named by task, row, graph and seed, so subsets add up).
 
@@ -17,6 +21,9 @@ Prints accuracy and macro-F1 as mean +- sample std per row and writes benchmarks
 (`merge_benchmark_result`, key "quality"; --smoke writes benchmarks/kbert/work/smoke/results.json).
 
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/kbert/bench.py --seeds 1 2 3
+Input construction alone (trees, soft positions and visible matrices of each task's training texts, in
+batches of 32, MiniLM's tokenizer, max_length 128), key "construction", a minute:
+  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/kbert/bench.py --construction
 Quick check of the machinery on tiny-bert (two steps per run, minutes):
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/kbert/bench.py --smoke
 """
@@ -41,12 +48,14 @@ ABLATIONS = {
 # The plain baseline reads the same data at the same max_length as K-BERT (which needs room for branches).
 PLAIN = {
     "trec50": ("finetune/minilm_trec6", ["data.train=trec50:train", "data.eval=trec50:dev", "model.max_length=128"]),
-    "obqa": ("finetune/minilm_trec6", ["data.train=obqa:train", "data.eval=obqa:dev", "model.max_length=128"]),
+    # OpenBookQA is multiple choice (kbert.choices): K-BERT with no branches is plain multiple-choice fine-tuning
+    "obqa": ("kbert/minilm_obqa", ["kbert.max_entities=0"]),
     "sst2": ("finetune/minilm_sst2", ["model.max_length=128"]),
 }
 KBERT = {"trec50": "kbert/minilm_trec50", "obqa": "kbert/minilm_obqa", "sst2": "kbert/minilm_sst2"}
 TASKS = list(KBERT)
 GRAPH_TASKS = ["trec50", "obqa"]  # every graph and ablation; SST-2 gets no_graph vs K-BERT with wordnet
+CONSTRUCTION_TEXTS = 2000
 SMOKE = ["model.name=tiny-bert", "train.max_steps=2", "train.eval_every=2", "data.max_eval_examples=32"]
 # TREC-50 keeps its whole training split in the smoke test: every label
 SMOKE_TASK = {"sst2": ["data.max_train_examples=256"], "obqa": ["data.max_train_examples=256"]}
@@ -83,10 +92,18 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def quality(work: Path, seeds: list[int], tasks: list[str], sets: list[str], task_sets: dict[str, list[str]]) -> dict:
+def quality(
+    work: Path, records: Path, seeds: list[int], tasks: list[str], sets: list[str], task_sets: dict[str, list[str]]
+) -> dict:
+    """Every run of the plan; a run's row is kept in `records`/NAME.json (committed, small), and a run
+    with a record is not run again."""
     rows = []
     for task, graph, row, seed, recipe, extra in plan(seeds, tasks):
         name = f"{task}-{row}-{graph}-s{seed}"
+        record = records / f"{name}.json"
+        if record.is_file():
+            rows.append(json.loads(record.read_text()))
+            continue
         # The row's own overrides come last and win over --set.
         final = lmforge_run(work / name, recipe, [*sets, *task_sets.get(task, []), f"train.seed={seed}", *extra])
         knowledge = {}
@@ -106,6 +123,8 @@ def quality(work: Path, seeds: list[int], tasks: list[str], sets: list[str], tas
                 "eval_knowledge": knowledge,
             }
         )
+        records.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(rows[-1], indent=1) + "\n")
     summary: dict[str, dict] = {}
     for task, graph, row in dict.fromkeys((r["task"], r["graph"], r["row"]) for r in rows):
         own = [r for r in rows if (r["task"], r["graph"], r["row"]) == (task, graph, row)]
@@ -120,6 +139,34 @@ def quality(work: Path, seeds: list[int], tasks: list[str], sets: list[str], tas
             "s_per_step_mean": statistics.fmean(r["train_seconds"] / max(r["steps"], 1) for r in own),
         }
     return {"seeds": seeds, "tasks": tasks, "overrides": sets, "runs": rows, "summary": summary}
+
+
+def construction(tasks: list[str]) -> dict:
+    """Sentences per second of `SentenceTreeBuilder.encode` (trees and model inputs) on each task's
+    training texts (at most CONSTRUCTION_TEXTS), for each graph; a fresh builder per row, so the
+    branch-text cache starts empty as in a run."""
+    from lmforge.core.data import load_examples
+    from lmforge.core.models import load_tokenizer
+    from lmforge.methods.kbert.graph import load_graph
+    from lmforge.methods.kbert.tree import SentenceTreeBuilder, sentences_per_second
+
+    tokenizer = load_tokenizer("minilm")
+    graphs = {name: load_graph(name) for name in GRAPHS}
+    rows = {}
+    for task in tasks:
+        texts = load_examples(f"{task}:train").texts[:CONSTRUCTION_TEXTS]
+        for name, graph in graphs.items():
+            builder = SentenceTreeBuilder(tokenizer, graph, max_entities=2, max_length=128)
+            rate = sentences_per_second(builder, texts, batch_size=32)
+            trees = builder.trees(texts)
+            rows[f"{task}/{name}"] = {
+                "sentences": len(texts),
+                "sentences_per_second": rate,
+                "tokens_mean": statistics.fmean(len(t.input_ids) for t in trees),
+                "with_knowledge": sum(max(t.branch_ids) > 0 for t in trees) / len(trees),
+            }
+            print(f"{task} / {name}: {rate:,.0f} sentences/s over {len(texts):,} sentences")
+    return rows
 
 
 def print_tables(result: dict) -> None:
@@ -149,11 +196,17 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", nargs="*", default=[], help="key=value overrides for every run")
     parser.add_argument("--work", type=Path, default=HERE / "work", help="folder of the runs (reused)")
     parser.add_argument("--smoke", action="store_true", help="tiny-bert, two steps per run, one seed")
+    parser.add_argument("--construction", action="store_true", help="only time input construction (key construction)")
     args = parser.parse_args()
+    if args.construction:
+        rows = construction(args.tasks)
+        merge_benchmark_result(RESULTS, "construction", {**benchmark_provenance(), "rows": rows})
+        return
     work, seeds, sets, task_sets = args.work, args.seeds, args.sets, {}
     if args.smoke:
         work, seeds, sets, task_sets = HERE / "work" / "smoke", args.seeds[:1], [*SMOKE, *sets], SMOKE_TASK
-    result = {**benchmark_provenance(), **quality(work, seeds, args.tasks, sets, task_sets)}
+    records = work / "runs" if args.smoke else HERE / "runs"
+    result = {**benchmark_provenance(), **quality(work, records, seeds, args.tasks, sets, task_sets)}
     print_tables(result)
     # A smoke result stays in the ignored work folder, out of the committed results.
     merge_benchmark_result(work / "results.json" if args.smoke else RESULTS, "quality", result)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmforge.core.models import load_classifier
+from lmforge.core.models import load_classifier, load_saved_classifier
 from lmforge.methods.kbert.config import KbertConfig
 from lmforge.methods.kbert.graph import load_graph
 from lmforge.methods.kbert.recipe import tree_inputs
@@ -129,3 +129,60 @@ def test_a_run_with_both_ablations_records_them(cli, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     options = json.loads((run_dir / "final" / "kbert.json").read_text())
     assert options["visible_matrix"] is False and options["soft_positions"] is False
+
+
+def test_split_choices_and_a_malformed_question_is_refused():
+    from lmforge.errors import UserError
+    from lmforge.methods.kbert.choices import choice_texts
+
+    texts = ["Dogs are (A) plants (B) mammals", "Ice is (A) cold (B) hot"]
+    assert choice_texts(texts, ["A", "B"], "q.jsonl") == [
+        "Dogs are plants",
+        "Dogs are mammals",
+        "Ice is cold",
+        "Ice is hot",
+    ]
+    # a marker inside a choice's own text (as in OpenBookQA's train question 12-1145) stays in that choice
+    assert choice_texts(["Q (A) x (B) y (B) w"], ["A", "B"], "q.jsonl") == ["Q x (B) y", "Q w"]
+    with pytest.raises(UserError, match=r"q.jsonl, example 2: kbert.choices expects .*; no '\(B\)' found"):
+        choice_texts(["Dogs are (A) plants (B) mammals", "Ice is (A) cold"], ["A", "B"], "q.jsonl")
+    with pytest.raises(UserError, match=r"example 1: kbert.choices needs a question and non-empty choices"):
+        choice_texts(["(A) plants (B) mammals"], ["A", "B"], "q.jsonl")
+
+
+def test_multiple_choice_scores_each_question_choice_tree_with_one_output(cli, tmp_path):
+    import torch.nn.functional as F
+
+    from lmforge.core.data import load_examples
+    from lmforge.methods.kbert.choices import choice_texts
+    from lmforge.methods.kbert.recipe import predict_logits
+
+    run_dir = tmp_path / "run"
+    result = cli("run", "kbert/minilm_obqa", *FAST, "kbert.choices=true", "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "of 128 sentences get knowledge" in result.stderr  # eval: 32 questions x 4 choices
+    final = read_final(run_dir)
+    assert final["labels"] == ["A", "B", "C", "D"] and sum(map(sum, final["confusion"])) == 32
+    assert json.loads((run_dir / "final" / "kbert.json").read_text())["choices"] is True
+    model, tokenizer = load_saved_classifier(run_dir / "final")
+    assert model.config.num_labels == 1
+    # each question-choice text scored alone, batch 1: its C scores give the run's own evaluation loss
+    dev = load_examples("obqa:dev").head(32)
+    trees = SentenceTreeBuilder(tokenizer, load_graph("wordnet"), max_length=64).trees(
+        choice_texts(dev.texts, final["labels"], "obqa:dev")
+    )
+    inputs = tree_inputs(model, tokenizer, KbertConfig())
+    logits = torch.from_numpy(predict_logits(model, trees, inputs, 1, "cpu")).view(32, 4)
+    gold = torch.tensor([final["labels"].index(label) for label in dev.labels])
+    assert F.cross_entropy(logits, gold).item() == pytest.approx(final["metrics"]["loss"], abs=1e-5)
+
+
+def test_max_entities_0_gives_the_plain_models_inputs():
+    """The benchmark's multiple-choice baseline is K-BERT with no branches."""
+    _, tokenizer = load_classifier("tiny-bert", ["A", "B"], seed=0)
+    texts = ["the dogs chase a cat in the garden", "a good film about a bank"]
+    trees = SentenceTreeBuilder(tokenizer, load_graph("wordnet"), max_entities=0, max_length=64).trees(texts)
+    for tree, text in zip(trees, texts, strict=True):
+        assert tree.input_ids == tokenizer(text, truncation=True, max_length=64)["input_ids"]
+        assert tree.soft_positions == list(range(len(tree.input_ids))) and max(tree.branch_ids) == 0
+    assert max(SentenceTreeBuilder(tokenizer, load_graph("wordnet"), max_length=64).trees(texts)[0].branch_ids) > 0

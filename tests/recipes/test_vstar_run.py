@@ -102,6 +102,30 @@ def test_an_interrupted_run_resumes_without_sampling_again(gsm8k_run, tmp_path):
     assert final(copy)["generators"] == final(run_dir)["generators"]  # seeded: the same samples and scores
 
 
+def test_an_interrupted_sampling_stage_resumes_after_its_last_finished_chunk(gsm8k_run, tmp_path):
+    run_dir, _ = gsm8k_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    stages = copy / "stages"
+    whole = lines(stages / "test-2.jsonl")
+    for name in ("test-2.jsonl", "test-2.timing.json", "scores-2.jsonl", "../final.json"):
+        (stages / name).unlink()
+    # stopped after the first problem's chunk; a marker shows that chunk is kept, not sampled again
+    first = [dict(row) for row in whole if row["problem_id"] == whole[0]["problem_id"]]
+    first[0]["completion"] = "kept from the partial file"
+    partial = {"generation_seconds": 1.5, "label_seconds": 0.0, "generated_tokens": 7, "samples": first}
+    (stages / "test-2.jsonl.partial").write_text(json.dumps(partial))
+    result = run_cli("run", "vstar/gemma_gsm8k", "--resume", "--run-dir", str(copy), timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test-2.jsonl: 1 of 3 problems sampled earlier" in result.stderr
+    resumed = lines(stages / "test-2.jsonl")
+    assert resumed[0]["completion"] == "kept from the partial file"
+    assert resumed[1:] == whole[1:]  # the rest, sampled after the resume, is what the whole stage sampled
+    assert not (stages / "test-2.jsonl.partial").exists()
+    timing = json.loads((stages / "test-2.timing.json").read_text())
+    assert timing["generated_tokens"] == 7 + sum(row["tokens"] for row in whole[len(first) :])
+
+
 def test_the_openai_backend_samples_through_a_real_server_what_hf_samples_here(gsm8k_run, tmp_path):
     from lmforge.core.generate import make_generator
     from lmforge.core.serve import CompletionServer, start_in_thread

@@ -24,3 +24,8 @@ class KbertConfig:
     soft_positions: bool = option(
         True, "soft positions (branches continue from their entity); false numbers the tokens 0..L-1 (hard)"
     )
+    choices: bool = option(
+        False,
+        "multiple choice: a text is 'question (A) choice (B) choice ...'; each question-choice tree gets one "
+        "score and a question's scores compete (choices.py)",
+    )

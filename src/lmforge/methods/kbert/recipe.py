@@ -36,7 +36,7 @@ from lmforge.core.console import say
 from lmforge.core.data import Task
 from lmforge.core.loop import OptimizerBatch, StopSignal
 from lmforge.core.metrics import classification_metrics
-from lmforge.core.models import load_saved_classifier
+from lmforge.core.models import load_classifier, load_saved_classifier
 from lmforge.errors import UserError
 from lmforge.methods.kbert.graph import load_graph
 from lmforge.methods.kbert.tree import SentenceTree, SentenceTreeBuilder, collate
@@ -100,18 +100,41 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
     graph = load_graph(kb.graph)  # a bad graph is refused here, before anything is written
 
     def encode_trees(model, tokenizer, task: Task):
-        """Sentence trees for every text, built once; their flattened ids order the batches by length."""
+        """Sentence trees for every text, built once; their flattened ids order the batches by length
+        (multiple choice: an example's C trees, and their ids joined)."""
         inputs = tree_inputs(model, tokenizer, kb)
         builder = SentenceTreeBuilder(tokenizer, graph, kb.max_entities, cfg.model.max_length, kb.lemmas)
-        train_trees, eval_trees = builder.trees(task.train.texts), builder.trees(task.eval.texts)
+        train_texts, eval_texts, c = task.train.texts, task.eval.texts, 1
+        if kb.choices:
+            train_texts = choice_texts(train_texts, task.labels, task.train.source)
+            eval_texts = choice_texts(eval_texts, task.labels, task.eval.source)
+            c = len(task.labels)
+        train_trees, eval_trees = builder.trees(train_texts), builder.trees(eval_texts)
         say(f"knowledge graph {graph.name}: {len(graph.triples):,} triples")
         say(f"train: {tree_summary(train_trees)}")
         say(f"eval: {tree_summary(eval_trees)}")
         extra = {"train_trees": train_trees, "eval_trees": eval_trees, "inputs": inputs}
-        return [tree.input_ids for tree in train_trees], [tree.input_ids for tree in eval_trees], extra
+        if kb.choices:
+            extra["n_choices"] = c
 
+        def ids(trees: list[SentenceTree]) -> list[list[int]]:
+            return [sum((tree.input_ids for tree in trees[i : i + c]), []) for i in range(0, len(trees), c)]
+
+        return ids(train_trees), ids(eval_trees), extra
+
+    build_model, run_class = None, KbertRun
+    if kb.choices:  # one output: the score of a question-choice tree (choices.py)
+        from lmforge.methods.kbert.choices import SCORE_LABEL, KbertChoiceRun, choice_texts
+
+        def build_model(labels: list[str], seed: int):
+            return load_classifier(cfg.model.name, [SCORE_LABEL], seed, cfg.model.dropout)
+
+        run_class = KbertChoiceRun
     # every weight trains, as in the paper: nothing to adapt
-    t = start_classifier_run(cfg, run_dir, resume, lambda model: None, encode_examples=encode_trees, run_class=KbertRun)
+    t = start_classifier_run(
+        cfg, run_dir, resume, lambda model: None, build_model=build_model, encode_examples=encode_trees,
+        run_class=run_class,
+    )  # fmt: skip
     with StopSignal() as stop:
         while t.running():
             batch, started = next(t.batches), time.perf_counter()
@@ -128,6 +151,7 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         "lemmas": kb.lemmas,
         "visible_matrix": kb.visible_matrix,
         "soft_positions": kb.soft_positions,
+        "choices": kb.choices,
         "max_length": cfg.model.max_length,
         "position_offset": t.inputs.position_offset,
         "train_trees": tree_counts(t.train_trees),

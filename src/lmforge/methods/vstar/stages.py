@@ -9,6 +9,7 @@ never samples again what it already sampled.
     stages/verifier/             the DPO verifier (verifier.py), from G_SFT
     stages/orm/                  the ORM baseline (orm.py), when vstar.orm.enabled
     stages/test-<t>.jsonl        N labelled candidates per test problem from G^t
+    stages/*.jsonl.partial       a sampling stage's finished problems so far (gone once it finishes)
     stages/scores-<t>.jsonl      every candidate's verifier scores
 
 Samples are `core.eval_gen.Sample` rows; the reference solutions of D_SFT join D_VER as samples with
@@ -30,6 +31,7 @@ from lmforge.core.console import say
 from lmforge.core.eval_gen import Sample, SampledProblems, sample_and_label, write_samples
 from lmforge.core.eval_gen_command import DEFAULT_MAX_NEW_TOKENS, FALLBACK_MAX_NEW_TOKENS
 from lmforge.core.generate import HFGenerator, SamplingParams
+from lmforge.core.rundir import write_text_atomic
 from lmforge.methods.sft.config import SftConfig
 from lmforge.methods.sft.data import Encoded, Pair, encode_pair
 from lmforge.tasks.base import Problem, Task
@@ -38,6 +40,7 @@ from lmforge.tasks.base import Problem, Task
 # test problems' reference solutions (never trained on) so that no training pair is held out of D_GEN.
 HELD_OUT_PAIRS = 50
 CARVE_SEED = 2024  # which problems the verifiers hold out does not depend on the run's seed
+CHUNK_BATCHES = 4  # a sampling stage keeps its work every this many generation batches
 
 
 def is_main_process() -> bool:
@@ -160,10 +163,13 @@ def sampling_params(cfg: RunConfig, task: Task, n: int) -> SamplingParams:
 def sample_stage(
     path: Path, task: Task, problems: Sequence[Problem], model_dir: Path, params: SamplingParams, cfg
 ) -> list[Sample]:
-    """`params.n` labelled samples per problem from the model of `model_dir`, kept in `path`."""
-    from lmforge.core.causal_lm import load_causal_lm
-    from lmforge.core.openai_client import OpenAIGenerator
+    """`params.n` labelled samples per problem from the model of `model_dir`, kept in `path`.
 
+    The problems are sampled a chunk at a time (about CHUNK_BATCHES generation batches) and the
+    finished ones kept in PATH.partial, so an interrupted stage resumes after its last finished chunk.
+    A sample's seed depends on its prompt and index only (core.generate), so the resumed stage gives
+    what an uninterrupted one would have.
+    """
     if path.is_file():
         say(f"{path.name}: sampled earlier")
         return read_samples(path)
@@ -171,18 +177,49 @@ def sample_stage(
         wait_for(path)
         return read_samples(path)
     v = cfg.options
-    say(f"{path.name}: {params.n} samples for each of {len(problems):,} problems from {model_dir.parent.name}")
+    order = {p.id: i for i, p in enumerate(problems)}
+    partial = path.with_name(path.name + ".partial")
+    kept = json.loads(partial.read_text(encoding="utf-8")) if partial.is_file() else {}
+    samples = [Sample(**s) for s in kept.get("samples", []) if s["problem_id"] in order]
+    timing = {key: kept.get(key, 0) for key in ("generation_seconds", "label_seconds", "generated_tokens")}
+    done = {s.problem_id for s in samples}
+    todo = [p for p in problems if p.id not in done]
+    source = model_dir.parent.name
+    if done:
+        say(f"{path.name}: {len(done):,} of {len(problems):,} problems sampled earlier; the rest from {source}")
+    else:
+        say(f"{path.name}: {params.n} samples for each of {len(problems):,} problems from {source}")
+    if todo:
+        generator = stage_generator(model_dir, cfg)
+        batch = v.concurrency if v.backend == "openai" else v.generation_batch_size
+        per_chunk = -(-CHUNK_BATCHES * batch // params.n)  # ceil: whole problems, at least one
+        for start in range(0, len(todo), per_chunk):
+            chunk = todo[start : start + per_chunk]
+            sampled: SampledProblems = sample_and_label(
+                task, chunk, generator, params, workers=v.sandbox_workers, progress=True
+            )
+            samples += sampled.samples
+            timing["generation_seconds"] += sampled.generation_seconds
+            timing["label_seconds"] += sampled.label_seconds
+            timing["generated_tokens"] += sampled.generated_tokens
+            kept = {**timing, "samples": [dataclasses.asdict(s) for s in samples]}
+            write_text_atomic(partial, json.dumps(kept, ensure_ascii=False))
+    samples.sort(key=lambda s: (order[s.problem_id], s.index))
+    write_samples(path, samples)
+    path.with_suffix(".timing.json").write_text(json.dumps(timing) + "\n")
+    partial.unlink(missing_ok=True)
+    return samples
+
+
+def stage_generator(model_dir: Path, cfg):
+    """The generator of a sampling stage: the run's backend serving the model of `model_dir`."""
+    from lmforge.core.causal_lm import load_causal_lm
+    from lmforge.core.openai_client import OpenAIGenerator
+
+    v = cfg.options
     if v.backend == "openai":  # the server loads this stage's model under a name of its own
         generator = OpenAIGenerator(model_dir.parent.name, base_url=v.base_url, concurrency=v.concurrency)
         generator.load_adapter(f"{model_dir.parents[2].name}/{model_dir.parent.name}", model_dir.resolve())
-    else:
-        model, tokenizer = load_causal_lm(str(model_dir))
-        generator = HFGenerator(model.to(device()), tokenizer, batch_size=v.generation_batch_size)
-    sampled: SampledProblems = sample_and_label(
-        task, problems, generator, params, workers=v.sandbox_workers, progress=True
-    )
-    write_samples(path, sampled.samples)
-    timing = {"generation_seconds": sampled.generation_seconds, "label_seconds": sampled.label_seconds,
-              "generated_tokens": sampled.generated_tokens}  # fmt: skip
-    path.with_suffix(".timing.json").write_text(json.dumps(timing) + "\n")
-    return sampled.samples
+        return generator
+    model, tokenizer = load_causal_lm(str(model_dir))
+    return HFGenerator(model.to(device()), tokenizer, batch_size=v.generation_batch_size)
