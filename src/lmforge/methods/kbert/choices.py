@@ -8,7 +8,8 @@ tasks (Devlin et al., NAACL 2019, SWAG, section 4.4): a single sequence holding 
 choices leaves a small encoder at chance (OpenBookQA, benchmarks/kbert/RESULTS.md).
 
 An example's text is "question (A) first choice (B) second choice ...", the form of the builtin `obqa`
-dataset; its letters must be the task's labels, in order.
+dataset; its letters must be the task's labels, in order. `recipe.predict_logits` on the trees of
+`choice_texts` gives one score per tree, (N * C, 1); `.reshape(-1, C)` gives the class logits.
 """
 
 from __future__ import annotations
