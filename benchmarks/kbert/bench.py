@@ -56,7 +56,8 @@ KBERT = {"trec50": "kbert/minilm_trec50", "obqa": "kbert/minilm_obqa", "sst2": "
 # Every row of a task, baseline included. OpenBookQA trains one epoch: a multiple-choice step holds 4 x 32
 # trees (a K-BERT run of 3 epochs with WordNet takes about an hour here); plain multiple-choice fine-tuning
 # reaches 44.8% dev accuracy in one epoch, 52.4% in three (seed 1; RESULTS.md).
-TASK_SETS = {"obqa": ["train.epochs=1"]}
+# A checkpoint every 50 steps (the default is once per epoch), so an interrupted run loses minutes, not the run.
+TASK_SETS = {"obqa": ["train.epochs=1", "train.save_every=50"]}
 TASKS = list(KBERT)
 GRAPH_TASKS = ["trec50", "obqa"]  # every graph and ablation; SST-2 gets no_graph vs K-BERT with wordnet
 CONSTRUCTION_TEXTS = 2000
