@@ -4,7 +4,8 @@ A question with C choices is C sentence trees, one per "question choice" text, e
 knowledge; the classifier has a single output, read as the score of that choice, and the C scores of
 a question are its class logits, so the cross-entropy and the metrics are those of a C-way classifier
 (labels = the choices' letters). This is how BERT-family encoders are fine-tuned on multiple-choice
-tasks (Devlin et al., NAACL 2019, SWAG, section 4.4): a single sequence holding a question and all its
+tasks (Devlin et al., NAACL 2019, SWAG, section 4.4); `recipe.KbertRun` reads an example as its
+`n_choices` consecutive trees. A single sequence holding a question and all its
 choices leaves a small encoder at chance (OpenBookQA, benchmarks/kbert/RESULTS.md).
 
 An example's text is "question (A) first choice (B) second choice ...", the form of the builtin `obqa`
@@ -14,14 +15,7 @@ dataset; its letters must be the task's labels, in order. `recipe.predict_logits
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
-
-from lmforge.core.classify import loss_sum
-from lmforge.core.loop import OptimizerBatch
 from lmforge.errors import UserError
-from lmforge.methods.kbert.recipe import KbertRun, predict_logits, scores
 
 SCORE_LABEL = "choice score"  # the one output of the classifier
 
@@ -49,28 +43,3 @@ def split_choices(text: str, letters: list[str], where: str) -> list[str]:
 def choice_texts(texts: list[str], letters: list[str], source: str) -> list[str]:
     """Every example's C question-choice texts, example by example (C = len(letters))."""
     return [t for i, text in enumerate(texts) for t in split_choices(text, letters, f"{source}, example {i + 1}")]
-
-
-@dataclass(kw_only=True)
-class KbertChoiceRun(KbertRun):
-    """A KbertRun whose `train_trees` / `eval_trees` hold `n_choices` trees per example, in order; the
-    model gives each tree one logit, and an example's logits (n_choices,) are its class scores."""
-
-    n_choices: int
-
-    def accumulate_gradients(self, batch: OptimizerBatch) -> float:
-        device, c = self.accelerator.device, self.n_choices
-
-        def micro_loss(micro: list[int]) -> dict:
-            trees = [tree for j in micro for tree in self.train_trees[j * c : (j + 1) * c]]
-            logits = self.model(**self.inputs.collate(trees, device)).logits.view(len(micro), c)  # (B*C, 1) -> (B, C)
-            labels = torch.tensor([self.train_labels[j] for j in micro], device=device)
-            return {"loss": loss_sum(logits, labels) / batch.size}
-
-        return self.accumulate(batch, micro_loss)
-
-    def evaluate(self) -> dict:
-        c = self.n_choices
-        batch = self.cfg.train.eval_batch_size * c
-        logits = predict_logits(self.model, self.eval_trees, self.inputs, batch, self.accelerator.device)
-        return scores(logits.reshape(-1, c), self.eval_labels, c)  # (N*C, 1) -> (N, C)

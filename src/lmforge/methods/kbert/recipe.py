@@ -38,6 +38,7 @@ from lmforge.core.loop import OptimizerBatch, StopSignal
 from lmforge.core.metrics import classification_metrics
 from lmforge.core.models import load_classifier, load_saved_classifier
 from lmforge.errors import UserError
+from lmforge.methods.kbert.choices import SCORE_LABEL, choice_texts
 from lmforge.methods.kbert.graph import load_graph
 from lmforge.methods.kbert.tree import SentenceTree, SentenceTreeBuilder, collate
 
@@ -71,28 +72,32 @@ class TreeInputs:
 
 @dataclass(kw_only=True)
 class KbertRun(ClassifierRun):
-    """A ClassifierRun whose examples are sentence trees (`train_ids` / `eval_ids` hold their flattened ids)."""
+    """A ClassifierRun whose examples are sentence trees (`train_ids` / `eval_ids` hold their flattened ids).
+
+    Multiple choice (choices.py): an example is `n_choices` consecutive trees, each with one output, and
+    its logits are those outputs, (n_choices,); otherwise one tree with one output per label."""
 
     train_trees: list[SentenceTree]
     eval_trees: list[SentenceTree]
     inputs: TreeInputs
+    n_choices: int = 1
 
     def accumulate_gradients(self, batch: OptimizerBatch) -> float:
         """Forward and backward over the step's micro-batches (mean cross-entropy over the step); the loss."""
-        device = self.accelerator.device
+        device, c = self.accelerator.device, self.n_choices
 
         def micro_loss(micro: list[int]) -> dict[str, torch.Tensor]:
-            inputs = self.inputs.collate([self.train_trees[j] for j in micro], device)
+            trees = [tree for j in micro for tree in self.train_trees[j * c : (j + 1) * c]]
+            logits = self.model(**self.inputs.collate(trees, device)).logits.view(len(micro), -1)  # (B, labels)
             labels = torch.tensor([self.train_labels[j] for j in micro], device=device)
-            return {"loss": loss_sum(self.model(**inputs).logits, labels) / batch.size}
+            return {"loss": loss_sum(logits, labels) / batch.size}
 
         return self.accumulate(batch, micro_loss)
 
     def evaluate(self) -> dict:
-        logits = predict_logits(
-            self.model, self.eval_trees, self.inputs, self.cfg.train.eval_batch_size, self.accelerator.device
-        )
-        return scores(logits, self.eval_labels, len(self.task.labels))
+        batch_size = self.cfg.train.eval_batch_size * self.n_choices
+        logits = predict_logits(self.model, self.eval_trees, self.inputs, batch_size, self.accelerator.device)
+        return scores(logits.reshape(len(self.eval_labels), -1), self.eval_labels, len(self.task.labels))
 
 
 def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
@@ -113,27 +118,23 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         say(f"knowledge graph {graph.name}: {len(graph.triples):,} triples")
         say(f"train: {tree_summary(train_trees)}")
         say(f"eval: {tree_summary(eval_trees)}")
-        extra = {"train_trees": train_trees, "eval_trees": eval_trees, "inputs": inputs}
-        if kb.choices:
-            extra["n_choices"] = c
+        extra = {"train_trees": train_trees, "eval_trees": eval_trees, "inputs": inputs, "n_choices": c}
 
         def ids(trees: list[SentenceTree]) -> list[list[int]]:
             return [sum((tree.input_ids for tree in trees[i : i + c]), []) for i in range(0, len(trees), c)]
 
         return ids(train_trees), ids(eval_trees), extra
 
-    build_model, run_class = None, KbertRun
+    build_model = None
     if kb.choices:  # one output: the score of a question-choice tree (choices.py)
-        from lmforge.methods.kbert.choices import SCORE_LABEL, KbertChoiceRun, choice_texts
 
         def build_model(labels: list[str], seed: int):
             return load_classifier(cfg.model.name, [SCORE_LABEL], seed, cfg.model.dropout)
 
-        run_class = KbertChoiceRun
     # every weight trains, as in the paper: nothing to adapt
     t = start_classifier_run(
         cfg, run_dir, resume, lambda model: None, build_model=build_model, encode_examples=encode_trees,
-        run_class=run_class,
+        run_class=KbertRun,
     )  # fmt: skip
     with StopSignal() as stop:
         while t.running():
