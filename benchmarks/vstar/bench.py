@@ -19,6 +19,7 @@ Rows reported (test problems of the task, greedy-free: every number is over N sa
   HumanEval: the final generator's N candidates per HumanEval problem, scored by the same verifiers.
 
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/vstar/bench.py --tasks gsm8k mbpp
+Writes results.json (key PROFILE/TASK) and the Best-of-k charts best_of_k_PROFILE_TASK.svg beside it.
 """
 
 from __future__ import annotations
@@ -182,6 +183,24 @@ def print_rows(task: str, rows: dict) -> None:
         print(f"| {name} | {p1} | " + " | ".join(cells) + " |")
 
 
+def write_charts(folder: Path, profile: str, task: str, rows: dict) -> None:
+    """The Best-of-k rows against k as SVG (the paper's Figure 4 style), for RESULTS.md: one chart of
+    the task's test problems, and for MBPP one of HumanEval."""
+    from lmforge.core.rundir import write_text_atomic
+    from lmforge.methods.vstar.select import best_of_k_chart_svg
+
+    for name in [task, "humaneval"]:
+        prefix = "HumanEval: " if name == "humaneval" else ""
+        curves = {
+            row.removeprefix(prefix): {int(k): x for k, x in r["best_of_k"].items()}
+            for row, r in rows.items()
+            if "best_of_k" in r and row.startswith("HumanEval: ") == bool(prefix)
+        }
+        if curves:
+            chart = best_of_k_chart_svg(curves, f"{name}: Best-of-k against k")
+            write_text_atomic(folder / f"best_of_k_{profile}_{name}.svg", chart)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", choices=["gsm8k", "mbpp"], default=["gsm8k", "mbpp"])
@@ -197,6 +216,7 @@ def main() -> None:
     for task in args.tasks:
         result = task_rows(work, task, sets)
         print_rows(task, result["rows"])
+        write_charts(args.results.parent, args.profile, task, result["rows"])
         merge_benchmark_result(
             args.results, f"{args.profile}/{task}", {**benchmark_provenance(), "sets": sets, **result}
         )
