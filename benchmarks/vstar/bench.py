@@ -1,7 +1,10 @@
 """Benchmark V-STaR (Hosseini et al., COLM 2024) and its baselines in one harness, Gemma 3 270M base.
 
 For each task (--tasks gsm8k mbpp), three runs of the vstar recipe, each a real `lmforge run` in its
-own process, kept in --work and reused when finished (an interrupted run resumes at its last stage):
+own process, kept in --work and reused when finished (an interrupted run resumes at its last stage).
+The run folders live in runs/ and are committed without their model folders (.gitignore): a study
+spans several sittings and a fresh clone, where a resumed run retrains the adapters it still needs
+(the same seeds and data) and reuses every sample, candidate and score already written:
   vstar     vstar/gemma_<task> at the --profile sizes, with the ORM verifier: generators G^1 (= SFT)
             .. G^T (the STaR generators: V-STaR trains its generator exactly as STaR does), a DPO
             verifier and an ORM trained on D_VER of every round, N test candidates from every G^t
@@ -76,7 +79,19 @@ def vstar_run(run_dir: Path, task: str, sets: list[str]) -> dict:
     command = [sys.executable, "-m", "lmforge", "run", f"vstar/gemma_{task}", *([] if resuming else sets)]
     command += ["--resume"] if resuming else []
     run_once([*command, "--run-dir", str(run_dir)], run_dir / "final.json", run_dir.with_suffix(".log"), ROOT)
+    keep_stage_metrics(run_dir)
     return json.loads((run_dir / "final.json").read_text())
+
+
+def keep_stage_metrics(run_dir: Path) -> None:
+    """Copy each trained stage's final.json (training seconds, held-out metrics) into the run folder's
+    stage_metrics.json, which is committed: the stage folders hold the models and are not."""
+    from lmforge.core.rundir import write_text_atomic
+
+    found = {p.parent.name: json.loads(p.read_text()) for p in sorted((run_dir / "stages").glob("*/final.json"))}
+    kept = run_dir / "stage_metrics.json"
+    merged = {**(json.loads(kept.read_text()) if kept.is_file() else {}), **found}
+    write_text_atomic(kept, json.dumps(merged, indent=1) + "\n")
 
 
 ROUND_ONE = ["generator-1", "generator-1.jsonl"]  # G^1 = G_SFT: the same in every run of one task and profile
@@ -86,8 +101,7 @@ ROUND_ONE_SAMPLES = ["samples-1.jsonl", "samples-1.timing.json"]  # k samples pe
 
 def seed_round_one(source: Path, target: Path, task: str, sets: list[str], names: list[str]) -> None:
     """Start the run folder `target` with `names`, finished stages of `source` computed with the same
-    settings, and its own config.yaml, so that `lmforge run --resume` continues from them. A test stage
-    `source` has not reached yet is left for `target` to compute."""
+    settings, and its own config.yaml, so that `lmforge run --resume` continues from them."""
     from lmforge.cli import find_recipe
     from lmforge.core.rundir import write_text_atomic
     from lmforge.registry import load_run_config
@@ -95,9 +109,9 @@ def seed_round_one(source: Path, target: Path, task: str, sets: list[str], names
     if target.exists():
         return
     (target / "stages").mkdir(parents=True)
-    for name in names:
+    for name in names:  # a stage `source` has not reached, or a model folder not kept, is left to `target`
         path = source / "stages" / name
-        if path.exists() or name not in ROUND_ONE_TEST:
+        if path.exists():
             (shutil.copytree if path.is_dir() else shutil.copy)(path, target / "stages" / name)
     write_text_atomic(target / "config.yaml", load_run_config(find_recipe(f"vstar/gemma_{task}"), sets).to_yaml())
 
@@ -106,6 +120,8 @@ def task_rows(work: Path, task: str, sets: list[str]) -> dict:
     iterations = int(setting(sets, "vstar.iterations", "2"))
     k = int(setting(sets, "vstar.samples_per_problem", "4"))
     main = vstar_run(work / f"{task}-vstar", task, [*sets, "vstar.orm.enabled=true"])
+    # HumanEval first: it needs the main run's adapters, present when that run has just finished
+    extra = humaneval(work / f"{task}-vstar", task) if task == "mbpp" else {}
     t1_dir, t1_sets = work / f"{task}-vstar_t1", [*sets, "vstar.iterations=1", "vstar.orm.enabled=true"]
     seed_round_one(work / f"{task}-vstar", t1_dir, task, t1_sets, ROUND_ONE + ROUND_ONE_SAMPLES + ROUND_ONE_TEST)
     t1 = vstar_run(t1_dir, task, t1_sets)
@@ -141,14 +157,15 @@ def task_rows(work: Path, task: str, sets: list[str]) -> dict:
     }
     if "majority_vote" in last:
         rows[f"majority vote of G^{iterations}"] = {"best_of_k": last["majority_vote"]}
-    if task == "mbpp":
-        rows.update(humaneval(work / f"{task}-vstar"))
+    rows.update(extra)
     return {"rows": rows, "runs": {"vstar": main, "vstar_t1": t1, "rft": rft}}
 
 
-def humaneval(run_dir: Path) -> dict:
+def humaneval(run_dir: Path, task_name: str) -> dict:
     """The MBPP run's final generator on HumanEval: N candidates per problem (zero-shot, as on MBPP),
-    scored by its DPO verifier and ORM; kept beside the run (humaneval-*.jsonl) and reused."""
+    scored by its DPO verifier and ORM; kept beside the run (humaneval-*.jsonl) and reused. Where they
+    are not written yet and the run's adapters are not here (a fresh clone), the run is resumed first:
+    it retrains its generators and verifiers and reuses everything else."""
     from lmforge.methods.vstar.recipe import score_stage, test_metrics
     from lmforge.methods.vstar.stages import sample_stage, sampling_params
     from lmforge.registry import load_run_config
@@ -159,13 +176,16 @@ def humaneval(run_dir: Path) -> dict:
     problems = task.problems(task.eval_split, limit=v.test_problems or None)
     stages = run_dir / "stages"
     generator, gsft = stages / f"generator-{v.iterations}", stages / "generator-1"
+    outputs = [run_dir / "humaneval-test.jsonl", run_dir / "humaneval-scores.jsonl"]
+    if not all(path.is_file() for path in outputs):
+        command = [sys.executable, "-m", "lmforge", "run", f"vstar/gemma_{task_name}", "--resume"]
+        last_model = stages / "orm" / "final" / "adapter_config.json"  # the last model the run trains
+        run_once([*command, "--run-dir", str(run_dir)], last_model, run_dir.with_suffix(".adapters.log"), ROOT)
     params = sampling_params(cfg, task, v.test_samples)
-    candidates = sample_stage(run_dir / "humaneval-test.jsonl", task, problems, generator / "final", params, cfg)
+    candidates = sample_stage(outputs[0], task, problems, generator / "final", params, cfg)
     prompts = {p.id: p.prompt for p in problems}
     orm = stages / "orm" if (stages / "orm").is_dir() else None
-    scores = score_stage(
-        run_dir / "humaneval-scores.jsonl", cfg, task, prompts, candidates, gsft, stages / "verifier", orm
-    )
+    scores = score_stage(outputs[1], cfg, task, prompts, candidates, gsft, stages / "verifier", orm)
     metrics = test_metrics(task, problems, candidates, scores, v.ks)
     rows = {f"HumanEval: G^{v.iterations} pass@1": {"pass@1": metrics["pass@k"]["1"]}}
     rows.update({f"HumanEval: G^{v.iterations} + {name}": {"best_of_k": c} for name, c in metrics["best_of_k"].items()})
@@ -206,7 +226,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", choices=["gsm8k", "mbpp"], default=["gsm8k", "mbpp"])
     parser.add_argument("--profile", choices=list(PROFILES), default="cpu")
     parser.add_argument("--set", nargs="*", default=[], help="key=value overrides of every run, after the profile's")
-    parser.add_argument("--work", type=Path, default=HERE / "work", help="run folders (reused)")
+    parser.add_argument("--work", type=Path, default=HERE / "runs", help="run folders (reused)")
     parser.add_argument("--results", type=Path, default=HERE / "results.json")
     args = parser.parse_args()
     from lmforge.core.rundir import benchmark_provenance, merge_benchmark_result
