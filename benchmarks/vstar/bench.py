@@ -4,7 +4,8 @@ For each task (--tasks gsm8k mbpp), three runs of the vstar recipe, each a real 
 own process, kept in --work and reused when finished (an interrupted run resumes at its last stage).
 The run folders live in runs/ and are committed without their model folders (.gitignore): a study
 spans several sittings and a fresh clone, where a resumed run retrains the adapters it still needs
-(the same seeds and data) and reuses every sample, candidate and score already written:
+(the same seeds and data; on another machine not to the same bits) and reuses every sample,
+candidate and score already written:
   vstar     vstar/gemma_<task> at the --profile sizes, with the ORM verifier: generators G^1 (= SFT)
             .. G^T (the STaR generators: V-STaR trains its generator exactly as STaR does), a DPO
             verifier and an ORM trained on D_VER of every round, N test candidates from every G^t
