@@ -1,11 +1,15 @@
 # Two commands: `make demo` (set up, then run the default recipe) and `make test` (set up, then the tests).
 # On this CPU machine torch comes from torch==2.13.0 (a CPU build). On a GPU machine pick your CUDA
 # build instead, e.g.  make demo TORCH="torch --index-url https://download.pytorch.org/whl/cu126"
+# The Gemma recipes and the V-STaR benchmark need the `llm` extra:  make setup EXTRAS=test,explain,llm
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
+EXTRAS ?= test,explain
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# One stamp per set of extras, so asking for more extras installs them.
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -14,7 +18,7 @@ export TOKENIZERS_PARALLELISM := false
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test,explain]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 setup: $(STAMP)
