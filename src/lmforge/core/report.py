@@ -49,10 +49,21 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
 
 
-def line_chart_svg(series: dict[str, list[tuple[float, float]]], title: str, x_label: str, y_label: str) -> str:
-    """Inline SVG line chart of several named (x, y) series, with axes, ticks and a legend."""
+def line_chart_svg(
+    series: dict[str, list[tuple[float, float]]], title: str, x_label: str, y_label: str, log2_x: bool = False
+) -> str:
+    """Inline SVG line chart of several named (x, y) series, with axes, ticks and a legend.
+
+    With `log2_x` the x axis is logarithmic, base 2, ticked at powers of two (k = 1, 2, 4, 8 evenly
+    spaced); points with x <= 0 are left out, as are non-finite ones.
+    """
+
+    def usable(x: float, y: float) -> bool:
+        return math.isfinite(x) and math.isfinite(y) and (x > 0 or not log2_x)
+
+    # Points are kept in plotting coordinates: log2(x) on a log axis.
     clean = {
-        name: [(float(x), float(y)) for x, y in pts if math.isfinite(float(x)) and math.isfinite(float(y))]
+        name: [(math.log2(x) if log2_x else x, y) for x, y in ((float(a), float(b)) for a, b in pts) if usable(x, y)]
         for name, pts in series.items()
     }
     pts_all = [p for pts in clean.values() for p in pts]
@@ -82,10 +93,13 @@ def line_chart_svg(series: dict[str, list[tuple[float, float]]], title: str, x_l
         return _MT + ph - (y - y0) / (y1 - y0) * ph
 
     out.append(f'<rect x="{_ML}" y="{_MT}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
-    for t in _ticks(x0, x1):
+    # Log axis: a tick at each whole power of two in range (at most about 8), else at the two ends.
+    step = max(1, math.ceil((x1 - x0) / 8))
+    x_ticks = (list(range(math.ceil(x0), math.floor(x1) + 1, step)) or [x0, x1]) if log2_x else _ticks(x0, x1)
+    for t in x_ticks:
         X = sx(t)
         out.append(f'<line x1="{X:.1f}" y1="{_MT + ph}" x2="{X:.1f}" y2="{_MT + ph + 4}" stroke="#999"/>')
-        out.append(f'<text x="{X:.1f}" y="{_MT + ph + 16}" text-anchor="middle">{_fmt(t)}</text>')
+        out.append(f'<text x="{X:.1f}" y="{_MT + ph + 16}" text-anchor="middle">{_fmt(2.0**t if log2_x else t)}</text>')
     for t in _ticks(y0, y1):
         Y = sy(t)
         out.append(f'<line x1="{_ML}" y1="{Y:.1f}" x2="{_ML + pw}" y2="{Y:.1f}" stroke="#eee"/>')

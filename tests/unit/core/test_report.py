@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 from lmforge.core.report import confusion_matrix_html, line_chart_svg, write_report
@@ -95,6 +96,18 @@ def test_line_chart_empty_and_single_point() -> None:
     assert "One &lt;pt&gt;" in single
     two = line_chart_svg({"a": [(0, 1), (1, 2)], "b": [(0, 2), (1, 1)]}, "T", "x", "y")
     assert two.count("<polyline") == 2
+
+
+def test_line_chart_log2_axis_spaces_powers_of_two_evenly() -> None:
+    svg = line_chart_svg({"a": [(0, 5.0), (1, 1.0), (2, 2.0), (4, 3.0), (8, 4.0)]}, "T", "k", "y", log2_x=True)
+    ticks = re.findall(r'<text x="([0-9.]+)" y="[0-9.]+" text-anchor="middle">([0-9.]+)</text>', svg)
+    assert [label for _, label in ticks] == ["1", "2", "4", "8"]
+    gaps = {round(float(b[0]) - float(a[0]), 1) for a, b in zip(ticks, ticks[1:])}
+    assert len(gaps) == 1  # evenly spaced on the log axis
+    # The point at x = 0 has no place on a log axis and is left out: four points remain.
+    assert svg.count("<circle") == 4
+    within_one_octave = line_chart_svg({"a": [(3, 1.0), (3.5, 2.0)]}, "T", "k", "y", log2_x=True)
+    assert ">3</text>" in within_one_octave and ">3.5</text>" in within_one_octave
 
 
 def test_confusion_matrix_html() -> None:
