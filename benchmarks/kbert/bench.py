@@ -97,6 +97,17 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
+def paired_gain(own: list[dict], plain: list[dict]) -> dict:
+    """Accuracy minus the no_graph row's on the same seed: mean and std over the seeds both rows have
+    (a paired comparison: spread that two runs of one seed share cancels)."""
+    plain_by_seed = {r["seed"]: r["accuracy"] for r in plain}
+    gains = [r["accuracy"] - plain_by_seed[r["seed"]] for r in own if r["seed"] in plain_by_seed]
+    if not gains or own[0]["row"] == "no_graph":
+        return {}
+    mean, std = mean_std(gains)
+    return {"gain_mean": mean, "gain_std": std, "gain_seeds": len(gains)}
+
+
 def quality(
     work: Path, records: Path, seeds: list[int], tasks: list[str], sets: list[str], task_sets: dict[str, list[str]]
 ) -> dict:
@@ -143,6 +154,7 @@ def quality(
             "macro_f1_mean": f1,
             "macro_f1_std": f1_std,
             "s_per_step_mean": statistics.fmean(r["train_seconds"] / max(r["steps"], 1) for r in own),
+            **paired_gain(own, [r for r in rows if (r["task"], r["row"]) == (task, "no_graph")]),
         }
     return {"seeds": seeds, "tasks": tasks, "overrides": sets, "runs": rows, "summary": summary}
 
@@ -182,14 +194,15 @@ def print_tables(result: dict) -> None:
     print(f"\nK-BERT, seeds {result['seeds']}, overrides {result['overrides'] or 'none'}")
     for task in result["tasks"]:
         print(f"\n{task} dev")
-        print("| graph | row | runs | accuracy (%) | macro-F1 (%) | s/step |")
-        print("|---|---|---|---|---|---|")
+        print("| graph | row | runs | accuracy (%) | macro-F1 (%) | accuracy - no_graph, paired (points) | s/step |")
+        print("|---|---|---|---|---|---|---|")
         for key, s in result["summary"].items():
             if key.startswith(task + "/"):
                 _, graph, row = key.split("/")
+                gain = f"{cell(s['gain_mean'], s['gain_std'])} ({s['gain_seeds']})" if "gain_mean" in s else ""
                 print(
                     f"| {graph} | {row} | {s['runs']} | {cell(s['accuracy_mean'], s['accuracy_std'])} | "
-                    f"{cell(s['macro_f1_mean'], s['macro_f1_std'])} | {s['s_per_step_mean']:.3f} |"
+                    f"{cell(s['macro_f1_mean'], s['macro_f1_std'])} | {gain} | {s['s_per_step_mean']:.3f} |"
                 )
 
 
