@@ -18,7 +18,8 @@ SST-2 (sst2:dev): no_graph vs kbert with wordnet.
 --tasks picks a subset (a run is named by task, row, graph and seed, so subsets add up).
 
 Prints accuracy and macro-F1 as mean +- sample std per row and writes benchmarks/kbert/results.json
-(`merge_benchmark_result`, key "quality"; --smoke writes benchmarks/kbert/work/smoke/results.json).
+(`merge_benchmark_result`, one key "quality/TASK" per task; --smoke writes
+benchmarks/kbert/work/smoke/results.json).
 
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/kbert/bench.py --seeds 1 2 3
 Input construction alone (trees, soft positions and visible matrices of each task's training texts, in
@@ -227,8 +228,16 @@ def main() -> None:
     records = work / "runs" if args.smoke else HERE / "runs"
     result = {**benchmark_provenance(), **quality(work, records, seeds, args.tasks, sets, task_sets)}
     print_tables(result)
-    # A smoke result stays in the ignored work folder, out of the committed results.
-    merge_benchmark_result(work / "results.json" if args.smoke else RESULTS, "quality", result)
+    # A smoke result stays in the ignored work folder, out of the committed results. One key per task,
+    # so that invocations over different tasks (e.g. --tasks trec50, later --tasks obqa) add up.
+    for task in result["tasks"]:
+        own = {
+            **result,
+            "tasks": [task],
+            "runs": [r for r in result["runs"] if r["task"] == task],
+            "summary": {key: s for key, s in result["summary"].items() if key.startswith(task + "/")},
+        }
+        merge_benchmark_result(work / "results.json" if args.smoke else RESULTS, f"quality/{task}", own)
 
 
 if __name__ == "__main__":
