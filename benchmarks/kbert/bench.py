@@ -27,6 +27,7 @@ batches of 32, MiniLM's tokenizer, max_length 128), key "construction", a minute
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/kbert/bench.py --construction
 Quick check of the machinery on tiny-bert (two steps per run, minutes):
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/kbert/bench.py --smoke
+The OpenBookQA rows compared question by question (sampling noise of the 500 dev questions): paired.py.
 """
 
 from __future__ import annotations
