@@ -56,7 +56,7 @@ PLAIN = {
 }
 KBERT = {"trec50": "kbert/minilm_trec50", "obqa": "kbert/minilm_obqa", "sst2": "kbert/minilm_sst2"}
 # Every row of a task, baseline included. OpenBookQA trains one epoch: a multiple-choice step holds 4 x 32
-# trees (3 epochs of K-BERT with WordNet would take about 83 min here, at 10.7 s a step); plain
+# trees (3 epochs of K-BERT with WordNet would take about an hour here, at 7.1 s a step); plain
 # multiple-choice fine-tuning reaches 44.8% dev accuracy in one epoch, 52.4% in three (seed 1; RESULTS.md).
 # A checkpoint every 50 steps (the default is once per epoch), so an interrupted run loses minutes, not the run.
 TASK_SETS = {"obqa": ["train.epochs=1", "train.save_every=50"]}
