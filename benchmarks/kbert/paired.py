@@ -43,28 +43,27 @@ RESAMPLES = 10_000
 
 def correct_answers(run_dir: Path) -> np.ndarray:
     """(questions,) bool: which dev questions the finished multiple-choice run answers right."""
+    import dataclasses
+
     import torch
 
     from lmforge.core.data import load_examples
     from lmforge.core.models import load_saved_classifier
     from lmforge.methods.kbert.choices import choice_texts
+    from lmforge.methods.kbert.config import KbertConfig
     from lmforge.methods.kbert.graph import load_graph
-    from lmforge.methods.kbert.recipe import TreeInputs, load_tree_options, predict_logits
+    from lmforge.methods.kbert.recipe import load_tree_options, predict_logits, tree_inputs
     from lmforge.methods.kbert.tree import SentenceTreeBuilder
 
     options = load_tree_options(run_dir)
+    kb = KbertConfig(**{f.name: options[f.name] for f in dataclasses.fields(KbertConfig)})
     final = json.loads((run_dir / "final.json").read_text())
     letters = final["labels"]
     dev = load_examples(f"{TASK}:dev")
     model, tokenizer = load_saved_classifier(run_dir / "final")
-    builder = SentenceTreeBuilder(
-        tokenizer, load_graph(options["graph"]), options["max_entities"], options["max_length"], options["lemmas"]
-    )
+    builder = SentenceTreeBuilder(tokenizer, load_graph(kb.graph), kb.max_entities, options["max_length"], kb.lemmas)
     trees = builder.trees(choice_texts(dev.texts, letters, dev.source))
-    inputs = TreeInputs(
-        tokenizer.pad_token_id or 0, options["visible_matrix"], options["soft_positions"],
-        options["position_offset"], torch.float32,
-    )  # fmt: skip
+    inputs = tree_inputs(model, tokenizer, kb)
     logits = predict_logits(model, trees, inputs, 64 * len(letters), torch.device("cpu")).reshape(len(dev), -1)
     right = logits.argmax(-1) == np.array([letters.index(label) for label in dev.labels])
     recorded = final["metrics"]["accuracy"]
