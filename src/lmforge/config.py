@@ -165,23 +165,31 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def build_config(raw: dict, option_classes: dict[str, type], source: str = "config") -> RunConfig:
-    """Validate a nested dict into a RunConfig. `option_classes` maps method name -> options class."""
+def build_config(
+    raw: dict, option_classes: dict[str, type], source: str = "config", overrides: list[str] | None = None
+) -> RunConfig:
+    """Validate a nested dict into a RunConfig. `option_classes` maps method name -> options class.
+
+    `overrides` are the `key=value` strings already applied onto `raw`: an error about a key one of
+    them set is blamed on the command line (naming the override), any other on `source` (the file)."""
+    where = _Origin(source, overrides or [])
     raw = dict(raw)
     method = raw.pop("method", None)
     if method is None:
         raise UserError(f"{source}: missing key 'method' (one of: {', '.join(sorted(option_classes))})")
     if method not in option_classes:
-        raise UserError(f"{source}: method: unknown method {method!r} (one of: {', '.join(sorted(option_classes))})")
+        raise UserError(
+            f"{where('method')}: method: unknown method {method!r} (one of: {', '.join(sorted(option_classes))})"
+        )
     sections = dict(SECTIONS)
     sections[method] = option_classes[method]
     built = {}
     for key, value in raw.items():
         if key not in sections:
-            raise UserError(f"{source}: unknown key {key!r} (allowed: method, {', '.join(sections)})")
+            raise UserError(f"{where(key)}: unknown key {key!r} (allowed: method, {', '.join(sections)})")
         if not isinstance(value, dict):
-            raise UserError(f"{source}: {key}: expected a section of keys, got {value!r}")
-        built[key] = _build_section(sections[key], value, key, source)
+            raise UserError(f"{where(key)}: {key}: expected a section of keys, got {value!r}")
+        built[key] = _build_section(sections[key], value, key, where)
     options_cls = option_classes[method]
     return RunConfig(
         method=method,
@@ -192,27 +200,43 @@ def build_config(raw: dict, option_classes: dict[str, type], source: str = "conf
     )
 
 
-def _build_section(cls: type, values: dict, prefix: str, source: str) -> Any:
+class _Origin:
+    """Where a key's value came from, for error messages: the last command-line override that set it
+    (or a key below it), else the recipe file."""
+
+    def __init__(self, source: str, overrides: list[str]):
+        self.source = source
+        self.overrides = overrides
+
+    def __call__(self, name: str) -> str:
+        for item in reversed(self.overrides):  # the last override of a key is the one that holds
+            key = item.partition("=")[0]
+            if key == name or key.startswith(name + "."):
+                return f"command line (override {item!r})"
+        return self.source
+
+
+def _build_section(cls: type, values: dict, prefix: str, where: _Origin) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
         name = f"{prefix}.{key}"
         if key not in fields:
-            raise UserError(f"{source}: unknown key {name!r} (allowed: {', '.join(fields)})")
-        kwargs[key] = _check_value(name, value, hints[key], fields[key].metadata, source)
+            raise UserError(f"{where(name)}: unknown key {name!r} (allowed under {prefix!r}: {', '.join(fields)})")
+        kwargs[key] = _check_value(name, value, hints[key], fields[key].metadata, where)
     return cls(**kwargs)
 
 
-def _check_value(name: str, value: Any, hint: Any, meta: typing.Mapping, source: str) -> Any:
+def _check_value(name: str, value: Any, hint: Any, meta: typing.Mapping, where: _Origin) -> Any:
     def fail(expected: str) -> typing.NoReturn:
-        raise UserError(f"{source}: {name}: expected {expected}, got {value!r}")
+        raise UserError(f"{where(name)}: {name}: expected {expected}, got {value!r}")
 
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             fail("a section of keys")
-        return _build_section(hint, value, name, source)
+        return _build_section(hint, value, name, where)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None:

@@ -114,7 +114,7 @@ def resolve(dotted: str) -> Callable:
 def load_run_config(path: Path, overrides: list[str]) -> RunConfig:
     """A recipe or a run's config.yaml, with `key=value` overrides, validated."""
     raw = apply_overrides(read_yaml(path), overrides)
-    return build_config(raw, option_classes(), source=str(path))
+    return build_config(raw, option_classes(), source=str(path), overrides=overrides)
 
 
 def quiet_libraries() -> None:
