@@ -1,6 +1,8 @@
 """LoRA: low-rank adapters on frozen linear layers (Hu et al. 2022, "LoRA: Low-Rank Adaptation of
-Large Language Models", equation 3: h = W0 x + (alpha / r) * B A x, with A ~ Kaiming-uniform and
-B = 0 so training starts from the pretrained function).
+Large Language Models", equation 3: h = W0 x + (alpha / r) * B A x, with B = 0 so training starts
+from the pretrained function). The paper draws A from a Gaussian (section 4.1); A here is
+Kaiming-uniform, as nn.Linear's default, which is what the authors' own code (loralib's
+`reset_parameters`) and peft (`init_lora_weights=True`) do, so our adapters match peft's at init.
 
 Adapters are injected by module-name pattern, merged into / removed from the base weights, and
 saved in PEFT's adapter format (`adapter_config.json` + `adapter_model.safetensors`) so that
@@ -81,7 +83,7 @@ class LoraLinear(AdapterLinear):
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.lora_A = nn.Parameter(torch.empty(r, in_features, dtype=base.weight.dtype))
         self.lora_B = nn.Parameter(torch.zeros(out_features, r, dtype=base.weight.dtype))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear and peft
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # loralib's and peft's choice; the paper: Gaussian
         self.merged = False
 
     def delta_weight(self) -> torch.Tensor:

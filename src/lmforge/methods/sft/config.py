@@ -7,8 +7,10 @@ defaults are the common ones, each with its source:
 - LoRA (Hu et al. 2022) on every linear layer of the transformer block, since adapting them all
   is what matched full fine-tuning in QLoRA (Dettmers et al. 2023, section 4 and Figure 2); the
   names are Llama / Gemma's (GPT-2's are c_attn, c_proj, c_fc);
-- r=8, alpha=16 (update scale 2) and dropout 0.1 as in the `lora` method (LoRA paper, Tables 2
-  and 9; QLoRA used dropout 0.1 for models up to 13B);
+- r=8 and dropout 0.1 as in the `lora` method; alpha=16 (update scale 2) is not from the LoRA
+  paper (its section 4.1 sets alpha to the first r tried and does not tune it): it is the value
+  of the authors' RoBERTa GLUE scripts (microsoft/LoRA, examples/NLU, `--lora_r 8 --lora_alpha 16`)
+  and a common default since (alpha = 2r); QLoRA used dropout 0.1 for models up to 13B;
 - zero-shot prompts: the model is trained, and later evaluated (`lmforge eval-gen`), in the same
   format, without few-shot exemplars taking up the context.
 """
@@ -25,7 +27,11 @@ class SftConfig:
     lora: bool = option(True, "train LoRA adapters on frozen weights; false = full fine-tuning of every weight")
     lora_r: int = option(8, "rank of each LoRA update (the lora method's default, LoRA paper Table 2)", min=1)
     lora_alpha: float = option(
-        16.0, "LoRA scale numerator: the update is multiplied by alpha / r", min=0.0, exclusive_min=True
+        16.0,
+        "LoRA scale numerator: the update is multiplied by alpha / r (16 = 2r: the LoRA authors' RoBERTa "
+        "GLUE scripts and a common default, not a value from the paper)",
+        min=0.0,
+        exclusive_min=True,
     )
     lora_dropout: float = option(
         0.1, "dropout on the adapters' input (LoRA paper Table 9; QLoRA <= 13B)", min=0.0, max=0.9
