@@ -1,5 +1,6 @@
 """AdaLoRA end to end through the CLI on tiny-bert: exact resume with the allocator's state, reload,
-export --merge, the report's rank heat map, and a schedule too short to move refused up front."""
+export --merge, the report's rank heat map, tfinal = 0 ending at the target budget, and a schedule
+too short to move refused up front."""
 
 import json
 import signal
@@ -95,11 +96,28 @@ def test_saved_adapter_reloads_and_merges_to_the_same_logits(finished, tmp_path)
         assert torch.allclose(merged.eval()(**batch).logits, adapted(**batch).logits, atol=1e-5)
 
 
+def test_tfinal_zero_saves_exactly_the_target_budget(tmp_path):
+    """peft's default tfinal = 0: the last re-allocation on the deltaT grid is step 35 of 40, and the
+    optimizer steps after it must not revive the pruned triplets in final/, adalora.json or the count."""
+    run_dir = tmp_path / "run"
+    result = run_cli("run", *RUN, "adalora.tfinal=0", "adalora.deltaT=7", "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    allocation = read(run_dir, "adalora.json")
+    assert [h["step"] for h in allocation["history"]][-2:] == [35, 40] and allocation["history"][-1]["budget"] == 12
+    assert sum(allocation["final_ranks"].values()) == 12
+    config = read(run_dir, "final/adapter_config.json")
+    assert sum(sum(kept) for kept in config["rank_pattern"].values()) == 12
+    from safetensors.torch import load_file
+
+    tensors = load_file(run_dir / "final" / "adapter_model.safetensors")
+    assert sum(t.shape[0] for name, t in tensors.items() if name.endswith("lora_E")) == 12
+    assert "final budget: 12 triplets" in result.stderr
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
         (["adalora.tinit=30", "adalora.tfinal=10"], "the budget never moves"),
-        (["adalora.tfinal=0", "adalora.deltaT=50"], "deltaT (50) is too long"),
         (["adalora.target_r=4"], "adalora.target_r (4) must not exceed adalora.init_r (3)"),
         (["train.early_stopping_patience=2"], "budget schedule runs to the last step"),
     ],

@@ -9,8 +9,14 @@ Called once per optimizer step, after `optimizer.step()` and before the gradient
        S(k, i) = s(Lambda_k,i) + mean_j s(P_k[j, i]) + mean_j s(Q_k[i, j]);
 3. budget, eq. 12: b(t) = b(0) for t <= t_init; b(T) + (b(0) - b(T)) (1 - (t - t_init) / (T - t_init - t_final))^3
    in between; b(T) for the last t_final steps;
-4. every deltaT steps keep the top-b(t) triplets globally and zero the others' Lambda; in the final
-   phase the scores are frozen, so the pattern chosen at its first step is re-applied at every step.
+4. every deltaT steps keep the top-b(t) triplets globally and zero the others' Lambda; at step
+   T - t_final, where b(t) reaches b(T), allocate once more whatever deltaT says, freeze the pattern
+   and re-apply it after every later step (and before saving): between two allocations the optimizer
+   revives pruned Lambda entries, so without this a run with t_final = 0 (peft's default) would end
+   with its initial budget.
+
+The cubic term follows the official code (QingruZhang/AdaLoRA, loralib/adalora.py,
+`schedule_threshold`): (t - t_init) / (T - t_init - t_final).
 """
 
 from __future__ import annotations
@@ -29,12 +35,6 @@ def check_schedule(tinit: int, tfinal: int, delta_t: int, total: int) -> None:
         raise UserError(
             f"adalora: tinit ({tinit}) + tfinal ({tfinal}) must be below the run's total steps ({total}), "
             "or the budget never moves and AdaLoRA is plain LoRA"
-        )
-    first_allocation = (tinit // delta_t + 1) * delta_t
-    if tfinal == 0 and first_allocation > total:
-        raise UserError(
-            f"adalora: deltaT ({delta_t}) is too long: no re-allocation falls between tinit ({tinit}) and the "
-            f"run's last step ({total})"
         )
 
 
@@ -138,6 +138,8 @@ class RankAllocator:
     @torch.no_grad()
     def apply_mask(self) -> None:
         """Zero the pruned triplets' Lambda (the optimizer step may have moved them off zero)."""
+        if not self.keep:  # no allocation yet: nothing is pruned
+            return
         torch._foreach_mul_([layer.lora_E for layer in self.layers.values()], self.keep)
 
     def step(self, step: int, update_scores: bool = True) -> int:
@@ -145,25 +147,32 @@ class RankAllocator:
 
         `update_scores=False` skips the importance update (a step whose gradients were not finite
         and that the fp16 loss scaler skipped)."""
-        final_phase = step > self.total_steps - self.tfinal
         budget = self.budget(step)
-        if final_phase and self.fixed:  # scores are frozen, so the pattern is too: just re-apply it
+        if self.fixed:  # the final pattern is chosen: undo what the optimizer step revived
             self.apply_mask()
             return budget
-        if update_scores and not final_phase:
+        if update_scores:
             self.update_importance()
-        if step > self.tinit and (final_phase or step % self.delta_t == 0):
+        at_target = step >= self.total_steps - self.tfinal  # b(t) = b(T) from here on
+        if step > self.tinit and (at_target or step % self.delta_t == 0):
             ranks = self.mask_to_budget(budget)
             self.history.append({"step": step, "budget": budget, "ranks": ranks})
-            self.fixed = final_phase
+            self.fixed = at_target
         return budget
 
     def check_moved(self) -> None:
-        """After training: refuse a run in which no triplet was ever pruned (plain LoRA in disguise)."""
+        """After training: the adapter must hold exactly the schedule's final budget b(T), and (when
+        b(T) < b(0)) the allocator must have re-allocated at least once (else it was LoRA in disguise)."""
         if self.init_budget > self.target_budget and not self.history:
             raise RuntimeError(
                 "adalora: the allocator never re-allocated the budget; check that it is called after every "
                 "optimizer step and that the total step count is right"
+            )
+        kept = sum(self.final_ranks().values())
+        if kept != self.target_budget:
+            raise RuntimeError(
+                f"adalora: the adapter keeps {kept} triplets at the end, but the schedule's final budget is "
+                f"{self.target_budget}; check that the allocator is called after every optimizer step"
             )
 
     def state_dict(self) -> dict:

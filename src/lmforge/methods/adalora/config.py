@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from lmforge.config import option
 
+ORTH_REG_FORMS = ["squared", "official"]  # the paper's eq. 4; the official code's and peft's
 PAPER_TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 
 
@@ -27,6 +28,12 @@ class AdaloraConfig:
     beta1: float = option(0.85, "EMA coefficient of the sensitivity (paper eq. 8)", min=0.0, max=1.0)
     beta2: float = option(0.85, "EMA coefficient of the uncertainty (paper eq. 9)", min=0.0, max=1.0)
     orth_reg_weight: float = option(0.1, "gamma of the orthogonal regulariser (official code 0.1; peft 0.5)", min=0.0)
+    orth_reg_form: str = option(
+        "squared",
+        "squared: the paper's eq. 4 (squared Frobenius norms); official: the unsquared norms of the official "
+        "code and peft (a different strength for the same gamma, see docs/adalora.md)",
+        choices=ORTH_REG_FORMS,
+    )
     target_modules: list[str] = option(PAPER_TARGETS, "linear layers to adapt, matched by name suffix")
     lora_alpha: float = option(
         32.0, "scale numerator: the update is multiplied by lora_alpha / init_r", min=0.0, exclusive_min=True

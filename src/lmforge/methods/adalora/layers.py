@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lmforge.adapters.lora import AdapterLinear
+from lmforge.methods.adalora.config import ORTH_REG_FORMS
 
 
 class SVDLinear(AdapterLinear):
@@ -52,12 +53,19 @@ def svd_layers(model: nn.Module) -> dict[str, SVDLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, SVDLinear)}
 
 
-def orthogonal_penalty(layers: Iterable[SVDLinear]) -> torch.Tensor:
-    """Paper equation 4: R(P, Q) = ||P^T P - I||_F^2 + ||Q Q^T - I||_F^2, averaged over the P and Q
-    matrices (the official code and peft average too, but over the plain, unsquared Frobenius norm).
+def orthogonal_penalty(layers: Iterable[SVDLinear], form: str = "squared") -> torch.Tensor:
+    """Paper equation 4, averaged over the P and Q matrices (as the official code and peft average).
+
+    form "squared": R(P, Q) = ||P^T P - I||_F^2 + ||Q Q^T - I||_F^2, the paper's equation 4;
+    form "official": the plain, unsquared Frobenius norms, as the official code
+    (QingruZhang/AdaLoRA, loralib/adalora.py, `compute_orth_regu`) and peft compute it. At
+    initialisation (P, Q ~ N(0, 0.02)) the two differ in strength, so gamma means different things
+    under each (docs/adalora.md gives the factor for MiniLM's shapes).
 
     Matrices of the same shape are stacked and multiplied in one batched matmul: a BERT layer has
     only a few shapes, and this is about 3x cheaper on CPU than one small matmul per matrix."""
+    if form not in ORTH_REG_FORMS:
+        raise ValueError(f"orthogonal penalty form {form!r}: expected one of {ORTH_REG_FORMS}")
     groups: dict[tuple, list[torch.Tensor]] = defaultdict(list)
     for layer in layers:
         groups["Q", layer.lora_A.shape].append(layer.lora_A)  # (r, in)
@@ -67,6 +75,7 @@ def orthogonal_penalty(layers: Iterable[SVDLinear]) -> torch.Tensor:
         stacked = torch.stack(matrices)  # (n, r, in) or (n, out, r)
         gram = stacked @ stacked.transpose(1, 2) if kind == "Q" else stacked.transpose(1, 2) @ stacked  # (n, r, r)
         identity = torch.eye(gram.shape[-1], device=gram.device, dtype=gram.dtype)
-        total = total + ((gram - identity) ** 2).sum()
+        squared_norms = ((gram - identity) ** 2).sum(dim=(1, 2))  # (n,) ||.||_F^2 per matrix
+        total = total + (squared_norms.sum() if form == "squared" else squared_norms.sqrt().sum())
         count += len(matrices)
     return total / count

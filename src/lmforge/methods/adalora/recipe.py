@@ -5,7 +5,8 @@ The loop is LoRA's with two additions, each at its place:
 - after `optimizer.step()` and before the gradients are zeroed, the allocator scores every
   triplet from this step's gradients and masks the budget down to b(t) (equations 6-12).
 
-At the end the allocator must have re-allocated at least once (or the run was LoRA in disguise),
+At the end the adapter must keep exactly the schedule's final budget b(T) (the allocator's final
+pattern is re-applied after every step of the final phase and once more before saving), and
 `final/` gets the adapter trimmed to its final ranks in PEFT's format, and `adalora.json` keeps
 the final ranks and the budget history for the report's heat map.
 """
@@ -60,7 +61,7 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
     t.extra_state = allocator.state_dict  # the importance averages travel with every checkpoint
 
     def regularizer():
-        return ada.orth_reg_weight * orthogonal_penalty(layers.values())
+        return ada.orth_reg_weight * orthogonal_penalty(layers.values(), ada.orth_reg_form)
 
     with StopSignal() as stop:
         while t.running():
@@ -71,9 +72,11 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
             budget = allocator.step(t.state.step, update_scores=not t.accelerator.optimizer_step_was_skipped)
             t.optimizer.zero_grad(set_to_none=True)
             t.end_step(loss, started, stop, log={"budget": budget})
-    allocator.check_moved()
+    allocator.apply_mask()  # the final pattern, whatever the last optimizer step revived
+    allocator.check_moved()  # exactly b(T) triplets kept, before anything is saved
 
     def save(model, tokenizer, folder: Path) -> None:
+        allocator.apply_mask()
         ranks = save_adalora(model, folder, ada, t.n_steps, base_model=cfg.model.name)
         tokenizer.save_pretrained(folder)
         RunDir(run_dir).write_json(
