@@ -7,6 +7,9 @@ generation throughput batched vs one sequence at a time, and the sandbox's cost 
                    generated tokens per second of each (median over rounds), their ratio, and whether
                    the batched completions equal the unbatched ones (left padding must not change
                    greedy decoding).
+--part batch_sizes the first 32 zero-shot GSM8K dev prompts sampled (temperature 0.7, seed 1, 32 new
+                   tokens) by `HFGenerator` at each of --batch-sizes (8 16 32), one pass each, prefill
+                   included: tokens per second of each.
 --part sandbox     `core.sandbox.run_python` on an empty program against a bare `python -I -B -c pass`
                    subprocess of the same interpreter (alternating, --sandbox-runs each): the overhead
                    per program; then every MBPP test reference program of --limit problems through
@@ -170,6 +173,29 @@ def throughput(n_prompts: int, max_new_tokens: int, batch_size: int, rounds: int
     return {**provenance(), **out}
 
 
+def batch_sizes(n_prompts: int, max_new_tokens: int, sizes: list[int]) -> dict:
+    """Sampled generation (temperature 0.7, seed 1) of the same prompts at each batch size, one pass each,
+    prefill included: how much a larger batch buys once sequences leave it as they stop."""
+    from lmforge.core.causal_lm import load_causal_lm
+    from lmforge.core.generate import HFGenerator, SamplingParams
+    from lmforge.tasks import load_task
+
+    model, tokenizer = load_causal_lm(MODEL)
+    prompts = [p.prompt for p in load_task("gsm8k").problems("dev", limit=n_prompts, shots=0)]
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.7, seed=1)
+    HFGenerator(model, tokenizer, batch_size=sizes[0]).generate(prompts[: sizes[0]], SamplingParams(max_new_tokens=4))
+    speeds = {}
+    for size in sizes:
+        started = time.perf_counter()
+        completions = HFGenerator(model, tokenizer, batch_size=size).generate(prompts, params, progress=True)
+        seconds = time.perf_counter() - started
+        tokens = sum(c[0].tokens for c in completions)
+        speeds[str(size)] = {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds}
+        print(f"batch {size}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.2f} tokens/s", flush=True)
+    out = {"prompts": n_prompts, "max_new_tokens": max_new_tokens, "temperature": 0.7, "seed": 1, "batches": speeds}
+    return {**provenance(), **out}
+
+
 # ---- sandbox -------------------------------------------------------------------------------------
 
 
@@ -222,13 +248,15 @@ def sandbox(runs: int, limit: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", nargs="+", choices=["throughput", "sandbox", "base", "sft"], required=True)
+    parts = ["throughput", "batch_sizes", "sandbox", "base", "sft"]
+    parser.add_argument("--part", nargs="+", choices=parts, required=True)
     parser.add_argument("--limit", type=int, default=50, help="problems of each task (default: %(default)s)")
     parser.add_argument("--sft-set", nargs="*", default=[], help="key=value overrides of both SFT recipes")
     parser.add_argument("--throughput-prompts", type=int, default=16)
     parser.add_argument("--throughput-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8, help="throughput: the batched generator's")
     parser.add_argument("--rounds", type=int, default=2, help="throughput rounds")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32], help="batch_sizes: the sizes")
     parser.add_argument("--sandbox-runs", type=int, default=40)
     parser.add_argument("--work", type=Path, default=HERE / "work", help="runs and evaluations (reused)")
     parser.add_argument("--results", type=Path, default=HERE / "results.json")
@@ -238,6 +266,8 @@ def main() -> None:
     for part in args.part:  # each part's result is stored as soon as it is done
         if part == "throughput":
             result = throughput(args.throughput_prompts, args.throughput_tokens, args.batch_size, args.rounds)
+        elif part == "batch_sizes":
+            result = batch_sizes(32, 32, args.batch_sizes)
         elif part == "sandbox":
             result = sandbox(args.sandbox_runs, args.limit)
         elif part == "base":
