@@ -115,12 +115,13 @@ def line_chart_svg(
 ) -> str:
     """Inline SVG line chart of several named (x, y) series, with round ticks and a legend below the plot.
 
-    Ticks fall on round values (steps of 1, 2 or 5 times a power of ten) and the axes end on ticks; an
-    axis whose values are all whole numbers (steps, layers, k) gets whole-number ticks only. The x axis
-    starts at 0 when no x is negative. With `y_from_zero` (rates, accuracies, learning rates) the y axis
-    starts at 0, so a small difference looks small. `marks` are (x, label) pairs drawn as dashed vertical
-    lines (the end of the warmup). With `log2_x` the x axis is logarithmic, base 2, ticked at powers of
-    two (k = 1, 2, 4, 8 evenly spaced); points with x <= 0 are left out, as are non-finite ones.
+    Ticks fall on round values (steps of 1, 2 or 5 times a power of ten); the y axis ends on ticks, the
+    x axis at its last point. An axis whose values are all whole numbers (steps, layers, k) gets
+    whole-number ticks only. The x axis starts at 0 when no x is negative. With `y_from_zero` (rates,
+    accuracies, learning rates) the y axis starts at 0, so a small difference looks small. `marks` are
+    (x, label) pairs drawn as dashed vertical lines (the end of the warmup). With `log2_x` the x axis
+    is logarithmic, base 2, ticked at powers of two (k = 1, 2, 4, 8 evenly spaced); points with x <= 0
+    are left out, as are non-finite ones.
     """
 
     def usable(x: float, y: float) -> bool:
@@ -159,7 +160,9 @@ def line_chart_svg(
         x_suffix = ""
     else:
         x_ticks = nice_ticks(min(0.0, min(xs)), max(xs), 9, whole_x)
-        x0, x1 = x_ticks[0], x_ticks[-1]
+        # The axis ends at the last point (the last step), not at the next round tick past it.
+        x0, x1 = x_ticks[0], max(xs) if max(xs) > x_ticks[0] else x_ticks[-1]
+        x_ticks = [t for t in x_ticks if t <= x1 + 1e-9 * abs(x1)]
         x_labels, x_suffix = _tick_labels(x_ticks)
     y_ticks = nice_ticks(
         min(0.0, min(ys)) if y_from_zero else min(ys), max(0.0, max(ys)) if y_from_zero else max(ys), 7, whole_y
