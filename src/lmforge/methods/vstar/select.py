@@ -188,6 +188,6 @@ def preference_pairs(samples: Iterable[Sample], max_pairs_per_problem: int, seed
 
 def best_of_k_chart_svg(curves: dict[str, dict[int, float]], title: str = "Best-of-k") -> str:
     """Inline SVG of Best-of-k accuracy (%) against k, one line per verifier (or baseline), as in the paper's Fig. 4
-    (k on a log2 axis, as there)."""
+    (k on a log2 axis, as there; accuracy from 0, so a one-problem difference looks as small as it is)."""
     series = {name: [(float(k), 100.0 * acc) for k, acc in sorted(curve.items())] for name, curve in curves.items()}
-    return line_chart_svg(series, title, "k (candidates per problem)", "accuracy (%)", log2_x=True)
+    return line_chart_svg(series, title, "k (candidates per problem)", "accuracy (%)", log2_x=True, y_from_zero=True)
