@@ -288,7 +288,7 @@ SERVE_EPILOG = """\
 examples:
   lmforge serve tiny-gpt2 --port 8001
   lmforge serve gemma-3-270m
-  lmforge serve runs/finetune-gemma-.../           (a finished run whose final/ is a causal LM)
+  lmforge serve runs/sft-gemma_gsm8k-20261207-120000/   (a finished `lmforge run sft/gemma_gsm8k`)
   curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\
        -d '{"prompt": "Q: 2+3=?\\nA:", "max_tokens": 8, "temperature": 0}'"""
 
