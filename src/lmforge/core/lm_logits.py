@@ -32,8 +32,13 @@ def logits_at(model, inputs: dict[str, torch.Tensor], positions: torch.Tensor) -
     True entries, in row-major order, computing the output layer at those positions only."""
     if type(model).__name__ not in DIRECT_HEADS:
         return model(**inputs).logits[positions]
-    hidden = last_hidden_states(model, inputs)  # (B, T, H)
-    logits = model.get_output_embeddings()(hidden[positions])  # (N, V)
+    return output_layer(model, last_hidden_states(model, inputs)[positions])  # (N, V)
+
+
+def output_layer(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's next-token logits (N, V) from hidden states (N, H) that `last_hidden_states` gave, for
+    a caller that also reads the hidden states (a reward model trained with a language-modelling loss)."""
+    logits = model.get_output_embeddings()(hidden)  # (N, V)
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap is not None:
         logits = torch.tanh(logits / cap) * cap

@@ -209,7 +209,15 @@ def test_preference_pairs_cap_determinism_and_independence():
     counts = Counter(p for s in range(2000) for p in preference_pairs(a, 10, seed=s))
     assert len(counts) == 42 and all(abs(c / 2000 - 10 / 42) < 0.05 for c in counts.values())
     with pytest.raises(ValueError):
-        preference_pairs(a, 0, seed=0)
+        preference_pairs(a, -1, seed=0)
+
+
+def test_preference_pairs_without_a_cap_are_the_whole_cartesian_product():
+    samples = [S("p", f"ok{i}", True) for i in range(6)] + [S("p", f"bad{i}", False) for i in range(7)]
+    pairs = preference_pairs(samples, 0, seed=0)  # 0: the paper's rule, every correct x incorrect pair
+    assert pairs == [("p", f"ok{i}", f"bad{j}") for i in range(6) for j in range(7)]
+    assert preference_pairs(samples, 42, seed=0) == pairs  # a cap at the product's size keeps every pair
+    assert len(preference_pairs(samples, 41, seed=0)) == 41
 
 
 def test_a_text_seen_passing_and_failing_is_never_paired_with_itself():

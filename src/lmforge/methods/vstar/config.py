@@ -13,6 +13,7 @@ from lmforge.config import option
 from lmforge.methods.sft.config import BLOCK_LINEAR_LAYERS
 
 SCORES = ("likelihood", "mean_likelihood", "implicit_reward")
+ORM_LOSSES = ("classification_and_lm", "classification")
 
 
 @dataclass
@@ -24,7 +25,10 @@ class VerifierConfig:
     batch_size: int = option(4, "preference pairs per micro-batch", min=1)
     grad_accum: int = option(2, "micro-batches per optimizer step", min=1)
     max_pairs_per_problem: int = option(
-        16, "cap on the correct x incorrect pairs of one problem; above it a seeded uniform sample", min=1
+        0,
+        "cap on the correct x incorrect pairs of one problem, above which a seeded uniform sample of that many is "
+        "kept; 0 = every pair (the paper's Cartesian product)",
+        min=0,
     )
     test_score: str = option(
         "likelihood",
@@ -38,6 +42,12 @@ class VerifierConfig:
 class OrmConfig:
     enabled: bool = option(
         False, "also train the ORM baseline (a correct / incorrect classifier on D_VER) and score with it"
+    )
+    loss: str = option(
+        "classification_and_lm",
+        "the ORM's objective: classification_and_lm (binary cross-entropy plus the language-modelling loss on "
+        "the same solutions: Cobbe et al. 2021, as V-STaR's ORM) or classification (the cross-entropy alone)",
+        choices=list(ORM_LOSSES),
     )
     lr: float = option(
         1e-4, "peak learning rate of the ORM's training (LoRA and its new head)", min=0.0, exclusive_min=True

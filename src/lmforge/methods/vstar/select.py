@@ -162,16 +162,17 @@ class Sample(Protocol):
 def preference_pairs(samples: Iterable[Sample], max_pairs_per_problem: int, seed: int) -> list[tuple[Any, str, str]]:
     """The verifier's DPO pairs (problem_id, chosen = a correct completion, rejected = an incorrect one).
 
-    The "capped and sampled" rule: per problem, every unique correct completion is paired with every unique
+    The paper's rule (section 3): per problem, every unique correct completion is paired with every unique
     incorrect one (Cartesian product; exact duplicate texts count once; a text seen both passing and failing
-    stays on both sides, but is never paired with itself). A problem with more than `max_pairs_per_problem`
-    such pairs keeps a uniform sample of that many, drawn without replacement with
-    `random.Random(f"{seed}:{problem_id}")`, so a problem's pairs do not depend on the other problems or on
-    their order. Output order: problems in first-seen order, and within a problem the product order (correct
-    completions in first-seen order, then incorrect ones), kept for the sampled pairs.
+    stays on both sides, but is never paired with itself). `max_pairs_per_problem` 0 keeps them all. A cap
+    above 0 is this project's option for large buffers: a problem with more than that many pairs keeps a
+    uniform sample of that many, drawn without replacement with `random.Random(f"{seed}:{problem_id}")`, so a
+    problem's pairs do not depend on the other problems or on their order. Output order: problems in
+    first-seen order, and within a problem the product order (correct completions in first-seen order, then
+    incorrect ones), kept for the sampled pairs.
     """
-    if max_pairs_per_problem < 1:
-        raise ValueError(f"max_pairs_per_problem must be >= 1, got {max_pairs_per_problem}")
+    if max_pairs_per_problem < 0:
+        raise ValueError(f"max_pairs_per_problem must be >= 0 (0 = every pair), got {max_pairs_per_problem}")
     by_problem: dict[Any, tuple[dict[str, None], dict[str, None]]] = {}  # dicts as insertion-ordered sets
     for s in samples:
         good, bad = by_problem.setdefault(s.problem_id, ({}, {}))
@@ -179,7 +180,7 @@ def preference_pairs(samples: Iterable[Sample], max_pairs_per_problem: int, seed
     out: list[tuple[Any, str, str]] = []
     for pid, (good, bad) in by_problem.items():
         pairs = [(c, r) for c in good for r in bad if c != r]
-        if len(pairs) > max_pairs_per_problem:
+        if 0 < max_pairs_per_problem < len(pairs):
             keep = random.Random(f"{seed}:{pid}").sample(range(len(pairs)), max_pairs_per_problem)
             pairs = [pairs[i] for i in sorted(keep)]
         out.extend((pid, c, r) for c, r in pairs)
