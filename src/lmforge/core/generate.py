@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -74,6 +74,10 @@ class Completion:
     """generated tokens, up to and including the one that ended it (EOS or the end of a stop string)"""
     finish_reason: str
     """"stop" (EOS or a stop string) or "length" (max_new_tokens reached)"""
+
+
+class GenerationStopped(Exception):
+    """`HFGenerator.generate` stopped early because its `should_stop` said so (e.g. the client left)."""
 
 
 class Generator(Protocol):
@@ -138,8 +142,14 @@ class HFGenerator:
         return len(self.tokenizer(text)["input_ids"])
 
     def generate(
-        self, prompts: Sequence[str], params: SamplingParams, progress: bool = False
+        self,
+        prompts: Sequence[str],
+        params: SamplingParams,
+        progress: bool = False,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[list[Completion]]:
+        """For each prompt, its params.n completions. `should_stop` is asked before every forward pass;
+        when it says True, GenerationStopped is raised (a server stops work nobody waits for)."""
         import torch
         from tqdm.auto import tqdm
 
@@ -170,7 +180,7 @@ class HFGenerator:
                     batch = rows[start : start + self.batch_size]
                     texts = [prompts[i] for i, _ in batch]
                     seeds = [sample_seed(params.seed, prompts[i], j) for i, j in batch]
-                    for row, completion in zip(batch, self._generate_batch(texts, seeds, params)):
+                    for row, completion in zip(batch, self._generate_batch(texts, seeds, params, should_stop)):
                         done[row] = completion
                     bar.update(len(batch))
         finally:
@@ -178,7 +188,9 @@ class HFGenerator:
             self.model.train(was_training)
         return [[done[(i, j if samples > 1 else 0)] for j in range(params.n)] for i in range(len(prompts))]
 
-    def _generate_batch(self, texts: list[str], seeds: list[int], params: SamplingParams) -> list[Completion]:
+    def _generate_batch(
+        self, texts: list[str], seeds: list[int], params: SamplingParams, should_stop: Callable[[], bool] | None = None
+    ) -> list[Completion]:
         """Decode one left-padded batch with the KV cache. A row that ends (EOS or a stop string) leaves
         the batch at once, cache included, so the rows still running do not pay for it: with sampled
         lengths, a batch often ends with one or two long rows."""
@@ -194,6 +206,8 @@ class HFGenerator:
         active = list(range(len(texts)))  # batch row -> the row of `texts` it holds
         generated: list[list[int]] = [[] for _ in texts]
         ended: dict[int, tuple[int, int]] = {}  # row -> (tokens counted, tokens kept in the text)
+        if should_stop and should_stop():
+            raise GenerationStopped()
         logits = self._forward(enc["input_ids"], mask, positions, cache)  # (B, V), the last position's
         for step in range(params.max_new_tokens):
             tokens = choose(logits, active) if choose else logits.argmax(-1)  # (B_active,)
@@ -215,6 +229,8 @@ class HFGenerator:
                 active = [active[k] for k in still]
             mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
             positions = positions[:, -1:] + 1
+            if should_stop and should_stop():
+                raise GenerationStopped()
             logits = self._forward(tokens[:, None], mask, positions, cache)
         completions = []
         for row, tokens_of_row in enumerate(generated):

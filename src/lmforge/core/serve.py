@@ -4,8 +4,16 @@ Endpoints: `POST /v1/completions`, `POST /v1/chat/completions`, `GET /v1/models`
 `POST /v1/load_lora_adapter` as vLLM has it (`{"lora_name": ..., "lora_path": ...}`): the folder (a LoRA
 run, its final/ folder, or any model lmforge loads) is loaded beside the served model, and requests whose
 `model` is that name go to it. Self-improvement loops (V-STaR) use it to sample from each new generator.
-The standard library's ThreadingHTTPServer answers requests on threads; generation itself is
-serialised by a lock (one model, one batch at a time; a request's n samples and prompts are batched).
+The standard library's ThreadingHTTPServer answers requests on threads; generation itself runs one
+request at a time (a request's n samples and prompts are batched).
+
+Limits (core/serve_limits.py, `ServeLimits`; docs/security.md lists the attacks they answer): a body
+of at most 16 MB with a plain Content-Length; at most `max_request_tokens` token positions per request
+(n x, over its prompts, prompt tokens + max_tokens); `max_queue` requests waiting for the generation
+slot and `max_connections` connections (beyond them, 503 with Retry-After); `read_timeout` seconds to
+send headers and body; a request whose client disconnects stops between two decoding steps;
+`max_adapters` loaded models (least recently used unloaded), only from under `adapter_root`; Host
+must be this server's and a browser's Origin a page of it. Every fault of a request answers 4xx.
 
 Request fields, as OpenAI defines them: `prompt` (a string or a list of strings) or `messages`,
 `n`, `temperature` (default 1), `top_p` (default 1), `max_tokens` (default 16 for completions, as
@@ -21,34 +29,69 @@ Chat: messages are rendered with the tokenizer's chat template when it has one; 
 
 from __future__ import annotations
 
+import io
 import json
-import math
-import secrets
 import sys
 import threading
 import time
+import traceback
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from lmforge.core.generate import Completion, HFGenerator, SamplingParams
+from lmforge.core.generate import Completion, GenerationStopped, HFGenerator, SamplingParams
+from lmforge.core.serve_limits import (
+    WILDCARD_ADDRESSES,
+    ClientError,
+    ClientGone,
+    DeadlineReader,
+    GenerationQueue,
+    LoadedModels,
+    ServeLimits,
+    adapter_folder,
+    add_limit_flags,
+    busy,
+    check_work,
+    client_gone,
+    content_length,
+    host_allowed,
+    host_names,
+    limits_from_flags,
+    origin_allowed,
+    refuse_connection,
+)
+from lmforge.core.serve_requests import parse_json, render_chat, sampling_params
 from lmforge.errors import UserError
 
-MAX_BODY_BYTES = 16 * 1024 * 1024
-FALLBACK_CHAT_STOP = "\nuser:"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_NAME_CHARS = 256
+MAX_PATH_CHARS = 4096
+DRAIN_BYTES = 1 << 20  # an unread body is read (up to this) before closing, so the client gets the answer, not a reset
 
 
 class CompletionServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], generator: HFGenerator, model_name: str, quiet: bool = False):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        generator: HFGenerator,
+        model_name: str,
+        quiet: bool = False,
+        limits: ServeLimits | None = None,
+    ):
+        self.limits = limits or ServeLimits()
         super().__init__(address, Handler)
         self.generator = generator
         self.model_name = model_name
         self.quiet = quiet
-        self.lock = threading.Lock()
-        self.loaded: dict[str, HFGenerator] = {}  # lora_name -> its generator (load_lora_adapter)
+        self.queue = GenerationQueue(self.limits.max_queue)
+        self.connections = threading.BoundedSemaphore(self.limits.max_connections)
+        self.loading = threading.Lock()  # one load_lora_adapter at a time: loads in parallel would pile up models
+        self.models_lock = threading.Lock()
+        self.loaded = LoadedModels(self.limits.max_adapters)  # lora_name -> its generator, least recently used first
+        self.hosts = host_names(address[0], self.limits.allowed_hosts)
+        self.any_ip = address[0] in WILDCARD_ADDRESSES
 
     @property
     def url(self) -> str:
@@ -56,21 +99,63 @@ class CompletionServer(ThreadingHTTPServer):
         return f"http://{host}:{port}/v1"
 
     def generator_for(self, model: object) -> HFGenerator:
-        return self.loaded.get(model, self.generator) if isinstance(model, str) else self.generator
-
-    def run_generation(
-        self, prompts: list[str], params: SamplingParams, model: object = None
-    ) -> list[list[Completion]]:
-        with self.lock:
-            return self.generator_for(model).generate(prompts, params)
+        """The generator loaded as `model`; the served one for any other name (404 for an unloaded one)."""
+        if not isinstance(model, str):
+            return self.generator
+        with self.models_lock:
+            return self.loaded.use(model) or self.generator
 
     def load(self, name: str, path: str) -> None:
-        """Load the model of `path` (as `lmforge serve` would) under `name`; loading a name again replaces it."""
+        """Load the model of `path` (as `lmforge serve` would) under `name`; loading a name again replaces it.
+        The least recently used loaded model goes first when --max-adapters are loaded."""
+        from lmforge.core.causal_lm import CAUSAL_BUILTINS
         from lmforge.core.generate import make_generator
 
-        generator = make_generator("hf", path, batch_size=self.generator.batch_size)
-        with self.lock:
-            self.loaded[name] = generator
+        if self.limits.max_adapters == 0:
+            raise ClientError(403, "this server loads no other models (--max-adapters 0)")
+        folder = adapter_folder(path, self.limits.adapter_root, CAUSAL_BUILTINS)
+        if not self.loading.acquire(blocking=False):
+            raise busy("another model is being loaded; try again")
+        try:
+            with self.models_lock:
+                self.loaded.make_room(name)
+            try:
+                generator = make_generator("hf", folder, batch_size=self.generator.batch_size)
+            except MemoryError:
+                raise busy(f"lora_path {path!r}: not enough memory to load it now") from None
+            except UserError as e:
+                raise ClientError(400, f"lora_path {path!r}: {e}") from None
+            except Exception as e:  # noqa: BLE001 - a folder of someone else's making fails in its own ways
+                reason = (str(e).splitlines() or [""])[0][:200]
+                message = f"lora_path {path!r}: not a model lmforge loads ({type(e).__name__}: {reason})"
+                raise ClientError(400, message) from None
+            with self.models_lock:
+                self.loaded.add(name, generator)
+        finally:
+            self.loading.release()
+
+    # ---- connections: at most max_connections threads --------------------------------------------
+
+    def process_request(self, request, client_address) -> None:
+        if not self.connections.acquire(blocking=False):
+            refuse_connection(request, self.limits.max_connections)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.connections.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
+
+    def handle_error(self, request, client_address) -> None:
+        if not self.quiet:  # a connection that broke mid-request: one line, not a traceback
+            sys.stderr.write(f"lmforge serve: {client_address[0]}: connection failed: {sys.exc_info()[1]!r}\n")
 
 
 def start_in_thread(server: CompletionServer) -> threading.Thread:
@@ -83,38 +168,83 @@ def start_in_thread(server: CompletionServer) -> threading.Thread:
 class Handler(BaseHTTPRequestHandler):
     server: CompletionServer
 
+    def setup(self) -> None:
+        super().setup()
+        limits = self.server.limits
+        # The headers and the body must all arrive within read_timeout of the connection, however slowly.
+        self.deadline: float | None = time.monotonic() + limits.read_timeout
+        self.body_read = False
+        self.rfile.close()
+        self.rfile = io.BufferedReader(DeadlineReader(self.connection, lambda: self.deadline, limits.read_timeout))
+
+    def finish(self) -> None:
+        if not self.body_read:
+            self._drain()
+        super().finish()
+
+    def __getattr__(self, name: str):
+        if name.startswith("do_"):  # any other method (PUT, OPTIONS, a made-up one): 405, not http.server's 501
+            return self._not_allowed
+        raise AttributeError(name)
+
     def do_GET(self) -> None:
-        if self.path.rstrip("/") == "/v1/models":
-            names = [self.server.model_name, *self.server.loaded]
-            models = [{"id": name, "object": "model", "created": 0, "owned_by": "lmforge"} for name in names]
-            self._send(200, {"object": "list", "data": models})
-        elif self.path.rstrip("/") == "/health":
-            self._send(200, {"status": "ok"})
-        else:
-            self._error(404, f"no such endpoint: GET {self.path}")
+        self._serve(self._get)
 
     def do_POST(self) -> None:
+        self._serve(self._post)
+
+    def _not_allowed(self) -> None:
+        self._serve(self._refuse_method)
+
+    def _serve(self, handle) -> None:
+        """Answer with what `handle` returns; every fault of the request is a 4xx with one line."""
+        try:
+            self._check_host()
+            answer = handle()
+        except ClientGone:
+            self.close_connection = True
+            self.log_message("%s", "the client left; its generation stopped")
+            return
+        except ClientError as e:
+            self._error(e.status, str(e), headers=e.headers, kind="server_busy" if e.status == 503 else None)
+            return
+        except UserError as e:
+            self._error(400, str(e))
+            return
+        except Exception:  # noqa: BLE001 - a fault of the server: logged here, a short answer there
+            sys.stderr.write(f"lmforge serve: {self.requestline}\n{traceback.format_exc()}")
+            self._error(500, "the server failed on this request; its log says why", kind="server_error")
+            return
+        self._send(200, answer)
+
+    # ---- endpoints --------------------------------------------------------------------------------
+
+    def _get(self) -> dict:
+        self.body_read = True
         path = self.path.rstrip("/")
+        if path == "/v1/models":
+            with self.server.models_lock:
+                names = [self.server.model_name, *self.server.loaded]
+            models = [{"id": name, "object": "model", "created": 0, "owned_by": "lmforge"} for name in names]
+            return {"object": "list", "data": models}
+        if path == "/health":
+            return {"status": "ok"}
+        raise ClientError(404, f"no such endpoint: GET {self.path[:200]}")
+
+    def _post(self) -> dict:
+        body = self._read_json()
         endpoints = {
             "/v1/completions": self._completions,
             "/v1/chat/completions": self._chat,
             "/v1/load_lora_adapter": self._load_lora_adapter,
         }
-        if path not in endpoints:
-            self._error(404, f"no such endpoint: POST {self.path}")
-            return
-        try:
-            body = self._read_json()
-            answer = endpoints[path](body)
-        except UserError as e:
-            self._error(400, str(e))
-            return
-        except Exception as e:  # noqa: BLE001 - the client gets the reason; the server keeps serving
-            self._error(500, f"{type(e).__name__}: {e}", kind="server_error")
-            return
-        self._send(200, answer)
+        endpoint = endpoints.get(self.path.rstrip("/"))
+        if endpoint is None:
+            raise ClientError(404, f"no such endpoint: POST {self.path[:200]}")
+        return endpoint(body)
 
-    # ---- endpoints --------------------------------------------------------------------------------
+    def _refuse_method(self) -> dict:
+        raise ClientError(405, f"method {self.command[:20]!r} not allowed: GET or POST")
 
     def _completions(self, body: dict) -> dict:
         prompt = body.get("prompt")
@@ -124,8 +254,9 @@ class Handler(BaseHTTPRequestHandler):
             prompts = prompt
         else:
             raise UserError("'prompt' must be a string or a non-empty list of strings")
-        params = sampling_params(body, default_max_tokens=16)
-        results = self.server.run_generation(prompts, params, body.get("model"))
+        params = sampling_params(body, default_max_tokens=16, max_stop=self.server.limits.max_stop)
+        generator = self.server.generator_for(body.get("model"))
+        results, prompt_tokens = self._generate(generator, prompts, params)
         choices = [
             {
                 "index": i * params.n + j,
@@ -137,15 +268,18 @@ class Handler(BaseHTTPRequestHandler):
             for i, completions in enumerate(results)
             for j, c in enumerate(completions)
         ]
-        return self._answer("cmpl", "text_completion", choices, prompts, results)
+        return self._answer("cmpl", "text_completion", choices, prompt_tokens, results)
 
     def _chat(self, body: dict) -> dict:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise UserError("'messages' must be a non-empty list of {role, content} objects")
-        prompt, extra_stop = render_chat(self.server.generator_for(body.get("model")).tokenizer, messages)
-        params = sampling_params(body, default_max_tokens=256, extra_stop=extra_stop)
-        results = self.server.run_generation([prompt], params, body.get("model"))
+        generator = self.server.generator_for(body.get("model"))
+        prompt, extra_stop = render_chat(generator.tokenizer, messages)
+        params = sampling_params(
+            body, default_max_tokens=256, extra_stop=extra_stop, max_stop=self.server.limits.max_stop
+        )
+        results, prompt_tokens = self._generate(generator, [prompt], params)
         choices = [
             {
                 "index": j,
@@ -155,17 +289,34 @@ class Handler(BaseHTTPRequestHandler):
             }
             for j, c in enumerate(results[0])
         ]
-        return self._answer("chatcmpl", "chat.completion", choices, [prompt], results)
+        return self._answer("chatcmpl", "chat.completion", choices, prompt_tokens, results)
 
     def _load_lora_adapter(self, body: dict) -> dict:
         name, path = body.get("lora_name"), body.get("lora_path")
         if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
             raise UserError("'lora_name' and 'lora_path' must be non-empty strings")
-        self.server.load(name, path)  # a bad folder is a UserError: 400 with its message
+        if len(name) > MAX_NAME_CHARS or len(path) > MAX_PATH_CHARS:
+            raise UserError(f"'lora_name' has at most {MAX_NAME_CHARS} characters, 'lora_path' {MAX_PATH_CHARS}")
+        self.server.load(name, path)  # a bad folder is a ClientError: 4xx with its message
         return {"status": "ok", "lora_name": name, "lora_path": path}
 
-    def _answer(self, prefix: str, kind: str, choices: list, prompts: list[str], results) -> dict:
-        prompt_tokens = sum(self.server.generator.count_tokens(p) for p in prompts)  # one tokenizer for all
+    def _generate(
+        self, generator: HFGenerator, prompts: list[str], params: SamplingParams
+    ) -> tuple[list[list[Completion]], int]:
+        """The completions, within the request budget, in the one generation slot, stopped if the client goes."""
+        prompt_tokens = [generator.count_tokens(p) for p in prompts]
+        check_work(prompt_tokens, params.n, params.max_new_tokens, self.server.limits.max_request_tokens)
+
+        def gone() -> bool:
+            return client_gone(self.connection)
+
+        with self.server.queue.turn(gone):
+            try:
+                return generator.generate(prompts, params, should_stop=gone), sum(prompt_tokens)
+            except GenerationStopped:
+                raise ClientGone() from None
+
+    def _answer(self, prefix: str, kind: str, choices: list, prompt_tokens: int, results) -> dict:
         completion_tokens = sum(c.tokens for completions in results for c in completions)
         return {
             "id": f"{prefix}-{uuid.uuid4().hex}",
@@ -182,94 +333,67 @@ class Handler(BaseHTTPRequestHandler):
 
     # ---- plumbing ---------------------------------------------------------------------------------
 
+    def _check_host(self) -> None:
+        """Refuse a Host that is not this server's (DNS rebinding) and a cross-origin browser request."""
+        host, origin = self.headers.get("Host"), self.headers.get("Origin")
+        if host is None:
+            raise ClientError(400, "a Host header is required")
+        if not host_allowed(host, self.server.hosts, self.server.any_ip):
+            raise ClientError(403, f"Host {host[:100]!r} is not this server's (--allowed-hosts)")
+        if not origin_allowed(origin, self.server.hosts, self.server.limits.allowed_origins):
+            raise ClientError(403, f"requests from web pages of {origin[:100]!r} are not allowed (--allowed-origins)")
+
     def _read_json(self) -> dict:
+        limits = self.server.limits
+        length = content_length(
+            self.headers.get_all("Content-Length") or [], self.headers.get("Transfer-Encoding"), limits.max_body_bytes
+        )
         try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            raise UserError("a JSON body with a Content-Length header is required") from None
-        if length > MAX_BODY_BYTES:
-            raise UserError(f"the body is {length:,} bytes; at most {MAX_BODY_BYTES:,}")
-        try:
-            body = json.loads(self.rfile.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"the body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise UserError("the body must be a JSON object")
-        return body
+            data = self.rfile.read(length)
+        except TimeoutError:
+            message = f"the request did not arrive within {limits.read_timeout:g} s (--read-timeout)"
+            raise ClientError(408, message) from None
+        if len(data) < length:
+            raise ClientError(400, f"the body ended after {len(data):,} of its {length:,} bytes")
+        self.body_read = True
+        return parse_json(data)
 
-    def _send(self, status: int, payload: dict) -> None:
+    def _drain(self) -> None:
+        """Read what the client sent and nobody read, briefly: closing on unread bytes resets the
+        connection, and the client would see the reset instead of the answer."""
+        try:
+            self.connection.settimeout(0.2)
+            left = DRAIN_BYTES
+            while left > 0:
+                chunk = self.connection.recv(min(65536, left))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except OSError:
+            pass
+
+    def _send(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
+        self.deadline = None
         data = json.dumps(payload, ensure_ascii=False).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.connection.settimeout(self.server.limits.read_timeout)  # a client that does not read: dropped
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:  # the client left or stopped reading
+            self.close_connection = True
 
-    def _error(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
-        self._send(status, {"error": {"message": message, "type": kind, "param": None, "code": None}})
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None, kind: str | None = None) -> None:
+        error = {"message": message, "type": kind or "invalid_request_error", "param": None, "code": None}
+        self._send(status, {"error": error}, headers)
 
     def log_message(self, format: str, *args) -> None:
         if not self.server.quiet:
             sys.stderr.write(f"lmforge serve: {self.address_string()} {format % args}\n")
-
-
-def sampling_params(body: dict, default_max_tokens: int, extra_stop: tuple[str, ...] = ()) -> SamplingParams:
-    """SamplingParams from an OpenAI request body; a field of the wrong type or range is a UserError."""
-    for unsupported in ("stream", "logprobs", "echo"):
-        if body.get(unsupported) not in (None, False, 0):
-            raise UserError(f"'{unsupported}' is not supported by lmforge serve")
-    stop = body.get("stop")
-    if stop is None:
-        stop = []
-    elif isinstance(stop, str):
-        stop = [stop]
-    elif not (isinstance(stop, list) and all(isinstance(s, str) and s for s in stop)):
-        raise UserError("'stop' must be a string or a list of non-empty strings")
-    seed = body.get("seed")
-    return SamplingParams(
-        n=_number(body, "n", 1, int),
-        temperature=_number(body, "temperature", 1.0, float),
-        top_p=_number(body, "top_p", 1.0, float),
-        max_new_tokens=_number(body, "max_tokens", default_max_tokens, int),
-        stop=tuple(stop) + extra_stop,
-        seed=secrets.randbelow(2**31) if seed is None else _number(body, "seed", 0, int),
-    )
-
-
-def _number(body: dict, key: str, default, kind: type):
-    value = body.get(key)
-    if value is None:
-        return default
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not is_number or (kind is int and not float(value).is_integer()):
-        raise UserError(f"'{key}' must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-    return kind(value)
-
-
-def render_chat(tokenizer, messages: list) -> tuple[str, tuple[str, ...]]:
-    """The prompt for chat `messages`, and stop strings the rendering needs."""
-    clean = []
-    for k, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise UserError(f"messages[{k}] must be an object with a string 'role' and a 'content'")
-        content = m.get("content")
-        if isinstance(content, list):  # OpenAI's content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-        if not isinstance(content, str):
-            raise UserError(f"messages[{k}].content must be a string or a list of text parts")
-        clean.append({"role": m["role"], "content": content})
-    if getattr(tokenizer, "chat_template", None):
-        try:
-            prompt = tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True)
-        except Exception as e:  # noqa: BLE001 - templates raise their own errors (e.g. roles must alternate)
-            raise UserError(f"the model's chat template refused these messages: {e}") from None
-        # The template writes the BOS token itself; tokenizing the prompt would add a second one.
-        bos = tokenizer.bos_token
-        if bos and prompt.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
-            prompt = prompt[len(bos) :]
-        return prompt, ()
-    lines = "".join(f"{m['role']}: {m['content']}\n" for m in clean)
-    return lines + "assistant:", (FALLBACK_CHAT_STOP,)
 
 
 # ---- the command ----------------------------------------------------------------------------------
@@ -282,7 +406,15 @@ lmforge's own `openai` generation backend, can use it:
   GET  /v1/models
 Generation runs one request at a time; within a request, prompts and samples are batched. With a
 "seed" an answer is reproducible; without one, every request draws a fresh seed. The server has no
-authentication: it listens on the loopback interface unless --host says otherwise."""
+authentication: it listens on the loopback interface unless --host says otherwise.
+
+Limits (each a flag below): a request may ask for --max-request-tokens token positions (n x, over its
+prompts, prompt tokens + max_tokens), else 400; --max-queue requests wait while one generates and
+--max-connections connections are served, beyond them 503 with Retry-After; a client has
+--read-timeout seconds to send its request (408 after); a request stops generating when its client
+disconnects; --max-adapters models loaded with /v1/load_lora_adapter are kept (least recently used
+unloaded), from folders under --adapter-root only; a Host that is not this server's (DNS rebinding)
+and a browser page from another origin get 403. Bodies: at most 16 MB, with a Content-Length."""
 
 SERVE_EPILOG = """\
 examples:
@@ -313,6 +445,7 @@ def add_serve_parser(commands) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="sequences generated together (default: %(default)s)")
     p.add_argument("--name", help="the model id clients see in /v1/models and answers (default: MODEL_OR_RUN_DIR)")
     p.add_argument("--quiet", action="store_true", help="do not log each request on stderr")
+    add_limit_flags(p)
     p.set_defaults(handler=cmd_serve)
 
 
@@ -322,10 +455,11 @@ def cmd_serve(args) -> int:
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: expected 0 to 65535")
+    limits = limits_from_flags(args)
     generator = make_generator("hf", args.model, batch_size=args.batch_size)
     name = args.name or (Path(args.model).name if Path(args.model).is_dir() else args.model)
     try:
-        server = CompletionServer((args.host, args.port), generator, name, quiet=args.quiet)
+        server = CompletionServer((args.host, args.port), generator, name, quiet=args.quiet, limits=limits)
     except OSError as e:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     if args.host not in LOOPBACK:

@@ -8,7 +8,7 @@ from tiny_server import call, tiny_generator, tiny_server  # noqa: F401 (fixture
 
 from lmforge.core.causal_lm import tiny_gpt2_tokenizer
 from lmforge.core.generate import SamplingParams
-from lmforge.core.serve import FALLBACK_CHAT_STOP, render_chat, sampling_params
+from lmforge.core.serve_requests import FALLBACK_CHAT_STOP, render_chat, sampling_params
 from lmforge.errors import UserError
 
 
@@ -143,3 +143,25 @@ def test_load_lora_adapter_serves_another_model_by_name_and_refuses_a_bad_folder
     status, error = call(f"{tiny_server.url}/load_lora_adapter", {"lora_name": "", "lora_path": "x"})
     assert status == 400 and "lora_name" in error["error"]["message"]
     tiny_server.loaded.clear()
+
+
+def test_serve_help_lists_the_limits(cli):
+    result = cli("serve", "--help")
+    assert result.returncode == 0
+    for flag in ("--max-request-tokens", "--max-queue", "--max-connections", "--read-timeout", "--max-adapters"):
+        assert flag in result.stdout
+    for flag in ("--adapter-root", "--allowed-hosts", "--allowed-origins"):
+        assert flag in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--max-queue", "-1"], "--max-queue must be at least 0, got -1"),
+        (["--read-timeout", "nan"], "--read-timeout must be a positive number of seconds, got nan"),
+        (["--adapter-root", "./no/such/folder"], "--adapter-root ./no/such/folder: not a folder"),
+    ],
+)
+def test_serve_with_a_limit_out_of_range_exits_2_before_loading(cli, args, message):
+    result = cli("serve", "tiny-gpt2", *args)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"lmforge: error: {message}"]
