@@ -1,9 +1,13 @@
 """Exact resume after `kill -9` and after SIGTERM; gradient accumulation equals a bigger batch."""
 
 import json
+import os
+import shlex
+import shutil
 import signal
 
 import pytest
+import torch
 from conftest import run_cli, start_cli, wait_for_checkpoint
 
 from lmforge.core.checkpoint import list_checkpoints
@@ -49,7 +53,12 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(uninterrupted, tmp_path)
     process.wait()
     assert not (run_dir / "final.json").exists(), "the kill came too late to test anything"
     for checkpoint in list_checkpoints(run_dir / "checkpoints"):  # every listed checkpoint is complete
-        assert {p.name for p in checkpoint.iterdir()} == {"model.safetensors", "training_state.pt", "state.json"}
+        assert {p.name for p in checkpoint.iterdir()} == {
+            "model.safetensors",
+            "training_state.json",
+            "training_state.safetensors",
+            "state.json",
+        }
 
     result = run_cli("run", "finetune/minilm_sst2", "--resume", "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stderr[-2000:]
@@ -99,3 +108,81 @@ def test_batch_8_equals_batch_1_with_accumulation_8(tmp_path):
     assert len(losses[8]) == 12
     assert losses[8] == pytest.approx(losses[1], rel=1e-4, abs=1e-5)
     assert losses[8][0] != pytest.approx(losses[8][-1], rel=1e-3)  # training moved: the comparison means something
+
+
+# ---- a checkpoint from someone else never runs code ------------------------------------------------
+
+
+class RunsACommand:
+    """Unpickling this runs a shell command that creates `marker`: what a crafted checkpoint file holds."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(self.marker)}",)
+
+
+ADALORA_SHORT = [
+    "adalora/minilm_trec6",
+    "model.name=tiny-bert",
+    "train.max_steps=16",
+    "train.batch_size=8",
+    "train.save_every=8",
+    "train.eval_every=100",
+    "data.max_train_examples=64",
+    "data.max_eval_examples=16",
+    "adalora.init_r=3",
+    "adalora.target_r=1",
+    "adalora.tinit=2",
+    "adalora.tfinal=4",
+    "adalora.deltaT=2",
+]
+SHORT = [*RUN[:2], "train.max_steps=4", "train.save_every=2", "train.eval_every=100", *RUN[-2:]]
+
+
+@pytest.fixture(scope="module")
+def resumable(tmp_path_factory):
+    """Runs whose last checkpoint a --resume would load: finished runs with final.json taken away."""
+    runs = {}
+    for name, args in (("finetune", SHORT), ("adalora", ADALORA_SHORT)):
+        run_dir = tmp_path_factory.mktemp("crafted") / name
+        result = run_cli("run", *args, "--run-dir", str(run_dir))
+        assert result.returncode == 0, result.stderr[-2000:]
+        (run_dir / "final.json").unlink()
+        runs[name] = run_dir
+    return runs
+
+
+def test_an_untouched_checkpoint_of_the_same_runs_resumes(resumable, tmp_path):
+    for name, run_dir in resumable.items():
+        copy = tmp_path / name
+        shutil.copytree(run_dir, copy)
+        result = run_cli("run", ADALORA_SHORT[0] if name == "adalora" else SHORT[0], "--resume", "--run-dir", str(copy))
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "resumed from" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "run, file",
+    [
+        ("finetune", "training_state.pt"),  # the optimizer state file of the old format
+        ("adalora", "extra.pt"),  # a method's own state (AdaLoRA's importance averages) in the old format
+        ("finetune", "training_state.safetensors"),  # a pickle under the name of a tensor file
+        ("finetune", "model.safetensors"),
+    ],
+)
+def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_runs_nothing(resumable, tmp_path, run, file):
+    copy = tmp_path / run
+    shutil.copytree(resumable[run], copy)
+    checkpoint = list_checkpoints(copy / "checkpoints")[-1]
+    marker = tmp_path / "pwned"
+    torch.save({"optimizer": RunsACommand(marker)}, checkpoint / file)
+    recipe = ADALORA_SHORT[0] if run == "adalora" else SHORT[0]
+    result = run_cli("run", recipe, "--resume", "--run-dir", str(copy))
+    assert not marker.exists(), "the crafted file ran its command"
+    assert result.returncode == 2, result.stderr[-2000:]
+    error = [line for line in result.stderr.splitlines() if "lmforge: error" in line]
+    assert len(error) == 1 and str(checkpoint / file) in error[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (copy / "final.json").exists()

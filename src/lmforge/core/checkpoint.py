@@ -1,11 +1,17 @@
-"""Atomic, resumable checkpoints.
+"""Atomic, resumable checkpoints that never run code when loaded.
 
-A checkpoint folder `step-00000120/` holds the trainable tensors (`model.safetensors`), the
-optimizer and scheduler states, the RNG states of python / numpy / torch, and `state.json`
-(the loop's TrainState), and `extra.pt` when the recipe keeps state of its own (AdaLoRA's
-importance averages). It is written under a temporary name and
-renamed in one `os.replace`, so a crash (even `kill -9`) leaves either a complete checkpoint or
-none; leftover temporary folders are removed at the next save or resume.
+A checkpoint folder `step-00000120/` holds the trainable tensors (`model.safetensors`), the loop's
+TrainState (`state.json`), and the optimizer and scheduler states with the RNG states of python /
+numpy / torch as `training_state.json` + `training_state.safetensors`; a recipe that keeps state of
+its own (AdaLoRA's importance averages) adds `extra.json` + `extra.safetensors`. A checkpoint may
+come from someone else, so nothing in it is unpickled: tensors go to safetensors, everything else
+(numbers, strings, lists, tuples, dicts) to JSON, where each tensor is a reference into the
+safetensors file. Checkpoints of the old format (`training_state.pt`, `extra.pt`: pickles, which can
+run any code when loaded) are refused, not read.
+
+It is written under a temporary name and renamed in one `os.replace`, so a crash (even `kill -9`)
+leaves either a complete checkpoint or none; leftover temporary folders are removed at the next
+save or resume.
 """
 
 from __future__ import annotations
@@ -18,13 +24,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from lmforge.errors import UserError
+
 TMP_PREFIX = ".tmp-"
+TRAINING_STATE = "training_state"  # optimizer, scheduler and RNG states
+EXTRA_STATE = "extra"  # a recipe's own state
+STATE_FORMAT = 1  # the layout of `<name>.json`; bump when it changes
+PICKLES = ("training_state.pt", "extra.pt")  # what checkpoints of the old format held
+# What goes wrong when a file is damaged, crafted or from another run (never a bug of ours to hide).
+BAD_STATE = (KeyError, IndexError, TypeError, ValueError, RuntimeError, RecursionError)
 
 
 def capture_rng() -> dict:
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    rng = {
+        "python": random.getstate(),  # (version, tuple of 625 ints, gauss_next)
+        "numpy": (name, keys.tolist(), pos, has_gauss, cached_gaussian),  # MT19937 keys as plain ints
+        "torch": torch.get_rng_state(),  # a uint8 tensor
+    }
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return rng
@@ -32,7 +52,8 @@ def capture_rng() -> dict:
 
 def restore_rng(rng: dict) -> None:
     random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
+    name, keys, pos, has_gauss, cached_gaussian = rng["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached_gaussian))
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
@@ -60,12 +81,10 @@ def save_checkpoint(
     tmp = folder / f"{TMP_PREFIX}step-{step:08d}"
     tmp.mkdir()
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": capture_rng()},
-        tmp / "training_state.pt",
-    )
+    training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": capture_rng()}
+    save_state(tmp, TRAINING_STATE, training)
     if extra is not None:
-        torch.save(extra, tmp / "extra.pt")
+        save_state(tmp, EXTRA_STATE, extra)
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
     for path in tmp.iterdir():
         with open(path, "rb") as f:
@@ -90,20 +109,134 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict:
-    """Restore tensors, optimizer, scheduler and RNG from `path`; returns the saved state dict."""
-    tensors = load_file(str(path / "model.safetensors"))
-    missing = set(tensors) - {n for n, _ in model.named_parameters()}
-    if missing:
-        raise ValueError(f"{path}: checkpoint tensors not in the model: {sorted(missing)[:3]}")
-    model.load_state_dict(tensors, strict=False)
-    training = torch.load(path / "training_state.pt", weights_only=False)
-    optimizer.load_state_dict(training["optimizer"])
-    scheduler.load_state_dict(training["scheduler"])
-    restore_rng(training["rng"])
-    return json.loads((path / "state.json").read_text())
+    """Restore tensors, optimizer, scheduler and RNG from `path`; returns the saved state dict.
+
+    A damaged, crafted or foreign checkpoint is a UserError naming the file; nothing is unpickled."""
+    refuse_pickles(path)
+    tensors = read_tensors(path / "model.safetensors")
+    unknown = set(tensors) - {n for n, _ in model.named_parameters()}
+    if unknown:
+        raise UserError(
+            f"{path / 'model.safetensors'}: tensors this run's model does not have ({', '.join(sorted(unknown)[:3])}); "
+            "the checkpoint is from another model or method"
+        )
+    try:
+        model.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:  # a shape that differs
+        raise UserError(f"{path / 'model.safetensors'}: does not fit this run's model: {first_line(e)}") from None
+    training = load_state(path, TRAINING_STATE)
+    try:
+        optimizer.load_state_dict(training["optimizer"])
+        scheduler.load_state_dict(training["scheduler"])
+        restore_rng(training["rng"])
+    except BAD_STATE as e:
+        raise UserError(f"{path / (TRAINING_STATE + '.json')}: does not fit this run: {first_line(e)}") from None
+    try:
+        return json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{path / 'state.json'}: unreadable: {first_line(e)}") from None
 
 
 def load_extra(path: Path) -> dict | None:
     """The recipe's own state saved with checkpoint `path` (None when it saved none)."""
-    extra = path / "extra.pt"
-    return torch.load(extra, weights_only=False) if extra.is_file() else None
+    refuse_pickles(path)
+    return load_state(path, EXTRA_STATE) if (path / f"{EXTRA_STATE}.json").is_file() else None
+
+
+def refuse_pickles(path: Path) -> None:
+    """Refuse a checkpoint of the old format: its pickles could run any code when loaded."""
+    for name in PICKLES:
+        if (path / name).exists():
+            raise UserError(
+                f"{path / name}: a pickle file, which lmforge never loads (unpickling can run any code); "
+                "checkpoints written before lmforge stored their state as safetensors + JSON cannot be "
+                "resumed: start the run again without --resume"
+            )
+
+
+# ---- state as JSON + safetensors ------------------------------------------------------------------
+
+
+def save_state(folder: Path, name: str, value) -> None:
+    """Write `value` (tensors, None, bools, numbers, strings, and lists, tuples and dicts of them) as
+    `name.json`, where each tensor is {"tensor": key} into `name.safetensors`."""
+    tensors: dict[str, torch.Tensor] = {}
+    tree = _encode(value, name, tensors)
+    save_file(tensors, str(folder / f"{name}.safetensors"))
+    (folder / f"{name}.json").write_text(json.dumps({"format": STATE_FORMAT, "state": tree}))
+
+
+def load_state(folder: Path, name: str):
+    """The value `save_state` wrote; a damaged or crafted file is a UserError naming it."""
+    path = folder / f"{name}.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing, so the checkpoint is incomplete") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise UserError(f"{path}: not valid JSON: {first_line(e)}") from None
+    if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT or "state" not in saved:
+        raise UserError(f"{path}: not an lmforge checkpoint state (format {STATE_FORMAT} expected)")
+    tensors = read_tensors(folder / f"{name}.safetensors")
+    try:
+        return _decode(saved["state"], tensors)
+    except BAD_STATE as e:
+        raise UserError(f"{path}: {first_line(e)}") from None
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing, so the checkpoint is incomplete") from None
+    except (OSError, SafetensorError, ValueError) as e:
+        raise UserError(f"{path}: not a readable safetensors file: {first_line(e)}") from None
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:300]
+
+
+def _encode(value, where: str, tensors: dict[str, torch.Tensor]):
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.Tensor):
+        key = str(len(tensors))  # numbered: dict keys joined into names could collide
+        tensors[key] = value.detach().to("cpu", copy=True).contiguous()  # a copy: safetensors refuses shared storage
+        return {"tensor": key}
+    if isinstance(value, list):
+        return [_encode(v, f"{where}[{i}]", tensors) for i, v in enumerate(value)]
+    if isinstance(value, tuple):
+        return {"tuple": [_encode(v, f"{where}[{i}]", tensors) for i, v in enumerate(value)]}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value):
+            return {"dict": {k: _encode(v, f"{where}.{k}", tensors) for k, v in value.items()}}
+        if all(type(k) in (str, int) for k in value):  # an optimizer's state: int keys
+            return {"items": [[k, _encode(v, f"{where}.{k}", tensors)] for k, v in value.items()]}
+    raise TypeError(f"{where}: a {type(value).__name__} cannot be saved in a checkpoint (no pickles)")
+
+
+def _decode(node, tensors: dict[str, torch.Tensor]):
+    if node is None or isinstance(node, (bool, int, float, str)):
+        return node
+    if isinstance(node, list):
+        return [_decode(n, tensors) for n in node]
+    if isinstance(node, dict) and len(node) == 1:
+        ((tag, body),) = node.items()
+        if tag == "tensor" and isinstance(body, str):
+            if body not in tensors:
+                raise KeyError(f"tensor {body!r} is not in the safetensors file")
+            return tensors[body]
+        if tag == "tuple" and isinstance(body, list):
+            return tuple(_decode(n, tensors) for n in body)
+        if tag == "dict" and isinstance(body, dict):
+            return {k: _decode(v, tensors) for k, v in body.items()}
+        if tag == "items" and isinstance(body, list) and all(_is_item(pair) for pair in body):
+            return {k: _decode(v, tensors) for k, v in body}
+    raise ValueError(f"unexpected value {json.dumps(node)[:80]}")
+
+
+def _is_item(pair) -> bool:
+    """[key, value] with a str or int key (an optimizer's state is keyed by parameter number)."""
+    return isinstance(pair, list) and len(pair) == 2 and type(pair[0]) in (str, int)
