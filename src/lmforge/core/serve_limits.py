@@ -245,7 +245,8 @@ class LoadedModels(OrderedDict):
     def make_room(self, name: str) -> None:
         """Drop `name` and the least recently used models until one more fits (before loading, so that
         memory never holds more than `capacity` loaded models)."""
-        self.pop(name, None)
+        if name in self:  # replaced: until the new one is loaded, asking for it is a 404, not the base model
+            self.forget(name)
         while self and len(self) >= self.capacity:
             self.forget(next(iter(self)))
 

@@ -4,6 +4,7 @@
 import gc
 import os
 import socket
+import threading
 import time
 
 import pytest
@@ -299,3 +300,62 @@ def test_bodies_that_break_the_parser_are_a_400(serve, body, message):
 def test_other_methods_are_a_405(serve, method):
     status, _, answer = send(serve(), method, "/v1/completions", SMALL)
     assert status == 405 and "GET or POST" in answer["error"]["message"]
+
+
+# ---- a bounded load test: everything at once ------------------------------------------------------------
+
+
+def server_threads() -> int:
+    return sum("process_request_thread" in t.name for t in threading.enumerate())
+
+
+@pytest.mark.slow
+def test_a_mixed_load_stays_within_the_limits_and_stops_by_itself(serve):
+    """Idle sockets, oversized requests, clients that leave mid-generation and ordinary requests, all at
+    once: the server's threads stay within --max-connections, every answer is 200, 400 or 503, every
+    ordinary request is served (retrying on 503), and the server is idle again after the read timeout."""
+    server = serve(max_connections=8, max_queue=2, read_timeout=1.0, max_request_tokens=2000)
+    peak, stop = [0], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak[0] = max(peak[0], server_threads())
+            time.sleep(0.01)
+
+    statuses, served, refused = [], [], []
+
+    def ask(body, answered):
+        for _ in range(100):  # 503 says: try again (bounded: 100 tries of 0.1 s)
+            status, _, _ = post(server, "/v1/completions", body, timeout=30)
+            statuses.append(status)
+            if status != 503:
+                answered.append(status)
+                return
+            time.sleep(0.1)
+
+    def leaver():
+        sock = open_request(server, {**LONG, "n": 1})  # 1,003 token positions: within the budget
+        time.sleep(0.3)
+        sock.close()
+
+    def idle():
+        with socket.create_connection(address(server), timeout=10) as sock:
+            closed_by_server(sock, within=5)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    clients = [threading.Thread(target=idle) for _ in range(10)]
+    clients += [threading.Thread(target=ask, args=({**SMALL, "n": 3000}, refused)) for _ in range(10)]
+    clients += [threading.Thread(target=leaver) for _ in range(5)]
+    clients += [threading.Thread(target=ask, args=({**SMALL, "seed": k}, served)) for k in range(15)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in clients)
+    assert wait_until(lambda: server_threads() == 0, within=5)
+    stop.set()
+    watcher.join()
+    assert peak[0] <= 8
+    assert set(statuses) <= {200, 400, 503}
+    assert refused == [400] * 10 and served == [200] * 15
