@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pytest
+import torch
 from conftest import run_cli
 
 from lmforge.cli import main
@@ -80,6 +81,64 @@ def test_the_verifier_scores_are_its_likelihoods(gsm8k_run):
     for row in lines(run_dir / "stages" / "scores-2.jsonl"):
         assert row["likelihood"] < 0 and row["mean_likelihood"] == pytest.approx(row["likelihood"] / row["tokens"])
         assert 0 < row["orm"] < 1
+
+
+def adapter_tensors(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_each_generator_is_trained_from_the_base_model_not_from_the_previous_generator(gsm8k_run):
+    """Algorithm 1: G^t <- SFT(G_base, D_GEN). A random tiny GPT-2 answers no GSM8K problem, so D_GEN is the
+    same in both rounds and G^2, trained from the base with G^1's seed and data, must be G^1 exactly; a G^2
+    trained on from G^1's weights would learn other LoRA updates (the gradients depend on the weights)."""
+    run_dir, _ = gsm8k_run
+    stages = run_dir / "stages"
+    assert lines(stages / "generator-2.jsonl") == lines(stages / "generator-1.jsonl")  # no correct sample
+    first, second = (adapter_tensors(stages / f"generator-{t}" / "final") for t in (1, 2))
+    assert first.keys() == second.keys() and len(first) > 0
+    assert any(name.endswith("lora_B.weight") and w.abs().max() > 0 for name, w in first.items())  # trained
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    base_name = json.loads((stages / "generator-2" / "final" / "adapter_config.json").read_text())
+    assert base_name["base_model_name_or_path"] == "tiny-gpt2"
+
+
+def sequence_logprob(model, tokenizer, prompt: str, completion: str) -> float:
+    """log p(completion + EOS | prompt), one token at a time from the model's full logits."""
+    from lmforge.methods.sft.data import encode_pair
+
+    ids, prompt_length = encode_pair(tokenizer, prompt, completion, 1 << 30)[:2]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), dim=-1)
+    return sum(logp[t - 1, ids[t]].item() for t in range(prompt_length, len(ids)))
+
+
+def test_test_time_scores_are_the_verifiers_not_g_sft(gsm8k_run):
+    """Every candidate's likelihood is log V(y|x) under stages/verifier (recomputed here token by token),
+    and its implicit reward beta * (log V - log G_SFT): with the two models swapped or the score read
+    from G_SFT, the scores would be G_SFT's log-probabilities, which differ from V's."""
+    from lmforge.core.causal_lm import load_causal_lm
+    from lmforge.tasks import load_task
+
+    run_dir, _ = gsm8k_run
+    stages = run_dir / "stages"
+    verifier, tokenizer = load_causal_lm(str(stages / "verifier" / "final"))
+    gsft, _ = load_causal_lm(str(stages / "generator-1" / "final"))
+    task = load_task("gsm8k")
+    prompts = {p.id: p.prompt for p in task.problems("dev", limit=3, shots=0)}
+    candidates = {(c["problem_id"], c["index"]): c for c in lines(stages / "test-2.jsonl")}
+    gaps = []
+    for row in lines(stages / "scores-2.jsonl"):
+        c = candidates[(row["problem_id"], row["index"])]
+        completion = c["completion"] + task.answer_end
+        log_v = sequence_logprob(verifier, tokenizer, prompts[c["problem_id"]], completion)
+        log_g = sequence_logprob(gsft, tokenizer, prompts[c["problem_id"]], completion)
+        assert row["likelihood"] == pytest.approx(log_v, abs=1e-4)
+        assert row["implicit_reward"] == pytest.approx(0.1 * (log_v - log_g), abs=1e-5)
+        gaps.append(abs(log_v - log_g))
+    assert max(gaps) > 1e-2  # the verifier moved away from G_SFT: the check above tells them apart
 
 
 def test_an_interrupted_run_resumes_without_sampling_again(gsm8k_run, tmp_path):

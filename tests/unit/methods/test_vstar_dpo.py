@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lmforge.core.causal_lm import tiny_gpt2
-from lmforge.methods.sft.data import Encoded, Pair, Pairs, collate, encode_pairs
+from lmforge.methods.sft.data import Encoded, Pair, Pairs, collate, encode_pair, encode_pairs
 from lmforge.methods.vstar.dpo import (
     completion_logprobs,
     dpo_loss,
@@ -213,3 +213,34 @@ def test_reference_cache_round_trip_and_stale_fingerprint(models, tmp_path):
     moved = Encoded(encoded.ids, [n + 1 for n in encoded.prompt_lengths])  # same tokens, other supervised span
     assert load_reference(path, fingerprint(moved, "tiny-gpt2")) is None
     assert fingerprint(encoded, "tiny-gpt2") == key  # deterministic
+
+
+# ---- score_candidates -----------------------------------------------------------------------------
+
+
+def test_test_time_scores_come_from_the_verifier_and_use_g_sft_only_as_the_reward_reference(models, tmp_path):
+    """score_candidates(verifier, G_SFT, ...): likelihood is log V(y|x), never log G_SFT(y|x); the implicit
+    reward is beta * (log V - log G_SFT). The two tiny models differ, so swapping them would fail."""
+    from types import SimpleNamespace
+
+    from lmforge.methods.vstar.verifier import score_candidates
+
+    policy, reference, tokenizer = models
+    folders = {}
+    for name, model in (("verifier", policy), ("gsft", reference)):
+        folders[name] = tmp_path / name
+        model.save_pretrained(folders[name])
+        tokenizer.save_pretrained(folders[name])
+    prompts = {f"t{i}": t[0] for i, t in enumerate(TRIPLES)}
+    samples = [SimpleNamespace(problem_id=f"t{i}", index=j, completion=t[1 + j], passed=j == 0)
+               for i, t in enumerate(TRIPLES) for j in (0, 1)]  # fmt: skip
+    rows = score_candidates(folders["verifier"], folders["gsft"], prompts, samples, "", beta=0.1, batch_size=2)
+    assert [(r["problem_id"], r["index"]) for r in rows] == [(s.problem_id, s.index) for s in samples]
+    for row, s in zip(rows, samples):
+        ids, prompt_length = encode_pair(tokenizer, prompts[s.problem_id], s.completion, 1024)[:2]
+        log_v, log_g = by_hand(policy, ids, prompt_length), by_hand(reference, ids, prompt_length)
+        assert abs(log_v - log_g) > 1e-3  # 10x the tolerance below: the two models tell the scores apart
+        assert row["likelihood"] == pytest.approx(log_v, abs=1e-4)
+        assert row["mean_likelihood"] == pytest.approx(log_v / row["tokens"], abs=1e-5)
+        assert row["implicit_reward"] == pytest.approx(0.1 * (log_v - log_g), abs=1e-5)
+        assert row["tokens"] == len(ids) - prompt_length
