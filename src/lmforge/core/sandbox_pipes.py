@@ -44,10 +44,11 @@ def read_report(fd: int, proc: subprocess.Popen, deadline: float) -> list[str]:
 
 def communicate(
     proc: subprocess.Popen, source: bytes, deadline: float, caps: dict[int, int], stop: Callable[[], None]
-) -> tuple[bytes, bytes, str]:
-    """Feed stdin and collect stdout / stderr, without deadlock, until the program ends or is cut short.
+) -> tuple[dict[int, bytes], str]:
+    """Feed stdin and collect the streams of `caps` (stdout, stderr, the result pipe), without deadlock,
+    until the program ends or is cut short.
 
-    Returns (stdout, stderr, outcome), outcome "exited", "timeout" or "output_limit". A stream keeps at
+    Returns ({fd: bytes}, outcome), outcome "exited", "timeout" or "output_limit". A stream keeps at
     most its cap + 1 bytes (the extra byte tells that it was cut). `stop` kills all that still runs; it
     is called before the pipes are drained, so processes the program left behind cannot hold them open.
     """
@@ -100,7 +101,7 @@ def communicate(
         sel.close()
         if exit_fd is not None:
             os.close(exit_fd)
-    return bytes(buffers[proc.stdout.fileno()]), bytes(buffers[proc.stderr.fileno()]), outcome
+    return {fd: bytes(buffer) for fd, buffer in buffers.items()}, outcome
 
 
 def read_into(fd: int, buffers: dict[int, bytearray], caps: dict[int, int], sel: selectors.BaseSelector) -> bool:

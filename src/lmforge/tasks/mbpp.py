@@ -23,12 +23,14 @@ The `prompt` split is there for completeness: its tasks 2, 3 and 4 are the shots
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import textwrap
 from functools import lru_cache
 from pathlib import Path
 
+from lmforge.core.sandbox_checks import Program, checks_from_asserts
 from lmforge.errors import UserError
 from lmforge.tasks.base import DATA_DIR, Problem, Task, check_keys, check_split, read_jsonl, take, truncate
 
@@ -152,15 +154,31 @@ def extract_code(completion: str) -> str:
     return textwrap.dedent(text).strip("\n")
 
 
-def build_program(problem: Problem, completion: str) -> str:
-    """The program the sandbox runs: the extracted code, the test imports / setup, then every assert.
+def build_program(problem: Problem, completion: str) -> Program:
+    """What the sandbox runs: the extracted code and the test imports / setup, then each assert as a
+    check (the call runs in the sandbox, the comparison with the expected value in the parent:
+    `core/sandbox_checks.py`).
 
     The setup comes after the code because the full file's setup builds objects of classes the
     solution defines (task 367's `Node`); imports work from anywhere, as functions look names up
-    when called.
+    when called. Tests the checks cannot express run inside the program instead (none in the
+    bundled files).
     """
-    parts = [extract_code(completion), problem.data["setup"], "\n".join(problem.data["tests"])]
-    return "\n\n".join(part for part in parts if part) + "\n"
+    code = "\n\n".join(part for part in (extract_code(completion), problem.data["setup"]) if part) + "\n"
+    tests = "\n".join(problem.data["tests"])
+    checks = checks_from_asserts(tests, _defined_names(problem.reference))
+    if checks is None:
+        return Program(f"{code}\n{tests}\n")
+    return Program(code, checks)
+
+
+def _defined_names(code: str) -> set[str]:
+    """Top-level functions and classes of the reference solution: the names the tests call."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return set()
+    return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
 
 
 TASK = Task(

@@ -3,8 +3,9 @@ import importlib.util
 import json
 
 import pytest
-from program_runner import run_program
 
+from lmforge.core.sandbox import run_many, run_python
+from lmforge.core.sandbox_checks import Check, Program
 from lmforge.errors import UserError
 from lmforge.tasks import humaneval
 
@@ -24,32 +25,52 @@ def test_problems_come_from_the_package_data_file():
 
 
 @needs_package
-def test_reference_solutions_pass_and_wrong_ones_fail(tmp_path):
+def test_reference_solutions_pass_and_wrong_ones_fail():
     problems = humaneval.problems("test")
-    for problem in problems[:3] + problems[-2:]:
-        result = run_program(humaneval.build_program(problem, problem.reference), tmp_path)
-        assert result.returncode == 0, (problem.id, result.stderr)
+    chosen = problems[:3] + problems[-2:] + [problems[32]]  # 32: check() loops over random inputs
+    programs = [humaneval.build_program(problem, problem.reference) for problem in chosen]
+    assert [bool(p.checks) for p in programs] == [True] * 5 + [False]  # 32 runs its check() inside
+    for problem, result in zip(chosen, run_many(programs)):
+        assert result.passed, (problem.id, result.stderr)
     first = problems[0]
-    wrong = run_program(humaneval.build_program(first, "    return False\n"), tmp_path)
-    assert wrong.returncode != 0 and "AssertionError" in wrong.stderr
+    wrong = run_python(humaneval.build_program(first, "    return False\n"))
+    assert wrong.status == "failed" and "AssertionError: assert candidate(" in wrong.stderr
+    wrong = run_python(humaneval.build_program(problems[32], "    return 0.123\n"))
+    assert wrong.status == "failed" and "AssertionError" in wrong.stderr
 
 
 @needs_package
-def test_program_is_cut_at_the_codex_stop_sequences(tmp_path):
+def test_program_is_cut_at_the_codex_stop_sequences():
     problem = humaneval.problems("test", limit=1)[0]
     # what follows the body would break the program (a syntax error) if it were kept
-    for tail in ["\ndef helper(:", "\nclass X(:", "\nif __name__ == '__main__':\n", "\nprint(1 +", "\n# )"]:
-        program = humaneval.build_program(problem, problem.reference + tail)
-        assert tail.strip() not in program
-        assert run_program(program, tmp_path).returncode == 0, tail
+    tails = ["\ndef helper(:", "\nclass X(:", "\nif __name__ == '__main__':\n", "\nprint(1 +", "\n# )"]
+    programs = [humaneval.build_program(problem, problem.reference + tail) for tail in tails]
+    for tail, program in zip(tails, programs):
+        assert tail.strip() not in program.code
+    assert [r.status for r in run_many(programs)] == ["passed"] * len(tails)
 
 
 def test_program_layout():
     problem = humaneval.Problem(
-        "HumanEval/x", "def f():\n", "", {"test": "def check(c):\n    assert c()", "entry_point": "f"}
+        "HumanEval/x",
+        "def f():\n",
+        "",
+        {"test": "M = 1\n\ndef check(candidate):\n    assert candidate() == M + 0", "entry_point": "f"},
     )
     program = humaneval.build_program(problem, "    return 1\n")
-    assert program == "def f():\n    return 1\n\ndef check(c):\n    assert c()\ncheck(f)\n"
+    # M is the test's own name: the comparison cannot be made in the parent, so check() runs inside
+    assert program == Program(
+        "def f():\n    return 1\n\nM = 1\n\ndef check(candidate):\n    assert candidate() == M + 0\ncheck(f)\n"
+    )
+    problem.data["test"] = (
+        'def check(candidate):\n    """doc"""\n    assert candidate() == 1, "message"\n    assert True'
+    )
+    program = humaneval.build_program(problem, "    return 1\n")
+    assert program.code == "def f():\n    return 1\n\ncandidate = f\n"
+    assert program.checks == (
+        Check(("candidate()",), "_probe0 == 1", "assert candidate() == 1, 'message'"),
+        Check((), "True", "assert True"),
+    )
 
 
 def test_missing_package_names_the_extra(monkeypatch):

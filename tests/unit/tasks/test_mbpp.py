@@ -1,8 +1,9 @@
 import json
 
 import pytest
-from program_runner import run_program
 
+from lmforge.core.sandbox import run_many, run_python
+from lmforge.core.sandbox_checks import Check
 from lmforge.errors import UserError
 from lmforge.tasks import mbpp
 from lmforge.tasks.base import Problem
@@ -69,23 +70,42 @@ def test_extract_code(completion, code):
 
 
 def test_program_layout():
-    problem = Problem("mbpp/0", "", "", {"setup": "import math", "tests": ["assert f(1) == 1", "assert f(2) == 2"]})
+    problem = Problem(
+        "mbpp/0",
+        "",
+        "def f(x):\n    return x",
+        {"setup": "import math", "tests": ["assert f(1) == 1", "assert math.isclose(f(2), 2.0)"]},
+    )
     program = mbpp.build_program(problem, "def f(x):\n    return x\n[DONE]")
-    assert program == "def f(x):\n    return x\n\nimport math\n\nassert f(1) == 1\nassert f(2) == 2\n"
+    assert program.code == "def f(x):\n    return x\n\nimport math\n"
+    assert program.checks == (
+        Check(("f(1)",), "_probe0 == 1", "assert f(1) == 1"),
+        Check(("f(2)",), "math.isclose(_probe0, 2.0)", "assert math.isclose(f(2), 2.0)"),
+    )
     assert mbpp.TASK.program_for is mbpp.build_program
+    # a test naming something only the program defines, outside a call: the asserts run inside it
+    problem.data["tests"].append("assert f(3) == LIMIT")
+    program = mbpp.build_program(problem, "def f(x):\n    return x\nLIMIT = 3\n")
+    assert program.checks == ()
+    assert program.code.endswith(
+        "import math\n\nassert f(1) == 1\nassert math.isclose(f(2), 2.0)\nassert f(3) == LIMIT\n"
+    )
 
 
-def test_reference_solutions_pass_and_a_wrong_one_fails(tmp_path):
+def test_reference_solutions_pass_and_a_wrong_one_fails():
     by_id = {p.id: p for split in ("test", "test_full", "train") for p in mbpp.problems(split)}
     # 11, 12: sanitized test; 82: sanitized with test imports (math); 367: full file with setup code
-    # (builds Node objects); 927: train, setup code; 601, 974: train from mbpp.jsonl (CRLF, tabs)
-    for task_id in (11, 12, 82, 367, 927, 601, 974):
-        problem = by_id[f"mbpp/{task_id}"]
-        result = run_program(mbpp.build_program(problem, problem.reference + "\n[DONE]"), tmp_path)
-        assert result.returncode == 0, (task_id, result.stderr)
-    wrong = by_id["mbpp/11"]
-    result = run_program(mbpp.build_program(wrong, "def remove_Occ(s, ch):\n    return s\n"), tmp_path)
-    assert result.returncode != 0 and "AssertionError" in result.stderr
+    # (builds Node objects); 927: train, setup code; 601, 974: train from mbpp.jsonl (CRLF, tabs);
+    # 737: returns a re.Match, which its tests take as true
+    chosen = [by_id[f"mbpp/{task_id}"] for task_id in (11, 12, 82, 367, 927, 601, 974, 737)]
+    results = run_many([mbpp.build_program(problem, problem.reference + "\n[DONE]") for problem in chosen])
+    for problem, result in zip(chosen, results):
+        assert result.passed, (problem.id, result.stderr)
+    wrong = run_python(mbpp.build_program(by_id["mbpp/11"], "def remove_Occ(s, ch):\n    return s\n"))
+    assert wrong.status == "failed"
+    assert wrong.stderr.endswith(
+        "AssertionError: assert remove_Occ('hello', 'l') == 'heo' (the program returned 'hello')\n"
+    )
 
 
 def sanitized_row(task_id):
