@@ -247,7 +247,8 @@ def task_rows(work: Path, task: str, sets: list[str], redo_verifiers: bool = Fal
 
 
 def humaneval(run_dir: Path, task_name: str) -> dict:
-    """The MBPP run's final generator on HumanEval: N candidates per problem (zero-shot, as on MBPP),
+    """The MBPP run's final generator on HumanEval: N candidates per problem, each completing HumanEval's
+    own prompt (the function's signature and docstring, zero-shot; not MBPP's prompt format),
     scored by its DPO verifier and ORM; kept beside the run (humaneval-*.jsonl) and reused. Where they
     are not written yet and the run's adapters are not here (a fresh clone), the run is resumed first:
     it retrains its generators and verifiers and reuses everything else."""
