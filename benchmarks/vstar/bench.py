@@ -243,7 +243,9 @@ def task_rows(work: Path, task: str, sets: list[str], redo_verifiers: bool = Fal
     if "majority_vote" in last:
         rows[f"majority vote of G^{iterations}"] = {"best_of_k": last["majority_vote"]}
     rows.update(extra)
-    return {"rows": rows, "runs": {"vstar": main, "vstar_t1": t1, "rft": rft}}
+    settings = flat(yaml.safe_load((main_dir / "config.yaml").read_text()))
+    verifiers = {key: settings.get(key) for key in ("vstar.verifier.max_pairs_per_problem", "vstar.orm.loss")}
+    return {"rows": rows, "verifier_settings": verifiers, "runs": {"vstar": main, "vstar_t1": t1, "rft": rft}}
 
 
 def humaneval(run_dir: Path, task_name: str) -> dict:
