@@ -1,7 +1,9 @@
 """TinyBERT end to end through the CLI on tiny models: a teacher run, general distillation on the
-bundled corpus, task distillation from it with augmentation, exact resume, and bad inputs."""
+bundled corpus, task distillation from it with augmentation, LoRA and AdaLoRA teachers, exact
+resume, and bad inputs."""
 
 import json
+import re
 import signal
 
 import pytest
@@ -79,7 +81,8 @@ def test_task_stage_distils_from_the_general_student(runs, tmp_path):
     run_dir = tmp_path / "task"
     result = run_cli("run", *task_args(runs), "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "48 examples x 2 copies -> 144" in result.stderr or "from the cache" in result.stderr
+    made = re.search(r"48 examples x 2 copies -> (\d+) \((\d+) duplicate", result.stderr)
+    assert (made and int(made[1]) + int(made[2]) == 144) or "from the cache" in result.stderr
     records = read(run_dir, "metrics.jsonl")
     train = [r for r in records if r["split"] == "train"]
     assert "attention/1" in train[0] and "prediction" not in train[0]  # intermediate layers first (8 steps)
@@ -91,6 +94,18 @@ def test_task_stage_distils_from_the_general_student(runs, tmp_path):
     assert "teacher-student agreement" in html and "prediction loss" in html
     result = run_cli("eval", str(run_dir), "--data", "sst2:dev")  # final/ is a plain classifier
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_prediction_phase_starts_with_a_fresh_adamw_state(runs, tmp_path):
+    from lmforge.core.checkpoint import TRAINING_STATE, load_state
+
+    # 10 steps: 8 intermediate, then prediction; the checkpoint after step 9 holds one AdamW step
+    run_dir = tmp_path / "task"
+    args = task_args(runs, "tinybert.augment=false", "train.save_every=9", "train.keep_checkpoints=5")
+    assert run_cli("run", *args, "--run-dir", str(run_dir)).returncode == 0
+    optimizer = load_state(run_dir / "checkpoints" / "step-00000009", TRAINING_STATE)["optimizer"]
+    steps = {int(state["step"]) for state in optimizer["state"].values()}
+    assert steps == {1}, steps  # the official code runs the phases as two trainings (new optimizer)
 
 
 def test_task_stage_resumes_exactly_after_kill_9(runs, tmp_path):
@@ -105,6 +120,53 @@ def test_task_stage_resumes_exactly_after_kill_9(runs, tmp_path):
     result = run_cli("run", "tinybert/minilm_sst2", "--resume", "--run-dir", str(killed))
     assert result.returncode == 0, result.stderr[-2000:]
     assert read(killed, "metrics.jsonl") == read(reference, "metrics.jsonl")
+
+
+TEACHER_RUN = [
+    "model.name=tiny-bert",
+    "train.max_steps=12",
+    "train.batch_size=8",
+    "data.max_train_examples=96",
+    "data.max_eval_examples=32",
+]
+
+
+@pytest.mark.parametrize(
+    "recipe, adapter",
+    [
+        ("lora/minilm_sst2", ["lora.r=2"]),
+        (
+            "adalora/minilm_sst2",
+            ["adalora.init_r=3", "adalora.target_r=1", "adalora.tinit=2", "adalora.tfinal=4", "adalora.deltaT=2"],
+        ),
+    ],
+)
+def test_an_adapter_run_teaches_with_its_adapters_merged(runs, tmp_path, recipe, adapter):
+    teacher, run_dir = tmp_path / "teacher", tmp_path / "task"
+    result = run_cli("run", recipe, *TEACHER_RUN, *adapter, "--run-dir", str(teacher))
+    assert result.returncode == 0, result.stderr[-2000:]
+    args = [*task_args(runs, "tinybert.augment=false", "train.max_steps=4"), f"tinybert.teacher={teacher}"]
+    result = run_cli("run", *args, "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    # the merged teacher predicts what the adapter run itself measured on the same 32 sentences
+    assert read(run_dir, "tinybert.json")["teacher_accuracy"] == read(teacher, "final.json")["metrics"]["accuracy"]
+
+
+def test_a_teacher_without_bert_attention_is_refused_before_anything_is_written(runs, tmp_path):
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
+
+    # DistilBERT names its projections q_lin / k_lin: a classifier the attention hooks cannot read
+    base, teacher, run_dir = tmp_path / "distilbert", tmp_path / "teacher", tmp_path / "task"
+    tokenizer = AutoTokenizer.from_pretrained(str(runs["teacher"] / "final"))
+    config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64)
+    DistilBertForSequenceClassification(config).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    result = run_cli("run", "finetune/minilm_sst2", *TEACHER_RUN, f"model.name={base}", "--run-dir", str(teacher))
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_cli("run", *task_args(runs, f"tinybert.teacher={teacher}"), "--run-dir", str(run_dir))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "no BERT-style self-attention layers" in result.stderr.strip().splitlines()[-1]
+    assert not run_dir.exists()
 
 
 @pytest.mark.parametrize(

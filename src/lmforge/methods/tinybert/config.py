@@ -39,7 +39,9 @@ class TinybertConfig:
     )
     temperature: float = option(1.0, "softmax temperature of the prediction-layer loss", min=0.0, exclusive_min=True)
     augment: bool = option(True, "task: add augmented copies of the training data (Algorithm 1)")
-    augment_copies: int = option(4, "augmented copies per training example (paper: 20)", min=1)
+    augment_copies: int = option(
+        4, "augmented copies tried per training example; duplicates are dropped (paper: N = 20)", min=1
+    )
     augment_prob: float = option(0.4, "probability of replacing each word (paper: 0.4)", min=0.0, max=1.0)
     augment_candidates: int = option(15, "candidates per word, K (paper: 15)", min=1)
     corpus: str = option("gutenberg", "general: unlabeled text, the builtin `gutenberg` or a .txt file")

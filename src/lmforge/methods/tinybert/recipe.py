@@ -5,7 +5,12 @@
 - `tinybert.stage=task` (this file): a finished lmforge classifier run teaches the student
   (from the general stage's output, or random) on the task's data plus augmented copies
   (Algorithm 1): the intermediate losses for the first `intermediate_share` of the steps, then
-  the prediction-layer loss, each phase with its own warmup and decay, as the paper's two runs.
+  the prediction-layer loss, each phase with its own warmup and decay and a fresh AdamW state,
+  as the paper's two runs (the official code starts each phase as a new training).
+
+The teacher is any finished classifier run: full fine-tuning, LoRA or AdaLoRA. Adapters are merged
+into its weights when it is loaded (`remove_lora`): the teacher is frozen, so the merged model
+computes the same function, and the attention hooks see plain query / key linears.
 
 The loop is written out below; the losses live in `losses.py`, pre-softmax attention scores come
 from hooks (`attention.py`), the augmentation from `augment.py`.
@@ -21,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmforge.adapters.lora import remove_lora
 from lmforge.config import RunConfig
 from lmforge.core.classifier_run import start_classifier_run
 from lmforge.core.classify import predict_logits
@@ -30,7 +36,7 @@ from lmforge.core.loop import StopSignal, count_parameters
 from lmforge.core.models import load_saved_classifier
 from lmforge.core.rundir import RunDir
 from lmforge.errors import UserError
-from lmforge.methods.tinybert.attention import AttentionScores
+from lmforge.methods.tinybert.attention import AttentionScores, self_attention_layers
 from lmforge.methods.tinybert.augment import cached_augment
 from lmforge.methods.tinybert.losses import intermediate_losses, layer_map_for, soft_cross_entropy
 from lmforge.methods.tinybert.report import SUMMARY_FILE, report_sections
@@ -58,7 +64,11 @@ def run_task(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
     _, teacher_labels, teacher, tokenizer = load_finished_run(
         Path(tb.teacher), classifier_command="run tinybert (tinybert.teacher)"
     )
-    teacher.requires_grad_(False)
+    teacher = remove_lora(teacher).requires_grad_(False)  # LoRA / AdaLoRA teachers: plain linears
+    try:  # before anything is written: the attention loss needs BERT-style query / key linears
+        self_attention_layers(teacher)
+    except ValueError as e:
+        raise UserError(f"tinybert.teacher: {tb.teacher}: {e}") from None
     general = Path(tb.init_from) / "final" if tb.init_from else None
     if general is not None and not general.is_dir():
         raise UserError(f"tinybert.init_from: {tb.init_from} has no final/ (not a finished general-stage run)")
@@ -128,6 +138,8 @@ def run_task(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
 
         with StopSignal() as stop:
             while t.running():
+                if t.state.step == n_intermediate > 0:  # the prediction phase starts as a new training
+                    getattr(t.optimizer, "optimizer", t.optimizer).state.clear()
                 batch, started = next(t.batches), time.perf_counter()
                 loss = t.accumulate_gradients(batch, loss_fn=distillation_losses)
                 t.optimizer_step(batch)
