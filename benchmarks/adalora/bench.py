@@ -1,42 +1,50 @@
 """Benchmark AdaLoRA (Zhang et al. 2023) against LoRA at the same final budget, peft's AdaLoRA and full
-fine-tuning, on MiniLM with SST-2 and TREC-6 (dev carved from train; the same carve for every row).
+fine-tuning, on MiniLM with TREC-6 (and SST-2 on a GPU), every arm tuned the same way.
 
-Rows, all adapting the same matrices (query, key, value, attention output, both feed-forward layers):
-  lora_r2 / lora_r8                LoRA r=2 / r=8 (alpha = 2r)
-  adalora_r2 / adalora_r8          lmforge AdaLoRA, init_r 3 -> target_r 2 / init_r 12 -> target_r 8
-  peft_adalora_r2 / _r8            peft's AdaLoRA, same settings, `update_and_allocate` called after every
-                                   optimizer step, its orthogonal regulariser (gamma 0.1) added to the loss
-  full                             full fine-tuning (lr 5e-5, the finetune recipe's)
-Every row runs through the same lmforge loop (same data order, schedule, evaluation); only the adapter
+Arms, all adapters on the same 36 matrices (query, key, value, attention output, both feed-forward
+layers) and all at the same scaling alpha / r = 2 (LoRA: alpha = 2r; AdaLoRA: lora_alpha = 2 init_r,
+the update P Lambda Q x lora_alpha / init_r, as the official code and peft scale it):
+  lora_r2 / lora_r8              LoRA r = 2 / 8
+  adalora_r2 / adalora_r8        lmforge AdaLoRA, init_r 3 -> target_r 2 / init_r 12 -> target_r 8
+  peft_adalora_r2 / _r8          peft's AdaLoRA, same settings, `update_and_allocate` after every optimizer
+                                 step, its own (unsquared) orthogonal regulariser, gamma 0.1
+  full                           full fine-tuning
+Every arm runs through the same lmforge loop (same data order, schedule, evaluation); only the adapter
 differs. Each run is a fresh process (`--job`), so peak memory is per run.
 
-Stages:
-  sweep    learning rate of each lmforge LoRA and AdaLoRA row, seed 1, on TREC-6 dev (--sweep-on): AdaLoRA's
-           start from Lambda = 0 needs a higher rate than LoRA, so one shared rate would be unfair. peft's
-           AdaLoRA runs at lmforge AdaLoRA's rate (the same settings). The best rate per row is used for
-  quality  seeds 2, 3, 4 (not the sweep's seed): accuracy mean and sample std, final adapter parameters
-  timing   seconds per optimizer step, each row alone on the machine, rows rotated over rounds; ratios to
-           lmforge LoRA at the same budget and to peft's AdaLoRA; peak memory
-Profiles:
-  quick    TREC-6 only, one epoch, one seed, no sweep (fixed rates, QUICK_LRS), schedule scaled to the
-           shorter run; about 15 minutes on the 2-core CPU machine
-  full     both datasets, 3 epochs, sweep + 3 seeds + timing; meant for a GPU (--workers runs jobs
-           in parallel there; timing always runs one job at a time)
+Tuning, the same for every arm: a learning-rate grid of the same size and shape (base x 1, 2, 4, 10;
+the base per family, since AdaLoRA starts from Lambda = 0 and full fine-tuning moves every weight),
+seed 1, trained on the training split minus a validation split carved from it (seeded shuffle, recorded
+with the files' sha256) and scored on that validation split. The reported split (the builtin dev; no
+test split is shipped for TREC-6 or SST-2) is never used to choose anything.
 
-  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/adalora/bench.py --profile quick
-  # SST-2's quality stage on the CPU: one epoch (217 steps) with the schedule scaled to it, rates from
-  # the TREC-6 sweep; its runs are named quality_1ep-* and its results stored under "full_1ep"
-  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/adalora/bench.py --profile full --stages sweep quality \
-      --datasets sst2 --tag 1ep --quality-set train.epochs=1 adalora.tinit=20 adalora.tfinal=70 adalora.deltaT=5
-  HF_HUB_OFFLINE=1 python benchmarks/adalora/bench.py --profile full --workers 12 --model /path/to/minilm
+Stages:
+  sweep    every arm x every rate of its grid, seed 1: train on fit, score on validation
+  quality  seeds 2, 3, 4 at each arm's best rate: train on fit, report on dev
+  timing   seconds per optimizer step, one run at a time, arms rotated over rounds (GPU profile)
+Each run's result JSON stores the settings that made it; a rerun reuses a result only when its settings
+are identical, and stops with one line naming the run otherwise.
+
+Profiles:
+  cpu      TREC-6; sweep at ONE epoch (the AdaLoRA schedule scaled to it), quality at three epochs;
+           about 2 hours on the 2-core CPU machine
+  gpu      TREC-6 and SST-2, sweep and quality at three epochs, timing; --workers runs jobs in parallel
+  smoke    tiny-bert on 96 TREC-6 questions, a few steps, two rates per arm: checks the script end to end
+
+  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/adalora/bench.py --profile cpu
+  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/adalora/bench.py --profile smoke --work /tmp/adalora-smoke \
+      --results /tmp/adalora-smoke/results.json
+  HF_HUB_OFFLINE=1 python benchmarks/adalora/bench.py --profile gpu --workers 12 --model /path/to/minilm
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
+import random
 import resource
 import shutil
 import statistics
@@ -47,25 +55,40 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-WORK = HERE / "runs"  # one result JSON (committed: a rerun reuses it) and log per run; --work moves it
+WORK = HERE / "runs" / "equal_tuning"  # the carved data, one result JSON (committed) and log per run
 RUNS = Path(os.environ.get("TMPDIR", "/tmp")) / "lmforge-adalora-bench"  # run folders, removed after each run
 TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 TARGET_LIST = "[" + ",".join(TARGETS) + "]"
-ROWS = {
-    "lora_r2": ("lora", [f"lora.target_modules={TARGET_LIST}", "lora.r=2", "lora.alpha=4"]),
-    "adalora_r2": ("adalora", ["adalora.init_r=3", "adalora.target_r=2"]),
-    "peft_adalora_r2": ("peft", ["adalora.init_r=3", "adalora.target_r=2"]),
-    "lora_r8": ("lora", [f"lora.target_modules={TARGET_LIST}", "lora.r=8", "lora.alpha=16"]),
-    "adalora_r8": ("adalora", ["adalora.init_r=12", "adalora.target_r=8"]),
-    "peft_adalora_r8": ("peft", ["adalora.init_r=12", "adalora.target_r=8"]),
-    "full": ("finetune", ["train.lr=5e-5"]),
+SCALING = 2.0  # alpha / r of every adapter arm
+ROWS = {  # arm -> (recipe method, family of its learning-rate grid, overrides)
+    "lora_r2": ("lora", "lora", [f"lora.target_modules={TARGET_LIST}", "lora.r=2", "lora.alpha=4"]),
+    "adalora_r2": ("adalora", "adalora", ["adalora.init_r=3", "adalora.target_r=2", "adalora.lora_alpha=6"]),
+    "peft_adalora_r2": ("peft", "adalora", ["adalora.init_r=3", "adalora.target_r=2", "adalora.lora_alpha=6"]),
+    "lora_r8": ("lora", "lora", [f"lora.target_modules={TARGET_LIST}", "lora.r=8", "lora.alpha=16"]),
+    "adalora_r8": ("adalora", "adalora", ["adalora.init_r=12", "adalora.target_r=8", "adalora.lora_alpha=24"]),
+    "peft_adalora_r8": ("peft", "adalora", ["adalora.init_r=12", "adalora.target_r=8", "adalora.lora_alpha=24"]),
+    "full": ("finetune", "full", []),
 }
-SWEPT_ROWS = ["lora_r2", "adalora_r2", "lora_r8", "adalora_r8"]
-SWEEP_LRS = {"lora": [5e-4, 1e-3, 2e-3, 5e-3], "adalora": [2e-3, 5e-3, 1e-2, 2e-2]}  # peft's AdaLoRA: "adalora"
-QUICK_LRS = {"lora_r2": 2e-3, "lora_r8": 1e-3, "adalora_r2": 5e-3, "adalora_r8": 5e-3}  # set before any sweep ran
-QUICK_SCHEDULE = ["train.epochs=1", "adalora.tinit=15", "adalora.tfinal=40", "adalora.deltaT=5"]
-SETS: list[str] = []  # --set overrides, applied to every run after the profile's own
+GRID_SHAPE = [1, 2, 4, 10]  # every arm's grid: its base rate times these
+GRID_BASE = {"lora": 5e-4, "adalora": 5e-3, "full": 2e-5}
+VALIDATION = {"seed": 20261207, "size": {"trec6": 500, "sst2": 872}}  # SST-2: as large as its dev split
+ONE_EPOCH_SCHEDULE = ["train.epochs=1", "adalora.tinit=15", "adalora.tfinal=40", "adalora.deltaT=5"]
 TIMING_SCHEDULE = ["train.max_steps=80", "adalora.tinit=10", "adalora.tfinal=30", "adalora.deltaT=5"]
+PROFILES = {
+    "cpu": {"datasets": ["trec6"], "sweep": ONE_EPOCH_SCHEDULE, "quality": [], "grid": 4, "timing": False},
+    "gpu": {"datasets": ["trec6", "sst2"], "sweep": [], "quality": [], "grid": 4, "timing": True},
+    "smoke": {
+        "datasets": ["trec6"],
+        "sweep": ["train.max_steps=12", "adalora.tinit=2", "adalora.tfinal=4", "adalora.deltaT=2"],
+        "quality": ["train.max_steps=12", "adalora.tinit=2", "adalora.tfinal=4", "adalora.deltaT=2"],
+        "grid": 2,
+        "timing": False,
+        "model": "tiny-bert",
+        "set": ["data.max_train_examples=96", "data.max_eval_examples=48", "train.batch_size=8"],
+        "validation_size": 48,
+        "seeds": [2],
+    },
+}
 
 
 # ---- one run, in its own process ------------------------------------------------------------------
@@ -73,7 +96,7 @@ TIMING_SCHEDULE = ["train.max_steps=80", "adalora.tinit=10", "adalora.tfinal=30"
 
 def final_adapter_parameters(final: Path) -> int | None:
     """Adapter parameters as saved after training (LoRA: r(in + out) per matrix; AdaLoRA, trimmed to the
-    kept triplets: r_k(in + out + 1)); the classifier head, trained by every row, is not counted."""
+    kept triplets: r_k(in + out + 1)); the classifier head, trained by every arm, is not counted."""
     path = final / "adapter_model.safetensors"
     if not path.is_file():
         return None
@@ -147,12 +170,10 @@ def job(spec: dict) -> None:
     from lmforge.cli import find_recipe, load_run_config
     from lmforge.registry import METHODS, resolve
 
-    method, row_overrides = ROWS[spec["row"]]
+    method, _, _ = ROWS[spec["row"]]
     recipe_method = "adalora" if method == "peft" else method
-    # schedule overrides (adalora.*) apply to the AdaLoRA rows only
-    overrides = [
-        o for o in row_overrides + spec["overrides"] if o.split(".")[0] in ("model", "data", "train", recipe_method)
-    ]
+    # schedule overrides (adalora.*) apply to the AdaLoRA arms only
+    overrides = [o for o in spec["overrides"] if o.split(".")[0] in ("model", "data", "train", recipe_method)]
     cfg = load_run_config(find_recipe(f"{recipe_method}/minilm_{spec['dataset']}"), overrides)
     run_dir = Path(spec["run_dir"])
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -177,6 +198,7 @@ def job(spec: dict) -> None:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         "peft": version,
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip(),
     }
     allocation = run_dir / "adalora.json"
     if allocation.is_file():
@@ -185,31 +207,77 @@ def job(spec: dict) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
+# ---- data: the validation split carved from the training split --------------------------------------
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def carve_validation(dataset: str, size: int) -> dict:
+    """Write <dataset>-fit.jsonl and <dataset>-validation.jsonl: `size` rows of the builtin training split,
+    picked by a seeded shuffle, held out for choosing the learning rate; the rest is trained on."""
+    from lmforge.core.data import load_examples
+
+    train = load_examples(f"{dataset}:train")
+    order = list(range(len(train.texts)))
+    random.Random(VALIDATION["seed"]).shuffle(order)
+    held_out = set(order[:size])
+    files = {}
+    for part, keep in (("fit", lambda i: i not in held_out), ("validation", lambda i: i in held_out)):
+        path = WORK / "data" / f"{dataset}-{part}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [{"text": t, "label": y} for i, (t, y) in enumerate(zip(train.texts, train.labels)) if keep(i)]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        files[part] = {"path": str(path), "rows": len(rows), "sha256": sha256(path)}
+    return {"from": f"{dataset}:train", "seed": VALIDATION["seed"], **files}
+
+
 # ---- the comparison ---------------------------------------------------------------------------------
 
 
-def spec(stage: str, row: str, dataset: str, seed: int, lr: float | None, extra: list[str], model: str | None) -> dict:
-    name = f"{stage}-{dataset}-{row}-s{seed}" + (f"-lr{lr:g}" if lr is not None else "")
-    overrides = [f"train.seed={seed}", "train.eval_every=1000000", "train.save_every=1000000", *extra, *SETS]
-    if lr is not None:
-        overrides.append(f"train.lr={lr}")
-    if model:
-        overrides.append(f"model.name={model}")
+def grid(row: str, size: int) -> list[float]:
+    base = GRID_BASE[ROWS[row][1]]
+    return [float(f"{base * k:.3g}") for k in GRID_SHAPE[:size]]
+
+
+def spec(stage: str, row: str, dataset: str, seed: int, lr: float, data: dict, eval_on: str, extra: list[str]) -> dict:
+    """One run. `settings` is everything that decides its result; a stored result is reused only when its
+    settings are the same."""
+    name = f"{stage}-{dataset}-{row}-s{seed}-lr{lr:g}"
+    fixed = ["train.eval_every=1000000", "train.save_every=1000000", f"train.seed={seed}", f"train.lr={lr}"]
+    eval_spec = data["validation"]["path"] if eval_on == "validation" else f"{dataset}:dev"
+    overrides = [*ROWS[row][2], *fixed, *extra, f"data.train={data['fit']['path']}", f"data.eval={eval_spec}"]
+    settings = {
+        "row": row,
+        "dataset": dataset,
+        "seed": seed,
+        "lr": lr,
+        "overrides": [o for o in overrides if not o.startswith(("data.train=", "data.eval="))],
+        "train_data": data["fit"]["sha256"],
+        "eval_data": data["validation"]["sha256"] if eval_on == "validation" else f"{dataset}:dev",
+    }
     return {
         "id": name,
         "stage": stage,
         "row": row,
         "dataset": dataset,
         "seed": seed,
+        "evaluated_on": eval_on,
         "overrides": overrides,
+        "settings": settings,
         "run_dir": str(RUNS / name),
         "out": str(WORK / f"{name}.json"),
     }
 
 
 def launch(specs: list[dict], workers: int) -> list[dict]:
-    """Run each spec in a fresh process (`--job`); a finished spec's result is reused on a rerun."""
-    WORK.mkdir(parents=True, exist_ok=True)
+    """Run each spec in a fresh process (`--job`); a stored result is reused only if made with the same
+    settings. Every stored result is checked before anything runs."""
+    for s in specs:
+        out = Path(s["out"])
+        if out.is_file() and json.loads(out.read_text()).get("settings") != s["settings"]:
+            sys.exit(f"bench.py: {out} was made with other settings; move it away or pass another --work")
 
     def one(s: dict) -> dict | None:
         out = Path(s["out"])
@@ -222,7 +290,7 @@ def launch(specs: list[dict], workers: int) -> list[dict]:
                 print(f"FAILED {s['id']} (exit {code}): see {out.with_suffix('.log')}", flush=True)
                 return None
         r = json.loads(out.read_text())
-        print(f"{s['id']:<42} accuracy {r['accuracy']:.4f}  {r['s_per_step'] * 1000:7.1f} ms/step", flush=True)
+        print(f"{s['id']:<48} accuracy {r['accuracy']:.4f}  {r['s_per_step'] * 1000:7.1f} ms/step", flush=True)
         return r
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -233,18 +301,18 @@ def summarize(runs: list[dict]) -> dict:
     out = {}
     for dataset in sorted({r["dataset"] for r in runs}):
         for row in ROWS:
-            own = [r for r in runs if r["dataset"] == dataset and r["row"] == row]
+            own = sorted((r for r in runs if r["dataset"] == dataset and r["row"] == row), key=lambda r: r["seed"])
             if not own:
                 continue
             acc = [r["accuracy"] for r in own]
             out[f"{dataset}/{row}"] = {
                 "seeds": [r["seed"] for r in own],
                 "lr": own[0]["lr"],
+                "scaling": None if row == "full" else SCALING,
+                "accuracy": acc,
                 "accuracy_mean": statistics.fmean(acc),
                 "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else None,
-                "accuracy_min": min(acc),
-                "accuracy_max": max(acc),
-                "final_adapter_parameters": own[0]["final_adapter_parameters"],
+                "final_adapter_parameters": [r["final_adapter_parameters"] for r in own],  # one per seed
                 "trainable_parameters_during_training": own[0]["trainable_parameters"],
                 "s_per_step_median": statistics.median(r["s_per_step"] for r in own),
                 "peak_memory_mb": max((r["peak_cuda_mb"] or r["peak_rss_mb"]) for r in own),
@@ -253,7 +321,7 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def versus(summary: dict, field: str, combine) -> dict:
-    """lmforge AdaLoRA against lmforge LoRA and peft's AdaLoRA at the same budget: combine(ours, theirs)."""
+    """lmforge AdaLoRA against LoRA and peft's AdaLoRA at the same budget: combine(ours, theirs)."""
     out = {}
     for key, s in summary.items():
         dataset, row = key.split("/")
@@ -265,137 +333,142 @@ def versus(summary: dict, field: str, combine) -> dict:
     return out
 
 
-def ratios(summary: dict) -> dict:
-    """Step-time ratios: ours / theirs."""
-    return versus(summary, "s_per_step_median", lambda ours, theirs: ours / theirs)
-
-
-def gaps(summary: dict) -> dict:
-    """Accuracy differences: ours - theirs."""
-    return versus(summary, "accuracy_mean", lambda ours, theirs: ours - theirs)
-
-
 def print_table(title: str, summary: dict) -> None:
     print(f"\n{title}")
-    print("| dataset / row | lr | accuracy mean ± std (min-max) | final adapter params | s/step | peak MB |")
-    print("|---|---|---|---|---|---|")
+    print("| dataset / arm | lr | scaling | accuracy per seed | mean ± std | final adapter params per seed | s/step |")
+    print("|---|---|---|---|---|---|---|")
     for key, s in summary.items():
         std = f" ± {100 * s['accuracy_std']:.2f}" if s["accuracy_std"] is not None else ""
-        params = f"{s['final_adapter_parameters']:,}" if s["final_adapter_parameters"] is not None else "all"
+        params = " / ".join("all" if p is None else f"{p:,}" for p in s["final_adapter_parameters"])
+        per_seed = " / ".join(f"{100 * a:.2f}" for a in s["accuracy"])
+        scaling = "-" if s["scaling"] is None else f"{s['scaling']:g}"
         print(
-            f"| {key} | {s['lr']:g} | {100 * s['accuracy_mean']:.2f}{std} "
-            f"({100 * s['accuracy_min']:.2f}-{100 * s['accuracy_max']:.2f}) | {params} | "
-            f"{s['s_per_step_median']:.4f} | {s['peak_memory_mb']:.0f} |"
+            f"| {key} | {s['lr']:g} | {scaling} | {per_seed} | {100 * s['accuracy_mean']:.2f}{std} | {params} | "
+            f"{s['s_per_step_median']:.3f} |"
         )
 
 
-def provenance() -> dict:
+def stage_record(settings: dict) -> dict:
     from lmforge.core.rundir import benchmark_provenance
 
-    return benchmark_provenance()
+    return {**benchmark_provenance(), "settings": settings}
 
 
-def quick(args) -> dict:
-    specs = []
-    for row in ROWS:
-        lr = QUICK_LRS.get(row.removeprefix("peft_"), None)
-        specs.append(spec("quick", row, "trec6", 1, lr, QUICK_SCHEDULE, args.model))
-    runs = launch(specs, 1)  # one at a time: the step times are compared
-    summary = summarize(runs)
-    print_table("quick profile: TREC-6, 1 epoch, seed 1", summary)
-    result = {**provenance(), "runs": runs, "summary": summary, "step_time_ratios": ratios(summary)}
-    for k, v in result["step_time_ratios"].items():
-        print(f"step time {k}: {v:.3f}")
-    return result
+def run_profile(args) -> dict:
+    profile = PROFILES[args.profile]
+    model = args.model or profile.get("model")
+    common = [*profile.get("set", []), *([f"model.name={model}"] if model else []), *args.set]
+    datasets = args.datasets or profile["datasets"]
+    seeds = args.seeds or profile.get("seeds", [2, 3, 4])
+    size = profile["grid"]
+    result: dict = {"profile": args.profile, "stages": {}}
+    data = {}
+    for d in datasets:
+        data[d] = carve_validation(d, profile.get("validation_size", VALIDATION["size"][d]))
+        print(f"{d}: fit {data[d]['fit']['rows']} rows, validation {data[d]['validation']['rows']} rows", flush=True)
+    result["data"] = data
+    result["reported_split"] = {d: f"{d}:dev (no test split is shipped for {d})" for d in datasets}
 
-
-def full(args) -> dict:
-    result = {**provenance(), "stages": args.stages, "datasets": args.datasets, "quality_set": args.quality_set}
-    if "timing" in args.stages:  # one job at a time, rows rotated over rounds
+    if profile["timing"] and "timing" in args.stages:  # one job at a time, arms rotated over rounds
         specs = []
         for r in range(args.rounds):
             order = list(ROWS)[r % len(ROWS) :] + list(ROWS)[: r % len(ROWS)]
-            specs += [spec(f"timing{r}", row, "sst2", 1, None, TIMING_SCHEDULE, args.model) for row in order]
-        result["timing"] = timing = summarize(launch(specs, 1))
-        result["step_time_ratios"] = ratios(timing)
-        print_table("timing (SST-2, 80 steps, one run at a time)", timing)
-    if "sweep" not in args.stages and "quality" not in args.stages:
-        return result
-    # the learning-rate sweep, seed 1, on --sweep-on; needed by the quality stage, reused from earlier runs
+            lr = {row: grid(row, size)[1] for row in ROWS}  # any rate: only the step time is read
+            specs += [
+                spec(
+                    f"timing{r}",
+                    row,
+                    "sst2",
+                    1,
+                    lr[row],
+                    data.get("sst2") or data[datasets[0]],
+                    "validation",
+                    [*TIMING_SCHEDULE, *common],
+                )
+                for row in order
+            ]
+        timing = summarize(launch(specs, 1))
+        result["stages"]["timing"] = stage_record(
+            {"schedule": TIMING_SCHEDULE, "common": common, "rounds": args.rounds}
+        )
+        result["timing"] = timing
+        result["step_time_ratios"] = versus(timing, "s_per_step_median", lambda ours, theirs: ours / theirs)
+        print_table("timing (80 steps, one run at a time)", timing)
+
+    sweep_extra = [*profile["sweep"], *common]
     specs = [
-        spec("sweep", row, d, 1, lr, [], args.model)
-        for d in args.sweep_on
-        for row in SWEPT_ROWS
-        for lr in SWEEP_LRS["lora" if row.startswith("lora") else "adalora"]
+        spec("sweep", row, d, 1, lr, data[d], "validation", sweep_extra)
+        for d in datasets
+        for row in ROWS
+        for lr in grid(row, size)
     ]
     sweep = launch(specs, args.workers)
+    result["stages"]["sweep"] = stage_record(
+        {
+            "grids": {row: grid(row, size) for row in ROWS},
+            "seed": 1,
+            "overrides": sweep_extra,
+            "scored_on": "validation",
+        }
+    )
     best = {}
-    for d in args.sweep_on:
-        for row in SWEPT_ROWS:
+    for d in datasets:
+        for row in ROWS:
             tried = [r for r in sweep if r["dataset"] == d and r["row"] == row]
             if tried:  # ties go to the lower rate
                 best[f"{d}/{row}"] = max(tried, key=lambda r: (r["accuracy"], -r["lr"]))["lr"]
     result["sweep"] = [{k: r[k] for k in ("dataset", "row", "lr", "accuracy")} for r in sweep]
     result["best_lr"] = best
-    print("best learning rates:", json.dumps(best))
-    if "quality" in args.stages:  # the best rate of the sweep (on the same dataset if swept), fresh seeds
+    print("best learning rates (validation):", json.dumps(best), flush=True)
+    if "quality" not in args.stages:
+        return result
 
-        def rate(d: str, row: str) -> float | None:
-            if row == "full":
-                return None
-            row = row.removeprefix("peft_")  # peft's AdaLoRA runs at lmforge AdaLoRA's rate: the same settings
-            return best.get(f"{d}/{row}", best.get(f"{args.sweep_on[0]}/{row}"))
-
-        stage = "quality" + (f"_{args.tag}" if args.tag else "")  # a tagged stage never reuses untagged runs
-        specs = [
-            spec(stage, row, d, seed, rate(d, row), args.quality_set, args.model)
-            for d in args.datasets
-            for seed in args.seeds
-            for row in ROWS
-        ]
-        result["quality"] = quality = summarize(launch(specs, args.workers))
-        print_table(f"quality: seeds {args.seeds}, learning rates from the seed-1 sweep", quality)
-        result["accuracy_gaps"] = gaps(quality)
-        for k, v in result["accuracy_gaps"].items():
-            print(f"accuracy {k}: {100 * v:+.2f} points")
-    for k, v in result.get("step_time_ratios", {}).items():
-        print(f"step time {k}: {v:.3f}")
+    quality_extra = [*profile["quality"], *common]
+    specs = [
+        spec("quality", row, d, seed, best[f"{d}/{row}"], data[d], "dev", quality_extra)
+        for d in datasets
+        for seed in seeds
+        for row in ROWS
+        if f"{d}/{row}" in best
+    ]
+    quality = summarize(launch(specs, args.workers))
+    result["stages"]["quality"] = stage_record({"seeds": seeds, "overrides": quality_extra, "reported_on": "dev"})
+    result["quality"] = quality
+    result["accuracy_gaps"] = versus(quality, "accuracy_mean", lambda ours, theirs: ours - theirs)
+    print_table(f"quality: seeds {seeds}, each arm at its validation-chosen rate, reported on dev", quality)
+    for k, v in result["accuracy_gaps"].items():
+        print(f"accuracy {k}: {100 * v:+.2f} points")
     return result
 
 
 def main() -> None:
     global WORK
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=["quick", "full"], default="quick")
+    parser.add_argument("--profile", choices=list(PROFILES), default="cpu")
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--model", help="model name or folder (default: the recipes' minilm)")
     parser.add_argument("--workers", type=int, default=1, help="jobs run in parallel (sweep and quality only)")
-    parser.add_argument("--datasets", nargs="+", default=["sst2", "trec6"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[2, 3, 4])
+    parser.add_argument("--datasets", nargs="+", choices=["trec6", "sst2"], help="default: the profile's")
+    parser.add_argument("--seeds", nargs="+", type=int, help="quality seeds (default 2 3 4)")
     parser.add_argument("--rounds", type=int, default=2, help="timing rounds")
     parser.add_argument(
         "--stages", nargs="+", choices=["timing", "sweep", "quality"], default=["timing", "sweep", "quality"]
     )
-    parser.add_argument("--sweep-on", nargs="+", default=["trec6"], help="datasets of the learning-rate sweep")
     parser.add_argument("--results", type=Path, default=HERE / "results.json")
-    parser.add_argument("--work", type=Path, default=WORK, help="folder for each run's result and log")
-    parser.add_argument("--set", nargs="*", default=[], help="key=value overrides for every run (e.g. a smoke test)")
-    parser.add_argument(
-        "--quality-set", nargs="*", default=[], help="key=value overrides for the quality stage only (needs --tag)"
-    )
-    parser.add_argument("--tag", default="", help="names the quality stage's runs, e.g. 1ep for a shorter schedule")
+    parser.add_argument("--work", type=Path, default=WORK, help="folder for the carved data and each run's result")
+    parser.add_argument("--set", nargs="*", default=[], help="key=value overrides for every run")
     args = parser.parse_args()
-    if args.quality_set and not args.tag:
-        parser.error("--quality-set needs --tag, so its runs are not mistaken for the default schedule's")
-    SETS.extend(args.set)
-    WORK = args.work
     if args.job:
         job(json.loads(args.job))
         return
-    result = quick(args) if args.profile == "quick" else full(args)
+    WORK = args.work
+    WORK.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    result = run_profile(args)
+    result["wall_minutes"] = round((time.time() - started) / 60, 1)
     from lmforge.core.rundir import merge_benchmark_result
 
-    merge_benchmark_result(args.results, args.profile + (f"_{args.tag}" if args.tag else ""), result)
+    merge_benchmark_result(args.results, f"equal_tuning_{args.profile}", result)
 
 
 if __name__ == "__main__":
