@@ -10,5 +10,5 @@ export PYTHONPATH=$PWD/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALL
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
-python3 benchmarks/adalora/bench.py --profile full --model "$model" --workers "${WORKERS:-14}" \
+python3 benchmarks/adalora/bench.py --profile gpu --model "$model" --workers "${WORKERS:-14}" \
   --work "$out/work" --results "$out/results.json" 2>&1 | tee "$out/bench.log"
