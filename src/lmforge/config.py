@@ -4,12 +4,17 @@ Every recipe is driven by the same top-level keys (`method`, `model.*`, `data.*`
 a method's own options live in a section named after the method (`lora.r`, ...), described by
 the `<Method>Config` dataclass that the registry names. Each field carries its help text, and
 optionally `min`, `max` or `choices`, in its metadata; those drive both validation and `--help`.
+A number must be finite (`inf` and `nan` pass comparisons such as `min=0`) and an integer fit in 64
+bits; YAML aliases and duplicate keys are refused (an alias bomb expands a few hundred bytes into
+gigabytes, and a duplicate key silently keeps only its last value).
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -19,7 +24,10 @@ from typing import Any
 
 import yaml
 
-from lmforge.errors import UserError
+from lmforge.errors import UserError, shown
+
+SEED_RANGE = {"min": 0, "max": 2**32 - 1}  # numpy's seed range (torch takes 64 bits)
+INT_LIMIT = 2**63 - 1  # every integer option fits torch's int64
 
 
 def option(default: Any, help: str, **checks: Any) -> Any:
@@ -62,7 +70,7 @@ class TrainConfig:
     weight_decay: float = option(0.01, "AdamW weight decay (never applied to biases and norms)", min=0.0)
     warmup_ratio: float = option(0.06, "share of steps with linear warmup, then linear decay", min=0.0, max=1.0)
     max_grad_norm: float = option(1.0, "clip the gradient norm (0 = no clipping)", min=0.0)
-    seed: int = option(42, "seed for weights, data order and dropout", min=0)
+    seed: int = option(42, "seed for weights, data order and dropout", **SEED_RANGE)
     eval_every: int = option(0, "evaluate every N optimizer steps (0 = once per epoch)", min=0)
     save_every: int = option(0, "checkpoint every N optimizer steps (0 = once per epoch)", min=0)
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep", min=1)
@@ -103,7 +111,28 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 
 class ConfigLoader(yaml.SafeLoader):
     """YAML with YAML 1.2 scalars: only true/false are booleans (so `mixed_precision: no` stays
-    the string "no"), and `1e-3` is a float (YAML 1.1 wants `1.0e-3`)."""
+    the string "no"), and `1e-3` is a float (YAML 1.1 wants `1.0e-3`). Aliases (`*name`, and so
+    `<<` merges) are refused: 382 bytes of nested aliases expand to millions of nodes. A key given
+    twice in one mapping is refused rather than resolved to its last value."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.get_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"alias *{shown(event.anchor, 40)[1:-1]} refused: write the value out", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {shown(key, 60)}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 ConfigLoader.yaml_implicit_resolvers = {
@@ -124,6 +153,11 @@ def load_yaml(text: str):
     return yaml.load(text, Loader=ConfigLoader)
 
 
+# What a crafted YAML text raises besides YAMLError: an integer past Python's 4,300-digit limit
+# (ValueError), nesting deeper than the parser's recursion (RecursionError).
+YAML_FAULTS = (yaml.YAMLError, ValueError, RecursionError)
+
+
 def read_yaml(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
@@ -133,10 +167,11 @@ def read_yaml(path: Path) -> dict:
         raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
         loaded = load_yaml(text)
-    except yaml.YAMLError as e:
+    except YAML_FAULTS as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
+        problem = getattr(e, "problem", None) or str(e) or type(e).__name__
+        raise UserError(f"{path}:{where} invalid YAML: {shown(problem)[1:-1]}") from None
     if loaded is None:
         raise UserError(f"{path}: the recipe is empty")
     if not isinstance(loaded, dict):
@@ -150,17 +185,17 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UserError(f"override {item!r}: expected key=value, e.g. train.lr=3e-4")
+            raise UserError(f"override {shown(item)}: expected key=value, e.g. train.lr=3e-4")
         node = raw
         parts = key.split(".")
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise UserError(f"override {item!r}: {part!r} is not a section")
+                raise UserError(f"override {shown(item)}: {shown(part)} is not a section")
             node = child
         try:
             node[parts[-1]] = load_yaml(value) if value != "" else ""
-        except yaml.YAMLError:
+        except YAML_FAULTS:
             node[parts[-1]] = value
     return raw
 
@@ -179,16 +214,16 @@ def build_config(
         raise UserError(f"{source}: missing key 'method' (one of: {', '.join(sorted(option_classes))})")
     if method not in option_classes:
         raise UserError(
-            f"{where('method')}: method: unknown method {method!r} (one of: {', '.join(sorted(option_classes))})"
+            f"{where('method')}: method: unknown method {shown(method)} (one of: {', '.join(sorted(option_classes))})"
         )
     sections = dict(SECTIONS)
     sections[method] = option_classes[method]
     built = {}
     for key, value in raw.items():
         if key not in sections:
-            raise UserError(f"{where(key)}: unknown key {key!r} (allowed: method, {', '.join(sections)})")
+            raise UserError(f"{where(key)}: unknown key {shown(key)} (allowed: method, {', '.join(sections)})")
         if not isinstance(value, dict):
-            raise UserError(f"{where(key)}: {key}: expected a section of keys, got {value!r}")
+            raise UserError(f"{where(key)}: {key}: expected a section of keys, got {shown(value)}")
         built[key] = _build_section(sections[key], value, key, where)
     options_cls = option_classes[method]
     return RunConfig(
@@ -212,7 +247,7 @@ class _Origin:
         for item in reversed(self.overrides):  # the last override of a key is the one that holds
             key = item.partition("=")[0]
             if key == name or key.startswith(name + "."):
-                return f"command line (override {item!r})"
+                return f"command line (override {shown(item)})"
         return self.source
 
 
@@ -223,14 +258,14 @@ def _build_section(cls: type, values: dict, prefix: str, where: _Origin) -> Any:
     for key, value in values.items():
         name = f"{prefix}.{key}"
         if key not in fields:
-            raise UserError(f"{where(name)}: unknown key {name!r} (allowed under {prefix!r}: {', '.join(fields)})")
+            raise UserError(f"{where(name)}: unknown key {shown(name)} (allowed under {prefix!r}: {', '.join(fields)})")
         kwargs[key] = _check_value(name, value, hints[key], fields[key].metadata, where)
     return cls(**kwargs)
 
 
 def _check_value(name: str, value: Any, hint: Any, meta: typing.Mapping, where: _Origin) -> Any:
     def fail(expected: str) -> typing.NoReturn:
-        raise UserError(f"{where(name)}: {name}: expected {expected}, got {value!r}")
+        raise UserError(f"{where(name)}: {name}: expected {expected}, got {shown(value)}")
 
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
@@ -249,6 +284,8 @@ def _check_value(name: str, value: Any, hint: Any, meta: typing.Mapping, where: 
     elif hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             fail("an integer")
+        if abs(value) > INT_LIMIT:
+            fail(f"an integer within +-{INT_LIMIT}")
     elif hint is float:
         if isinstance(value, str):
             try:
@@ -257,7 +294,12 @@ def _check_value(name: str, value: Any, hint: Any, meta: typing.Mapping, where: 
                 fail("a number")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail("a number")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            fail("a finite number")
+        if not math.isfinite(value):  # inf and nan pass every `min` / `max` comparison below
+            fail("a finite number")
     elif hint is str:
         if not isinstance(value, str):
             fail("a string")
@@ -269,6 +311,8 @@ def _check_value(name: str, value: Any, hint: Any, meta: typing.Mapping, where: 
                 fail("a list of integers")
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             fail("a list of integers")
+        if any(abs(v) > INT_LIMIT for v in value):
+            fail(f"integers within +-{INT_LIMIT}")
     elif origin is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -284,6 +328,30 @@ def _check_value(name: str, value: Any, hint: Any, meta: typing.Mapping, where: 
     if "max" in meta and value is not None and value > meta["max"]:
         fail(f"a value <= {meta['max']}")
     return value
+
+
+def cli_number(kind: type = float, min: float | None = None, max: float | None = None, above: float | None = None):
+    """An argparse `type=` for a number flag: finite (`nan` and `inf` pass comparisons), and within
+    [min, max] or above `above`; a bad value is argparse's usage error naming the flag (exit 2)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            expected = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {shown(text)}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {shown(text)}")
+        if min is not None and value < min:
+            raise argparse.ArgumentTypeError(f"expected a value >= {min}, got {shown(text)}")
+        if above is not None and not value > above:
+            raise argparse.ArgumentTypeError(f"expected a value > {above}, got {shown(text)}")
+        if max is not None and value > max:
+            raise argparse.ArgumentTypeError(f"expected a value <= {max}, got {shown(text)}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
 
 
 def describe(cls: type, prefix: str) -> list[tuple[str, str, str]]:

@@ -1,5 +1,13 @@
 """Errors a user can fix. The CLI prints them as one line and exits with code 2."""
 
+import reprlib
+
+ECHO_LIMIT = 200  # characters of a user's value echoed in an error message
+
+_echo = reprlib.Repr()
+_echo.maxstring = _echo.maxother = ECHO_LIMIT
+_echo.maxlevel, _echo.maxlist, _echo.maxtuple, _echo.maxdict, _echo.maxset = 3, 10, 10, 10, 10
+
 
 class UserError(Exception):
     """Bad input: a config typo, a missing file, a malformed row, an unknown model.
@@ -10,3 +18,11 @@ class UserError(Exception):
 
 class Interrupted(Exception):
     """Training stopped by SIGINT / SIGTERM after a checkpoint was saved; `--resume` continues it."""
+
+
+def shown(value: object, limit: int = ECHO_LIMIT) -> str:
+    """`value`'s repr for an error message, cut to `limit` characters with "...": a value read from a
+    file can be megabytes long (or a nested structure of millions of items), and the message must
+    stay one short line. reprlib never builds the whole repr."""
+    text = _echo.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -91,3 +91,142 @@ def test_nested_sections_validate_and_describe():
     with pytest.raises(UserError, match="demo.student: expected a section of keys"):
         build_config(apply_overrides({"method": "demo"}, ["demo.student=3"]), classes, "r.yaml")
     assert [row[0] for row in describe(DemoConfig, "demo")] == ["demo.student.layers", "demo.name"]
+
+
+# ---- issue 23 items 8, 10, 11: non-finite numbers, duplicate keys, alias bombs, echoed values -------
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lr=inf", "train.lr: expected a finite number"),
+        ("train.lr=1e400", "train.lr: expected a finite number"),  # YAML reads it as float("inf")
+        ("train.lr=nan", "train.lr: expected a finite number"),
+        ("train.weight_decay=nan", "train.weight_decay: expected a finite number"),
+        ("train.epochs=.inf", "train.epochs: expected a finite number"),
+        ("train.warmup_ratio=-.inf", "train.warmup_ratio: expected a finite number"),
+        ("model.dropout=.nan", "model.dropout: expected a finite number"),
+        ("lora.alpha=" + "9" * 400, "lora.alpha: expected a finite number"),  # too big for a float
+        ("train.seed=4294967296", "train.seed: expected a value <= 4294967295"),  # 2**32: numpy refuses it
+        ("train.seed=-1", "train.seed: expected a value >= 0"),
+        ("train.max_steps=9223372036854775808", "train.max_steps: expected an integer within"),  # 2**63
+        ("lora.target_modules=" + "q," * 10, None),  # a list of strings is not a number: still fine
+    ],
+)
+def test_numbers_must_be_finite_and_in_range(override, message):
+    if message is None:
+        build({**BASE}, [override])
+        return
+    with pytest.raises(UserError, match=message):
+        build({**BASE}, [override])
+
+
+def test_the_largest_seed_numpy_takes_is_accepted():
+    import numpy as np
+
+    cfg = build({**BASE}, ["train.seed=4294967295"])
+    np.random.seed(cfg.train.seed)  # the range checked is numpy's own
+
+
+def write(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def read(path):
+    from lmforge.config import read_yaml
+
+    return read_yaml(path)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("method: lora\ntrain:\n  lr: 1e-3\n  lr: 2e-3\n", "line 4 invalid YAML: duplicate key 'lr'"),
+        ("method: lora\nmethod: finetune\n", "line 2 invalid YAML: duplicate key 'method'"),
+        ("method: lora\ntrain: {lr: 1e-3, lr: 1e-4}\n", "line 2 invalid YAML: duplicate key 'lr'"),
+    ],
+)
+def test_a_key_given_twice_is_refused_not_resolved_to_the_last(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(UserError, match=f"{path}: {message}"):
+        read(path)
+
+
+BOMB = (
+    "method: lora\na: &a ["
+    + ",".join(['"lol"'] * 10)
+    + "]\n"
+    + "".join(f"{x}: &{x} [{','.join(['*' + p] * 10)}]\n" for p, x in zip("abcdefgh", "bcdefghi", strict=False))
+)
+
+
+def test_an_alias_bomb_is_refused_at_its_first_alias(tmp_path):
+    assert len(BOMB) < 450  # expanded: 10**9 strings
+    path = write(tmp_path, BOMB)
+    with pytest.raises(UserError) as refused:
+        read(path)
+    assert str(refused.value) == f"{path}: line 3 invalid YAML: alias *a refused: write the value out"
+
+
+def test_aliases_and_merge_keys_are_refused_even_when_small(tmp_path):
+    path = write(tmp_path, "method: lora\nbase: &base {lr: 1e-3}\ntrain:\n  <<: *base\n")
+    with pytest.raises(UserError, match="line 4 invalid YAML: alias \\*base refused"):
+        read(path)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("method: lora\ntrain:\n  max_steps: " + "9" * 5000 + "\n", "invalid YAML: Exceeds the limit"),
+        ("method: lora\nx: " + "[" * 5000 + "]" * 5000 + "\n", "invalid YAML"),  # deeper than the parser goes
+    ],
+)
+def test_yaml_that_breaks_the_parser_is_one_line(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(UserError, match=message) as refused:
+        read(path)
+    assert len(str(refused.value)) < 400
+
+
+def test_echoed_values_are_cut_to_a_short_line():
+    huge = "x" * 1_000_000
+    with pytest.raises(UserError) as refused:
+        build({**BASE, "train": {"lr": 1e-3, "batch_size": huge}})
+    message = str(refused.value)
+    assert message.startswith("recipe.yaml: train.batch_size: expected an integer, got 'xxx")
+    assert len(message) < 300 and "..." in message
+    nested = [[list(range(1000))] * 1000] * 1000  # a billion items when printed whole
+    with pytest.raises(UserError) as refused:
+        build({**BASE, "train": {"lr": nested}})
+    assert len(str(refused.value)) < 300
+
+
+def test_an_integer_override_too_long_for_python_is_an_echoed_string():
+    with pytest.raises(UserError, match=r"train.max_steps: expected an integer, got '9999.*\.\.\.") as refused:
+        build({**BASE}, ["train.max_steps=" + "9" * 5000])
+    assert len(str(refused.value)) < 400
+
+
+@pytest.mark.parametrize(
+    "kwargs, text, message",
+    [
+        ({}, "nan", "expected a finite number, got 'nan'"),
+        ({}, "-inf", "expected a finite number"),
+        ({}, "1e400", "expected a finite number"),
+        ({"min": 0.0}, "-0.5", "expected a value >= 0.0"),
+        ({"above": 0.0, "max": 1.0}, "0", "expected a value > 0.0"),
+        ({"above": 0.0, "max": 1.0}, "1.5", "expected a value <= 1.0"),
+        ({"kind": int, "min": 1}, "0", "expected a value >= 1"),
+        ({"kind": int}, "1.5", "expected an integer, got '1.5'"),
+    ],
+)
+def test_cli_number_refuses_non_finite_and_out_of_range_flags(kwargs, text, message):
+    import argparse
+
+    from lmforge.config import cli_number
+
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        cli_number(**kwargs)(text)
+    assert cli_number(**kwargs)("1") == 1
