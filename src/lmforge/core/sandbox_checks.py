@@ -29,6 +29,7 @@ import ast
 import builtins
 import importlib
 import json
+import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -75,7 +76,9 @@ def checks_from_asserts(tests: str, under_test: Collection[str]) -> tuple[Check,
     may name only builtins, those modules and the probes.
     """
     try:
-        statements = ast.parse(tests).body
+        with warnings.catch_warnings():  # the tests' own invalid escapes ("\d") are theirs to keep
+            warnings.simplefilter("ignore")
+            statements = ast.parse(tests).body
     except SyntaxError:
         return None
     checks = []
