@@ -24,5 +24,9 @@ def shown(value: object, limit: int = ECHO_LIMIT) -> str:
     """`value`'s repr for an error message, cut to `limit` characters with "...": a value read from a
     file can be megabytes long (or a nested structure of millions of items), and the message must
     stay one short line. reprlib never builds the whole repr."""
-    text = _echo.repr(value)
+    return cut(_echo.repr(value), limit)
+
+
+def cut(text: str, limit: int = ECHO_LIMIT) -> str:
+    """`text` cut to `limit` characters with "..." (a list of names read from a file, say)."""
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -5,7 +5,12 @@ input is one UserError naming the file and line; rows are never dropped silently
 empty text or label are skipped and counted in `Examples.skipped`.
 
 Files are read with the standard library rather than `datasets` so that an error can name the
-exact line, and a non-UTF-8 byte its line and column.
+exact line, and a non-UTF-8 byte its line and column. What would otherwise be resolved silently is
+refused: a column named twice in a header (or a key twice in a JSON object), JSON's NaN and Infinity.
+
+Labels are strings. A JSON number label is read as the class of that whole number, so `1` and `1.0`
+are both class "1"; a fractional or non-finite number label is refused (write it as a string). Two
+label strings that are one number written two ways ("1" and "1.0", "01") are refused, not two classes.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmforge.errors import UserError
+from lmforge.errors import UserError, cut, shown
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "datasets"
 SUFFIXES = (".jsonl", ".csv", ".tsv")
@@ -199,7 +206,7 @@ def read_texts(path: Path, text_column: str = "text") -> list[str]:
         return read_file(path, text_column, None).texts
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in _decode(path).splitlines() if line.strip()]
 
 
 def read_rows(path: Path) -> list[tuple[int, dict]]:
@@ -225,7 +232,7 @@ def read_file(path: Path, text_column: str, label_column: str | None) -> Example
         for column in columns:
             if column not in row:
                 raise UserError(
-                    f"{path}:{line_no}: no column {column!r} (columns: {', '.join(map(str, row))}); "
+                    f"{path}:{line_no}: no column {shown(column)} (columns: {cut(', '.join(map(str, row)))}); "
                     f"set it with --text-column / --label-column or data.text_column / data.label_column"
                 )
         value, label = row[text_column], row[label_column] if label_column else ""
@@ -236,11 +243,28 @@ def read_file(path: Path, text_column: str, label_column: str | None) -> Example
             skipped["empty label"] = skipped.get("empty label", 0) + 1
             continue
         texts.append(str(value).strip())
-        labels.append(str(label).strip())
+        labels.append(label_text(label, f"{path}:{line_no}: column {shown(label_column)}") if label_column else "")
         lines.append(line_no)
     if not texts:
         raise UserError(f"{path}: no usable rows ({_describe_skipped(skipped) or 'no data rows'})")
     return Examples(texts, labels, str(path), skipped, lines)
+
+
+def label_text(value, where: str) -> str:
+    """A label read from a file as a class name: strings as they are (stripped); a JSON number that is
+    a whole number as that integer ("1" for 1 and 1.0); any other number, or a list or object, refused."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, int):  # bools too: "True", "False"
+        return str(value)
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer():
+            return str(int(value))
+        raise UserError(
+            f"{where}: label {shown(value)} is not a whole number; a number label names a class "
+            "(1 and 1.0 are both class 1): write a fractional label as a string"
+        )
+    raise UserError(f"{where}: a label must be a string or a number, got a JSON {type(value).__name__}")
 
 
 def _describe_skipped(skipped: dict[str, int]) -> str:
@@ -265,28 +289,50 @@ def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, parse_constant=_refuse_constant, object_pairs_hook=_object_without_repeats)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{line_no}: invalid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise UserError(f"{path}:{line_no}: invalid JSON (nested too deeply)") from None
+        except ValueError as e:  # ours below, or an integer past Python's 4,300-digit limit
+            raise UserError(f"{path}:{line_no}: invalid JSON ({cut(str(e))})") from None
         if not isinstance(row, dict):
             raise UserError(f"{path}:{line_no}: expected a JSON object per line, got {type(row).__name__}")
         rows.append((line_no, row))
     return rows
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict:
+    row = dict(pairs)
+    if len(row) != len(pairs):
+        repeated = next(key for i, (key, _) in enumerate(pairs) if key in dict(pairs[:i]))
+        raise ValueError(f"key {shown(repeated)} appears twice in one object")
+    return row
+
+
 def _delimited_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, dict]]:
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    header = next(reader)
     rows = []
-    for row in reader:
-        line_no = reader.line_num
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            raise UserError(
-                f"{path}:{line_no}: {len(row)} fields but the header has {len(header)} ({', '.join(header)})"
-            )
-        rows.append((line_no, dict(zip(header, row, strict=False))))
+    try:
+        header = next(reader)
+        repeated = [name for i, name in enumerate(header) if name in header[:i]]
+        if repeated:
+            raise UserError(f"{path}:{reader.line_num}: column {shown(repeated[0])} appears twice in the header")
+        for row in reader:
+            line_no = reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise UserError(
+                    f"{path}:{line_no}: {len(row)} fields but the header has {len(header)} ({cut(', '.join(header))})"
+                )
+            rows.append((line_no, dict(zip(header, row, strict=False))))
+    except csv.Error as e:  # a field longer than csv's limit (131,072 characters), a stray quote
+        raise UserError(f"{path}:{reader.line_num}: unreadable {path.suffix[1:]} row: {cut(str(e))}") from None
     if not rows:
         raise UserError(f"{path}: a header line but no data rows")
     return rows
@@ -301,9 +347,29 @@ def label_set(train: Examples, spec: str) -> list[str]:
     seen = set(train.labels)
     if order is not None:
         return [label for label in order if label in seen] + sorted(seen - set(order))
-    if all(label.lstrip("-").isdigit() for label in seen):
+    _refuse_one_number_written_two_ways(train)
+    if all(INTEGER.fullmatch(label) for label in seen):  # not str.isdigit: "²" is a digit that int() refuses
         return sorted(seen, key=int)
     return sorted(seen)
+
+
+INTEGER = re.compile(r"-?[0-9]+")
+NUMBER = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+
+def _refuse_one_number_written_two_ways(examples: Examples) -> None:
+    """ "1" and "1.0" (or "01") in one label column are one class the file wrote two ways: refused."""
+    first: dict[float, tuple[str, int]] = {}  # number -> (label, index of its first example)
+    for i, label in enumerate(examples.labels):
+        if not NUMBER.fullmatch(label):
+            continue
+        other = first.setdefault(float(label), (label, i))
+        if other[0] != label:
+            where = [f"line {examples.lines[j]}" if examples.lines else f"example {j + 1}" for j in (other[1], i)]
+            raise UserError(
+                f"{examples.source}: labels {shown(other[0])} ({where[0]}) and {shown(label)} ({where[1]}) are one "
+                "number written two ways; write each class the same way"
+            )
 
 
 def check_labels(examples: Examples, labels: list[str]) -> None:
@@ -313,7 +379,8 @@ def check_labels(examples: Examples, labels: list[str]) -> None:
         if label not in known:
             where = f"line {examples.lines[i]}" if examples.lines else f"example {i + 1}"
             raise UserError(
-                f"{examples.source}: {where} has label {label!r}, which training never saw (known: {', '.join(labels)})"
+                f"{examples.source}: {where} has label {shown(label)}, which training never saw "
+                f"(known: {cut(', '.join(labels))})"
             )
 
 
