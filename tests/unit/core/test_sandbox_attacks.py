@@ -255,7 +255,11 @@ def test_writes_are_capped_and_leave_nothing_behind(mode):
     if mode == "full":
         assert int(result.stdout) <= 64  # MiB: one private tmpfs for all of them
     left = [p for place in ("/tmp", "/dev/shm", "/var/tmp") for p in Path(place).glob(f"fill-{mark}-*")]
-    assert left == []
+    if mode == "net" and not ROOT:  # the documented gap: they are files of the user's own, in shared places
+        for path in left:
+            path.unlink()
+    else:
+        assert left == []
 
 
 @pytest.mark.skipif(not ROOT, reason="programs run as this user, whose files are its own")
@@ -323,6 +327,13 @@ def run_as_user(script: str, *args: str, timeout: float = 60) -> subprocess.Comp
     )
 
 
+def work_folders() -> set[str]:
+    """Working folders in the parents that the ordinary user's lmforge processes made in /tmp."""
+    owner = USER_UID if ROOT else os.getuid()
+    parents = [p for p in Path("/tmp").glob("lmforge-sandbox-*") if p.stat().st_uid == owner]
+    return {str(folder) for parent in parents for folder in parent.iterdir()}
+
+
 USER_SCRIPT = """
     import dataclasses, json, sys
     from lmforge.core import sandbox
@@ -338,7 +349,7 @@ def test_as_an_ordinary_user_killing_the_parent_leaves_lmforge_running(user_mode
     program = (
         "import os, time\nopen('left.txt', 'w').write('x')\nos.kill(os.getppid(), 9)\ntime.sleep(0.5)\nprint('here')"
     )
-    before = {p.name for p in Path("/tmp").glob("lmforge-sandbox-*")}
+    before = work_folders()
     out = run_as_user(USER_SCRIPT, user_mode, program, "10")
     assert out.returncode == 0, out.stderr[-2000:]  # lmforge itself was not killed
     report = json.loads(out.stdout)
@@ -346,7 +357,7 @@ def test_as_an_ordinary_user_killing_the_parent_leaves_lmforge_running(user_mode
         assert (report["status"], report["stdout"]) == ("passed", "here\n")
     else:  # it killed the bootstrap, and died with it
         assert (report["status"], report["stdout"]) == ("failed", "")
-    assert {p.name for p in Path("/tmp").glob("lmforge-sandbox-*") if any(p.iterdir())} <= before
+    assert work_folders() <= before
 
 
 @pytest.mark.parametrize("user_mode", ["full", "none"])
