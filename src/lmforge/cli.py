@@ -16,10 +16,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from lmforge.config import SECTIONS, describe
+from lmforge.config import SECTIONS, cli_number, describe
 from lmforge.core.eval_gen_command import add_eval_gen_parser
 from lmforge.core.serve import add_serve_parser
-from lmforge.errors import Interrupted, UserError
+from lmforge.errors import Interrupted, UserError, cut
 from lmforge.explain.commands import add_all as add_explanation_commands
 from lmforge.registry import (
     METHODS,
@@ -44,12 +44,12 @@ train.grad_accum, train.lr, train.seed, train.eval_every, train.save_every, ...
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        args = parser.parse_args(argv)
         return args.handler(args)
     except UserError as e:
-        print(f"lmforge: error: {e}", file=sys.stderr)
+        print(f"lmforge: error: {str(e).replace(chr(10), ' ')}", file=sys.stderr)  # one line, whatever it quotes
         return 2
     except KeyboardInterrupt:
         print("lmforge: interrupted", file=sys.stderr)
@@ -68,8 +68,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+class Parser(argparse.ArgumentParser):
+    """A usage error (a bad flag value, a missing argument) is one line like every other bad input, with a
+    pointer to --help instead of the usage text. Subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        raise UserError(f"{cut(message, 400)} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lmforge",
         description="Adapt pre-trained language models with "
         "published methods: recipes, evaluation, prediction and run reports.",
@@ -98,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="builtin split (sst2:dev) or a .jsonl/.csv/.tsv file")
     p.add_argument("--text-column", default="text", help="text column in a user file (default: text)")
     p.add_argument("--label-column", default="label", help="label column in a user file (default: label)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=cli_number(int, min=1), default=64)
     p.set_defaults(handler=cmd_eval)
 
     p = commands.add_parser("predict", help="label texts with a finished run, with probabilities")
@@ -106,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", help="texts to label")
     p.add_argument("--file", type=Path, help="a text file (one text per line) or a .jsonl/.csv/.tsv file")
     p.add_argument("--text-column", default="text", help="text column when --file is jsonl/csv/tsv")
-    p.add_argument("--top", type=int, default=3, help="labels shown per text (default: 3)")
+    p.add_argument("--top", type=cli_number(int, min=1), default=3, help="labels shown per text (default: 3)")
     p.add_argument("--json", action="store_true", help="print one JSON object per text")
     p.set_defaults(handler=cmd_predict)
 
@@ -210,7 +218,10 @@ def cmd_run(args) -> int:
             raise UserError(f"{run_dir}: no config.yaml here, so nothing to resume")
         if args.overrides:
             raise UserError("--resume continues a run with its saved config; drop the key=value overrides")
+        named = cfg
         cfg = load_run_config(run_dir / "config.yaml", [])
+        _check_same_recipe(run_dir, cfg, named, f"{recipe.parent.name}/{recipe.stem}")
+    cfg.recipe = f"{recipe.parent.name}/{recipe.stem}"
     run_dir = run_dir or _new_run_dir(label)
     quiet_libraries()
     final = resolve(METHODS[cfg.method].recipe)(cfg, run_dir, args.resume)
@@ -225,6 +236,23 @@ def cmd_run(args) -> int:
         print(", ".join(f"{k} {v:.4f}" for k, v in final.items()))
     print(f"report: {run_dir / 'report.html'}")
     return 0
+
+
+def _check_same_recipe(run_dir: Path, saved, named, recipe: str) -> None:
+    """--resume continues the run in `run_dir` with its saved config: refuse a command that names another
+    recipe than the one the run was made with (manifest.json records it; for a run made before it did,
+    the method must match)."""
+    try:
+        made_with = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8")).get("recipe")
+    except (OSError, ValueError, AttributeError):
+        made_with = None
+    if isinstance(made_with, str) and made_with != recipe:
+        raise UserError(
+            f"{run_dir}: made with recipe {made_with}, not {recipe}; continue it with "
+            f"lmforge run {made_with} --resume --run-dir {run_dir}"
+        )
+    if saved.method != named.method:
+        raise UserError(f"{run_dir}: a {saved.method} run, but recipe {recipe} is a {named.method} recipe")
 
 
 def _new_run_dir(label: str) -> Path:
@@ -310,7 +338,9 @@ def cmd_predict(args) -> int:
 
 def cmd_export(args) -> int:
     from lmforge.adapters.lora import remove_lora
+    from lmforge.core.rundir import check_output_folder
 
+    check_output_folder(args.merge, "--merge")
     if args.merge.exists() and any(args.merge.iterdir()):
         raise UserError(f"{args.merge}: already exists and is not empty")
     _, _, model, tokenizer = load_finished_run(args.run_dir)

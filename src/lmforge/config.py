@@ -90,6 +90,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     options: Any = None
+    recipe: str | None = None  # the recipe the command line named ("lora/minilm_sst2"); manifest.json keeps it
 
     def to_dict(self) -> dict:
         out = {

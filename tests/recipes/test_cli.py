@@ -206,3 +206,9 @@ def test_export_merge_gives_a_plain_model_with_the_same_predictions(cli, finishe
     with torch.no_grad():
         assert torch.allclose(merged.eval()(**batch).logits, adapted(**batch).logits, atol=1e-5)
     assert "already exists" in one_clear_line(cli("export", str(finished_run), "--merge", str(out)))
+
+
+def test_manifest_names_the_recipe_that_resume_must_name_again(cli, finished_run):
+    assert json.loads((finished_run / "manifest.json").read_text())["recipe"] == "lora/minilm_sst2"
+    line = one_clear_line(cli("run", "lora/minilm_trec6", "--resume", "--run-dir", str(finished_run)))
+    assert f"{finished_run}: made with recipe lora/minilm_sst2, not lora/minilm_trec6" in line

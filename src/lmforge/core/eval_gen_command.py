@@ -57,6 +57,7 @@ examples:
 
 
 def add_eval_gen_parser(commands) -> None:
+    from lmforge.config import SEED_RANGE, cli_number
     from lmforge.core.openai_client import DEFAULT_BASE_URL
     from lmforge.tasks import TASKS
 
@@ -76,16 +77,20 @@ def add_eval_gen_parser(commands) -> None:
     )
     p.add_argument("--n", type=int, default=1, help="samples per problem (default: %(default)s)")
     p.add_argument("--k", default="1", help="pass@k for these k, a comma list, each <= n (default: %(default)s)")
-    p.add_argument("--temperature", type=float, help="0 is greedy (default: 0 when n is 1, else 0.8)")
-    p.add_argument("--top-p", type=float, default=DEFAULT_TOP_P, help="nucleus sampling (default: %(default)s)")
+    p.add_argument("--temperature", type=cli_number(min=0.0), help="0 is greedy (default: 0 when n is 1, else 0.8)")
+    top_p = cli_number(above=0.0, max=1.0)
+    p.add_argument("--top-p", type=top_p, default=DEFAULT_TOP_P, help="nucleus sampling (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, help="per sample (default: gsm8k 320, mbpp and humaneval 384)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every sample's random generator (default: 0)")
+    seed = cli_number(int, **SEED_RANGE)
+    p.add_argument("--seed", type=seed, default=0, help="seed of every sample's random generator (default: 0)")
     p.add_argument("--backend", default="hf", help="hf (local, default) or openai (an OpenAI-compatible server)")
     p.add_argument("--batch-size", type=int, default=8, help="hf: sequences generated together (default: 8)")
     p.add_argument("--base-url", help=f"openai: the server's API root (default: {DEFAULT_BASE_URL})")
     p.add_argument("--concurrency", type=int, default=8, help="openai: requests in flight (default: 8)")
     p.add_argument("--workers", type=int, default=2, help="code tasks: programs run at a time (default: 2)")
-    p.add_argument("--timeout", type=float, default=10.0, help="code tasks: seconds per program (default: 10)")
+    p.add_argument(
+        "--timeout", type=cli_number(above=0.0), default=10.0, help="code tasks: seconds per program (default: 10)"
+    )
     p.add_argument("--out", type=Path, help="output folder (default: see below)")
     p.set_defaults(handler=cmd_eval_gen)
 
@@ -95,6 +100,7 @@ def cmd_eval_gen(args) -> int:
     from lmforge.core.eval_gen import generation_metrics, parse_ks, sample_and_label
     from lmforge.core.generate import BACKENDS, SamplingParams, make_generator
     from lmforge.core.openai_client import DEFAULT_BASE_URL
+    from lmforge.core.rundir import check_output_folder
     from lmforge.tasks import load_task
     from lmforge.tasks.base import check_split
 
@@ -126,6 +132,7 @@ def cmd_eval_gen(args) -> int:
         seed=args.seed,
     )
     out = args.out or default_out(args.model, args.backend, task.name, split)
+    check_output_folder(out, "--out")
     for name in ("metrics.json", "samples.jsonl"):
         if (out / name).exists():
             raise UserError(f"{out}: already holds {name} of an evaluation; choose another --out or remove it")

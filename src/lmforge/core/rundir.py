@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 import lmforge
+from lmforge.errors import UserError
 
 PACKAGES = ["torch", "transformers", "accelerate", "peft", "numpy", "safetensors", "tokenizers"]
 
@@ -63,6 +64,28 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def check_output_folder(path: Path, flag: str) -> None:
+    """Refuse, before any work, an output folder that cannot be made: `path` or a folder above it is a
+    file (found only at the end of a long evaluation otherwise). Missing folders are made later."""
+    path = Path(path).expanduser()
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "" if folder == path else f"{folder} is "
+                raise UserError(f"{flag} {path}: {what}a file, not a folder")
+            return
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """Refuse, before any work, a file to write whose folder does not exist (a typo is not made into
+    new folders) or that is a folder."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: a folder; name the file to write")
+    if not path.parent.is_dir():
+        raise UserError(f"{flag} {path}: no folder {path.parent} to write it in")
 
 
 def new_run_path(label: str, root: Path = Path("runs")) -> Path:

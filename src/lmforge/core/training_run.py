@@ -325,7 +325,7 @@ def open_run(run_dir: Path, cfg: RunConfig, task: Task, resume: bool, model, opt
         }
         for split, ex in (("train", task.train), ("eval", task.eval))
     }
-    run.write_json("manifest.json", build_manifest(cfg.train.seed, data))
+    run.write_json("manifest.json", {**build_manifest(cfg.train.seed, data), "recipe": cfg.recipe})
     return run, state, None
 
 

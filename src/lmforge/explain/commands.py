@@ -12,10 +12,12 @@ import time
 from html import escape
 from pathlib import Path
 
+from lmforge.config import SEED_RANGE, cli_number
 from lmforge.errors import UserError
 from lmforge.explain.methods import CAUSAL_METHODS, METHODS, PERTURBATION_METHODS, REDUCTIONS
 from lmforge.explain.probing import PROPERTIES
 
+AT_LEAST_ONE = cli_number(int, min=1)
 DEFAULT_EVAL_METHODS = ["grad", "gradxinput", "ig", "smoothgrad", "attention", "rollout", "occlusion", "lime", "shap"]
 
 
@@ -42,7 +44,7 @@ def add_explain_parsers(commands) -> None:
     p.add_argument("--text-column", default="text", help="text column when --file is jsonl/csv/tsv")
     p.add_argument("--method", default="ig", choices=METHODS, help="attribution method (default: %(default)s)")
     p.add_argument("--target", help="label to explain (default: the predicted label); classifiers only")
-    p.add_argument("--samples", type=int, default=200, help="LIME / SHAP samples per text (default: 200)")
+    p.add_argument("--samples", type=AT_LEAST_ONE, default=200, help="LIME / SHAP samples per text (default: 200)")
     p.add_argument(
         "--html",
         type=Path,
@@ -57,7 +59,9 @@ def add_explain_parsers(commands) -> None:
         help="the answer to explain, with its leading space (' Paris'); once per prompt, in order "
         "(default: the model's greedy answer)",
     )
-    causal.add_argument("--max-new-tokens", type=int, default=16, help="greedy answer's length at most (default: 16)")
+    causal.add_argument(
+        "--max-new-tokens", type=AT_LEAST_ONE, default=16, help="greedy answer's length at most (default: 16)"
+    )
     causal.add_argument(
         "--stop", action="append", help="the greedy answer ends before this string (repeatable; default: a newline)"
     )
@@ -84,7 +88,7 @@ def add_explain_parsers(commands) -> None:
     p.add_argument("--methods", nargs="+", default=DEFAULT_EVAL_METHODS, choices=METHODS, metavar="METHOD")
     p.add_argument("--limit", type=int, default=200, help="first N texts (default: 200)")
     p.add_argument("--mode", choices=["delete", "mask"], default="delete", help="how tokens are removed")
-    p.add_argument("--samples", type=int, default=200, help="LIME / SHAP samples per text (default: 200)")
+    p.add_argument("--samples", type=AT_LEAST_ONE, default=200, help="LIME / SHAP samples per text (default: 200)")
     p.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/explain-eval)")
     p.set_defaults(handler=cmd_explain_eval)
 
@@ -98,9 +102,9 @@ def add_explain_parsers(commands) -> None:
     p.add_argument("--data", required=True, help="builtin split (sst2:dev) or a .jsonl/.csv/.tsv file")
     p.add_argument("--text-column", default="text", help="text column in a user file (default: text)")
     p.add_argument("--method", default="occlusion", choices=METHODS, help="attribution method (default: %(default)s)")
-    p.add_argument("--limit", type=int, help="first N texts (default: all)")
-    p.add_argument("--top", type=int, default=15, help="words shown per label (default: 15)")
-    p.add_argument("--min-count", type=int, default=3, help="ignore words seen fewer times (default: 3)")
+    p.add_argument("--limit", type=AT_LEAST_ONE, help="first N texts (default: all)")
+    p.add_argument("--top", type=AT_LEAST_ONE, default=15, help="words shown per label (default: 15)")
+    p.add_argument("--min-count", type=AT_LEAST_ONE, default=3, help="ignore words seen fewer times (default: 3)")
     p.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/explain-global)")
     p.set_defaults(handler=cmd_explain_global)
 
@@ -136,12 +140,14 @@ def cmd_explain(args) -> int:
     from lmforge.core.causal_lm import is_causal_lm
     from lmforge.core.data import read_texts
     from lmforge.core.report import html_page
-    from lmforge.core.rundir import write_text_atomic
+    from lmforge.core.rundir import check_output_file, write_text_atomic
     from lmforge.explain.render import STYLE, attribution_html, terminal_heatmap
 
     texts = list(args.texts) + (read_texts(args.file, args.text_column) if args.file else [])
     if not texts:
         raise UserError("nothing to explain: give texts as arguments or --file")
+    if args.html is not None:
+        check_output_file(args.html, "--html")
     if is_causal_lm(str(args.run_dir)):
         return explain_prompts(args, texts)
     if args.answer:
@@ -220,10 +226,13 @@ def explain_prompts(args, prompts: list[str]) -> int:
 def cmd_explain_eval(args) -> int:
     from tqdm.auto import tqdm
 
+    from lmforge.core.rundir import check_output_folder
     from lmforge.explain.faithfulness import faithfulness
 
     if args.limit < 1:
         raise UserError("--limit must be at least 1")
+    if args.out is not None:
+        check_output_folder(args.out, "--out")
     texts, source = _texts(args.data, args.text_column, args.limit)
     explainer = _explainer(args.run_dir, "explain-eval")
     methods = list(dict.fromkeys([*args.methods, "random"]))
@@ -290,8 +299,11 @@ def faithfulness_table_html(result: dict) -> str:
 
 
 def cmd_explain_global(args) -> int:
+    from lmforge.core.rundir import check_output_folder
     from lmforge.explain.global_importance import token_importance
 
+    if args.out is not None:
+        check_output_folder(args.out, "--out")
     if args.method in PERTURBATION_METHODS:
         print(f"note: {args.method} runs many forward passes per text; this can take a while", file=sys.stderr)
     texts, source = _texts(args.data, args.text_column, args.limit)
@@ -350,13 +362,14 @@ def add_probe_parser(subparsers) -> None:
     p.add_argument("model", metavar="MODEL_OR_RUN_DIR", help=model_help)
     p.add_argument("--property", default="wordnet-pos", help=f"one of: {', '.join(PROPERTIES)} (default: %(default)s)")
     p.add_argument("--limit", type=int, default=8000, help="word occurrences, 80%% train (default: 8000, at least 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling, the split and the control labels")
+    seed = cli_number(int, **SEED_RANGE)
+    p.add_argument("--seed", type=seed, default=0, help="seed of the sampling, the split and the control labels")
     p.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/probe, or probes/<model>-<time>)")
     p.set_defaults(handler=probe_command)
 
 
 def probe_command(args) -> int:
-    from lmforge.core.rundir import new_run_path
+    from lmforge.core.rundir import check_output_folder, new_run_path
     from lmforge.explain.probing import (
         check_request,
         format_probe_table,
@@ -367,6 +380,8 @@ def probe_command(args) -> int:
     from lmforge.registry import quiet_libraries
 
     check_request(args.property, args.limit)  # before loading the model
+    if args.out is not None:
+        check_output_folder(args.out, "--out")
     quiet_libraries()
     model, tokenizer = load_probe_model(args.model, args.seed)
     result = probe_layers(model, tokenizer, args.property, args.limit, args.seed)

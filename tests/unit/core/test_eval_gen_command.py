@@ -71,7 +71,11 @@ def test_openai_backend_gives_the_samples_of_the_hf_backend(hf_run, tiny_server,
         (["tiny-gpt2", "--task", "gsm8k", "--split", "test"], "task 'gsm8k' has no split 'test'"),
         (["tiny-gpt2", "--task", "gsm8k", "--backend", "vllm"], "--backend 'vllm': expected one of hf, openai"),
         (["tiny-gpt2", "--task", "gsm8k", "--base-url", "http://x"], "--base-url is for --backend openai"),
-        (["tiny-gpt2", "--task", "gsm8k", "--n", "2", "--top-p", "0"], "top_p must be in (0, 1]"),
+        (["tiny-gpt2", "--task", "gsm8k", "--n", "2", "--top-p", "0"], "argument --top-p: expected a value > 0.0"),
+        (["tiny-gpt2", "--task", "gsm8k", "--temperature", "nan"], "argument --temperature: expected a finite number"),
+        (["tiny-gpt2", "--task", "gsm8k", "--temperature", "inf"], "argument --temperature: expected a finite number"),
+        (["tiny-gpt2", "--task", "mbpp", "--timeout", "nan"], "argument --timeout: expected a finite number"),
+        (["tiny-gpt2", "--task", "gsm8k", "--seed", str(2**32)], "argument --seed: expected a value <= 4294967295"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(argv, message, tmp_path, capsys):
@@ -80,6 +84,21 @@ def test_bad_input_is_one_line_and_writes_nothing(argv, message, tmp_path, capsy
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lmforge: error")]
     assert len(err) == 1 and message in err[0], err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("out", ["file", "file/below"])
+def test_an_out_that_is_or_lies_under_a_file_is_refused_before_any_work(tmp_path, capsys, out):
+    (tmp_path / "file").write_text("mine")
+    started = time.perf_counter()
+    assert main(["eval-gen", "tiny-gpt2", *ARGS, "--out", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"lmforge: error: --out {tmp_path / out}: "
+        + ("" if out == "file" else f"{tmp_path / 'file'} is ")
+        + "a file, not a folder"
+    ], err
+    assert time.perf_counter() - started < 5  # refused before the model loads or any sample is generated
+    assert (tmp_path / "file").read_text() == "mine"
 
 
 def test_an_existing_result_is_not_overwritten(tmp_path, capsys):
