@@ -8,5 +8,5 @@ model=${1:?model folder}; out=${2:?output folder}
 export PYTHONPATH=$PWD/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false LMFORGE_CACHE=$out/cache
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python3 benchmarks/tinybert/bench.py --part quality --work "$out/work" --results "$out/results.json" \
+python3 benchmarks/tinybert/bench.py --part quality --profile full --work "$out/work" --results "$out/results.json" \
   --set "model.name=$model" "tinybert.teacher=$model" 2>&1 | tee "$out/bench.log"
