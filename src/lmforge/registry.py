@@ -147,6 +147,11 @@ def load_finished_run(run_dir: Path, classifier_command: str | None = None):
             f"feeds plain token ids; its evaluation is in final.json (to score other data: rerun with data.eval=...)"
         )
     labels = json.loads((run_dir / "final.json").read_text())["labels"]
+    if classifier_command and classifier_command != "probe" and not labels:  # probing reads hidden states only
+        raise UserError(
+            f"{run_dir}: a {cfg.method} run with no labels, whose final/ is an encoder without a classifier head "
+            f"(TinyBERT's general distillation), but lmforge {classifier_command} needs a classifier run"
+        )
     quiet_libraries()
     model, tokenizer = resolve(METHODS[cfg.method].loader)(run_dir, cfg, labels)
     import torch

@@ -25,3 +25,32 @@ def test_cli_runs_every_registered_method_through_one_command():
     parser = build_parser()
     args = parser.parse_args(["run", "lora/minilm_sst2", "lora.r=4"])
     assert args.overrides == ["lora.r=4"]
+
+
+def test_a_run_without_a_classifier_head_is_refused_by_the_commands_that_need_one(tmp_path, capsys):
+    """TinyBERT's general distillation leaves an encoder with no head and no labels: predict, eval and explain
+    would add a random head; probing, which reads hidden states only, takes it."""
+    import json
+
+    import pytest
+    from transformers import AutoModel
+
+    from lmforge.cli import find_recipe, main
+    from lmforge.core.models import load_classifier
+    from lmforge.errors import UserError
+    from lmforge.registry import load_finished_run, load_run_config
+
+    run = tmp_path / "general"
+    run.mkdir()
+    (run / "config.yaml").write_text(load_run_config(find_recipe("tinybert/general_minilm"), []).to_yaml())
+    (run / "final.json").write_text(json.dumps({"metrics": {"held_out_loss": 1.0}, "labels": []}))
+    model, tok = load_classifier("tiny-bert", ["a", "b"])
+    AutoModel.from_config(model.config).save_pretrained(run / "final")
+    tok.save_pretrained(run / "final")
+    for command in ("predict", "eval", "explain"):
+        with pytest.raises(UserError, match=f"a tinybert run with no labels.*lmforge {command} needs a classifier run"):
+            load_finished_run(run, classifier_command=command)
+    capsys.readouterr()
+    assert main(["predict", str(run), "a fine film"]) == 2
+    assert capsys.readouterr().err.startswith(f"lmforge: error: {run}: a tinybert run with no labels")
+    load_finished_run(run, classifier_command="probe")

@@ -13,6 +13,8 @@ works too: give the run folder or the `final/` folder), or a hub id when the mac
 A finished run whose `final/` is a causal-LM LoRA adapter (`lmforge run sft/... sft.lora=true`)
 loads as its base model (named in the run's config.yaml) with the adapter merged into the weights:
 a plain transformers model, for generation, `lmforge serve` and further training alike.
+A run whose final/ is another kind of model (a classifier, a classifier's adapter, a distilled encoder),
+or a Hugging Face classifier folder, is refused: transformers would load it with a new, random LM head.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def load_causal_lm(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTraine
 
     if name == TINY_GPT2:
         return tiny_gpt2(seed)
+    refuse_other_kinds(name)
     adapter = adapter_folder(name)
     if adapter is not None:
         return load_adapted_run(adapter)
@@ -142,6 +145,58 @@ def load_adapted_run(folder: Path) -> tuple[PreTrainedModel, PreTrainedTokenizer
     model = remove_lora(load_adapter(model, folder))  # plain linear layers, the update merged in
     model.requires_grad_(True)
     return model.eval(), load_causal_tokenizer(str(folder))
+
+
+def refuse_other_kinds(name: str) -> None:
+    """Refuse a local folder that holds another kind of model before transformers loads it as a causal
+    LM, which it would do with a new, random LM head: a finished lmforge run whose final/ is not a causal
+    LM (a classifier, a classifier's adapter, a distilled encoder), or a Hugging Face classifier folder."""
+    path = Path(name).expanduser()
+    if not path.is_dir() or is_causal_lm(name):
+        return
+    run = next((p for p in (path, path.parent) if (p / "config.yaml").is_file() and (p / "final").is_dir()), None)
+    held = folder_kind(run / "final" if run else path)
+    if held is None or (run is None and "classifier" not in held):
+        return  # not a model folder (a clear error follows), or one transformers may know how to load
+    what = f"a {run_method(run)} run whose final/ holds {held}" if run else held
+    raise UserError(
+        f"{path}: {what}, not a causal language model; generation (lmforge serve, eval-gen) needs a causal LM: "
+        f"a causal-LM run (sft, vstar), a Hugging Face ...ForCausalLM folder, {GEMMA} or {TINY_GPT2}"
+    )
+
+
+CLASSIFIER_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForMultipleChoice", "ForQuestionAnswering")
+
+
+def folder_kind(folder: Path) -> str | None:
+    """What a model folder holds, from its config.json or adapter_config.json (None when neither is
+    readable): "a classifier (BertForSequenceClassification)", "BertModel", "an adapter of a classifier
+    (PEFT task_type SEQ_CLS)"."""
+    try:
+        if (folder / "adapter_config.json").is_file():
+            task_type = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("task_type")
+            role = "a classifier" if task_type == "SEQ_CLS" else "a model"
+            return f"an adapter of {role} (PEFT task_type {task_type})"
+        architectures = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(architectures, list) or not architectures:
+        return None
+    names = ", ".join(str(a) for a in architectures)
+    return f"a classifier ({names})" if str(architectures[0]).endswith(CLASSIFIER_HEADS) else names
+
+
+def run_method(run: Path) -> str:
+    """The method named in a run folder's config.yaml ("lmforge" when it cannot be read)."""
+    import yaml
+
+    from lmforge.config import load_yaml
+
+    try:
+        method = (load_yaml((run / "config.yaml").read_text(encoding="utf-8")) or {}).get("method")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError, UserError):
+        method = None
+    return method if isinstance(method, str) and method else "lmforge"
 
 
 def set_dropout(model, p: float) -> None:

@@ -176,3 +176,71 @@ def test_a_lora_run_loads_as_its_base_with_the_adapter_merged(tmp_path):
     (run / "config.yaml").unlink()
     with pytest.raises(UserError, match="without its run folder"):
         load_causal_lm(str(run))
+
+
+# ---- a run of another kind is refused, not given a random LM head ---------------------------------
+
+
+def run_folder(tmp_path, method: str, save_final) -> object:
+    run = tmp_path / method
+    save_final(run / "final")
+    (run / "config.yaml").write_text(f"method: {method}\nmodel:\n  name: tiny-bert\n")
+    return run
+
+
+def save_classifier(folder):
+    model, tok = load_classifier("tiny-bert", ["negative", "positive"])
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+
+def test_a_classifier_run_or_folder_is_refused_as_a_causal_lm(tmp_path):
+    run = run_folder(tmp_path, "finetune", save_classifier)
+    for name in (run, run / "final"):
+        with pytest.raises(UserError, match="finetune run whose final/ holds a classifier") as refused:
+            load_causal_lm(str(name))
+        assert "needs a causal LM" in str(refused.value) and "\n" not in str(refused.value)
+    (run / "config.yaml").unlink()  # a plain Hugging Face classifier folder
+    with pytest.raises(UserError, match=r"a classifier \(BertForSequenceClassification\), not a causal language"):
+        load_causal_lm(str(run / "final"))
+
+
+def test_a_classifier_adapter_run_and_a_distilled_encoder_run_are_refused(tmp_path):
+    from transformers import AutoModel
+
+    from lmforge.adapters.lora import inject_lora, save_adapter
+
+    def save_lora_classifier(folder):
+        model, tok = load_classifier("tiny-bert", ["negative", "positive"])
+        inject_lora(model, ["query", "value"], r=2, alpha=4, dropout=0.0, trainable_modules=["classifier"])
+        save_adapter(model, folder, 2, 4, 0.0, ["query", "value"], ["classifier"], "tiny-bert", task_type="SEQ_CLS")
+        tok.save_pretrained(folder)
+
+    def save_encoder(folder):  # what TinyBERT's general distillation leaves: an encoder with no head
+        model, tok = load_classifier("tiny-bert", ["a", "b"])
+        AutoModel.from_config(model.config).save_pretrained(folder)
+        tok.save_pretrained(folder)
+
+    lora = run_folder(tmp_path, "lora", save_lora_classifier)
+    with pytest.raises(UserError, match=r"lora run whose final/ holds an adapter of a classifier \(PEFT task_type"):
+        load_causal_lm(str(lora))
+    encoder = run_folder(tmp_path, "tinybert", save_encoder)
+    with pytest.raises(UserError, match="tinybert run whose final/ holds BertModel, not a causal language model"):
+        load_causal_lm(str(encoder / "final"))
+
+
+@pytest.mark.parametrize("command", [["eval-gen", "--task", "gsm8k", "--limit", "1"], ["serve", "--port", "0"]])
+def test_serve_and_eval_gen_refuse_a_classifier_run_with_exit_2(tmp_path, capsys, monkeypatch, command):
+    from lmforge.cli import main
+    from lmforge.core import generate
+
+    def loaded(*args, **kwargs):  # a model that loads must not be served (nor the test wait on the server)
+        raise AssertionError("the classifier run was loaded as a causal LM")
+
+    monkeypatch.setattr(generate, "HFGenerator", loaded)
+    run = run_folder(tmp_path, "finetune", save_classifier)
+    verb, *options = command
+    assert main([verb, str(run), *options]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"lmforge: error: {run}: a finetune run whose final/ holds a classifier")
+    assert not (run / "eval-gen").exists()  # nothing written
