@@ -99,7 +99,7 @@ if child == 0:
         os.chdir(workdir)
         os.environ["HOME"] = os.environ["TMPDIR"] = workdir
         step = "limits"
-        if uid is None and not user_ns:
+        if uid is None and "user_namespace" not in applied:  # RLIMIT_NPROC counts all the user's processes
             if tasks_now is None:
                 del limits["NPROC"]  # cannot count the user's other processes: a limit could stop the program
             else:

@@ -409,3 +409,21 @@ time.sleep(60)
     finally:
         lmforge_process.kill()
         kill_all(f"40.{mark}")
+
+
+def test_as_an_ordinary_user_the_process_limit_leaves_room_for_the_users_other_processes():
+    # without a user namespace RLIMIT_NPROC counts every process of the user: the limit is raised by
+    # the count the user runs already, so a program may still start its own
+    script = """
+        import dataclasses, subprocess, sys
+        from lmforge.core import sandbox
+        sandbox._setup_done = dataclasses.replace(sandbox._setup(), mode="none")
+        others = [subprocess.Popen(["sleep", "20"]) for _ in range(20)]
+        result = sandbox.run_python("import subprocess\\nsubprocess.run(['true'], check=True)", max_processes=8)
+        for other in others:
+            other.kill()
+        print(result.status)
+    """
+    out = run_as_user(script)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout == "passed\n"
