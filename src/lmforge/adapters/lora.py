@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from lmforge.errors import UserError
@@ -250,7 +250,9 @@ def read_adapter_config(folder: Path, peft_type: str) -> dict:
 
 def load_peft_tensors(model: nn.Module, folder: Path, rename: Callable[[str], str] = lambda key: key) -> nn.Module:
     """Load `adapter_model.safetensors` into an already adapted `model`; every tensor must fit."""
-    state = load_file(str(folder / "adapter_model.safetensors"))
+    from lmforge.core.models import read_weights
+
+    state = read_weights(folder / "adapter_model.safetensors")
     own = {rename(key.removeprefix(PEFT_PREFIX)): tensor for key, tensor in state.items()}
     unknown = set(own) - {n for n, _ in model.named_parameters()}
     if unknown:

@@ -99,6 +99,7 @@ def cmd_eval_gen(args) -> int:
     from lmforge.core.console import say
     from lmforge.core.eval_gen import generation_metrics, parse_ks, sample_and_label
     from lmforge.core.generate import BACKENDS, SamplingParams, make_generator
+    from lmforge.core.models import check_model_folder
     from lmforge.core.openai_client import DEFAULT_BASE_URL
     from lmforge.core.rundir import check_output_folder
     from lmforge.tasks import load_task
@@ -141,6 +142,7 @@ def cmd_eval_gen(args) -> int:
 
     problems = task.problems(split, limit=args.limit, **shots)
     if args.backend == "hf":
+        check_model_folder(args.model)  # a damaged weights file named, not a safetensors traceback
         generator = make_generator("hf", args.model, batch_size=args.batch_size)
     else:
         base_url = args.base_url or DEFAULT_BASE_URL

@@ -138,8 +138,50 @@ def load_saved_classifier(folder: Path) -> tuple[PreTrainedModel, PreTrainedToke
     """A classifier written by `save_pretrained` (with its tokenizer) in `folder`."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    check_weight_files(folder)
     model = AutoModelForSequenceClassification.from_pretrained(str(folder))
     return model, AutoTokenizer.from_pretrained(str(folder))
+
+
+def check_weight_files(folder: Path) -> None:
+    """Refuse a model folder whose safetensors file is damaged or cut short, naming the file: transformers
+    would fail deep inside with a message that names none. Reads each file's header only."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise UserError(
+                f"{path}: not a readable safetensors file, damaged or cut short ({_first_line(e)})"
+            ) from None
+
+
+def check_model_folder(name: str) -> None:
+    """`check_weight_files` on a model name that is a local folder, and on its final/ (a run folder)."""
+    path = Path(name).expanduser()
+    for folder in (path, path / "final"):
+        if folder.is_dir():
+            check_weight_files(folder)
+
+
+def read_weights(path: Path) -> dict:
+    """The tensors of one safetensors file; a missing, damaged or cut-short file is a UserError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise UserError(f"{path}: missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: not a readable safetensors file, damaged or cut short ({_first_line(e)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:200]
 
 
 def _resolve_path(name: str) -> Path | str:
@@ -152,6 +194,7 @@ def _resolve_path(name: str) -> Path | str:
     if name == "tiny-gpt2":
         raise UserError("model 'tiny-gpt2' exists only as a causal LM (for generation); use tiny-bert here")
     if Path(name).expanduser().is_dir():
+        check_weight_files(Path(name).expanduser())
         return Path(name).expanduser()
     looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None
     if not looks_like_hub_id:

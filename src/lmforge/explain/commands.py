@@ -170,6 +170,7 @@ def explain_prompts(args, prompts: list[str]) -> int:
     """`lmforge explain CAUSAL_LM PROMPT... [--answer A]...`: the answer's log-probability attributed to the
     prompt's words (explain/causal.py)."""
     from lmforge.core.causal_lm import load_causal_lm
+    from lmforge.core.models import check_model_folder
     from lmforge.core.report import html_page
     from lmforge.core.rundir import write_text_atomic
     from lmforge.explain.causal import PromptExplainer
@@ -188,6 +189,7 @@ def explain_prompts(args, prompts: list[str]) -> int:
     quiet_libraries()
     import torch
 
+    check_model_folder(name)
     model, tokenizer = load_causal_lm(name)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     explainer = PromptExplainer(model, tokenizer)
