@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -75,6 +76,11 @@ def load_causal_lm(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTraine
     path = causal_lm_path(name)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    except pickle.UnpicklingError:  # transformers reads pickled weights with torch.load(weights_only=True)
+        raise UserError(
+            f"model {name!r}: its pickled weights (pytorch_model.bin) hold more than tensors, which could run code "
+            "when loaded, so they were refused; use safetensors weights"
+        ) from None
     except (OSError, ValueError) as e:
         raise UserError(f"model {name!r}: could not load a causal language model: {str(e).splitlines()[0]}") from None
     return model.eval(), load_causal_tokenizer(name)

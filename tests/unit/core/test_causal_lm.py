@@ -244,3 +244,27 @@ def test_serve_and_eval_gen_refuse_a_classifier_run_with_exit_2(tmp_path, capsys
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(f"lmforge: error: {run}: a finetune run whose final/ holds a classifier")
     assert not (run / "eval-gen").exists()  # nothing written
+
+
+class RunsACommand:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+        import shlex
+
+        return os.system, (f"touch {shlex.quote(self.marker)}",)
+
+
+def test_pickled_weights_that_would_run_code_are_refused_in_one_line(tmp_path):
+    model, tok = tiny_gpt2(seed=0)
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "ran"
+    torch.save({**model.state_dict(), "payload": RunsACommand(marker)}, folder / "pytorch_model.bin")
+    with pytest.raises(UserError, match="pickled weights .* were refused; use safetensors weights") as refused:
+        load_causal_lm(str(folder))
+    assert not marker.exists() and "\n" not in str(refused.value)
