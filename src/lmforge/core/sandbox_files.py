@@ -13,6 +13,7 @@ folder but cannot rename it, replace it or list its neighbours.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import re
@@ -29,13 +30,15 @@ _parent: str | None = None
 
 
 def work_parent() -> str:
-    """This process's folder of working folders (0711, created once), clearing stale ones of dead processes."""
+    """This process's folder of working folders (0711, created once, removed at exit), clearing stale
+    ones of processes that were killed."""
     global _parent
     with _parent_lock:
         if _parent is None or not os.path.isdir(_parent):
             _remove_stale_parents()
             _parent = tempfile.mkdtemp(prefix=f"{_PARENT_PREFIX}{os.getpid()}-")
             os.chmod(_parent, 0o711)
+            atexit.register(remove_path, *os.path.split(_parent))  # a killed process's: the next one's job
         return _parent
 
 

@@ -427,3 +427,21 @@ def test_as_an_ordinary_user_the_process_limit_leaves_room_for_the_users_other_p
     out = run_as_user(script)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout == "passed\n"
+
+
+def test_work_folders_of_a_killed_lmforge_are_removed_by_the_next_one(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    decoy = tmp_path / "decoy"
+    modes = decoy_tree(decoy)
+    stale = Path(f"/tmp/lmforge-sandbox-{dead.pid}-test{token()}")
+    (stale / "run-1" / "sub").mkdir(parents=True)
+    (stale / "run-1" / "link").symlink_to(decoy)
+    stale.chmod(0o711)
+    script = "from lmforge.core.sandbox_files import work_parent\nprint(work_parent())"
+    env = {**os.environ, "PYTHONPATH": SRC}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert not stale.exists()
+    assert not Path(out.stdout.strip()).exists()  # its own parent went at its exit
+    assert {str(p): stat.S_IMODE(os.lstat(p).st_mode) for p in map(Path, modes)} == modes
