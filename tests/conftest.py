@@ -1,3 +1,4 @@
+import contextlib
 import os
 import subprocess
 import sys
@@ -51,3 +52,22 @@ def wait_for_checkpoint(run_dir: Path, step: int, process: subprocess.Popen, tim
         assert process.poll() is None, process.stderr.read()[-2000:]
         assert time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str):
+    """A tmpfs of `size` mounted on `folder` (a disk that fills up for real); skips the test where mounting
+    is not permitted (no root, or a container without the capability)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount command here")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from lmforge.config import SECTIONS, cli_number, describe
 from lmforge.core.eval_gen_command import add_eval_gen_parser
 from lmforge.core.serve import add_serve_parser
-from lmforge.errors import Interrupted, UserError, cut
+from lmforge.errors import Interrupted, UserError, cut, disk_full
 from lmforge.explain.commands import add_all as add_explanation_commands
 from lmforge.registry import (
     METHODS,
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         return args.handler(args)
     except UserError as e:
+        _close_progress_bars()
         print(f"lmforge: error: {str(e).replace(chr(10), ' ')}", file=sys.stderr)  # one line, whatever it quotes
         return 2
     except KeyboardInterrupt:
@@ -58,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lmforge: interrupted by {e}; continue with --resume", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, details on request
+        _close_progress_bars()
+        if disk_full(e):  # not a fault of lmforge's: say so in one line
+            where = f" writing {e.filename}" if getattr(e, "filename", None) else ""
+            print(f"lmforge: error: the disk is full{where}: free some space and run it again", file=sys.stderr)
+            return 2
         if os.environ.get("LMFORGE_DEBUG"):
             traceback.print_exc()
         else:
@@ -66,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return 1
+
+
+def _close_progress_bars() -> None:
+    """End a progress bar left open by the error, so that the error starts its own line."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,5 +1,6 @@
 """Errors a user can fix. The CLI prints them as one line and exits with code 2."""
 
+import errno
 import reprlib
 
 ECHO_LIMIT = 200  # characters of a user's value echoed in an error message
@@ -30,3 +31,10 @@ def shown(value: object, limit: int = ECHO_LIMIT) -> str:
 def cut(text: str, limit: int = ECHO_LIMIT) -> str:
     """`text` cut to `limit` characters with "..." (a list of names read from a file, say)."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether a failed write ran out of space (safetensors reports it as "os error 28" in its message)."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return any(f"os error {code}" in str(error) for code in (errno.ENOSPC, errno.EDQUOT))

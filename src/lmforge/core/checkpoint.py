@@ -11,7 +11,8 @@ run any code when loaded) are refused, not read.
 
 It is written under a temporary name and renamed in one `os.replace`, so a crash (even `kill -9`)
 leaves either a complete checkpoint or none; leftover temporary folders are removed at the next
-save or resume.
+save or resume. A full disk removes the partial folder at once and stops the run with one line
+saying so: the earlier checkpoints are untouched, and `--resume` continues from the last of them.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lmforge.errors import UserError
+from lmforge.errors import UserError, disk_full
 
 TMP_PREFIX = ".tmp-"
 TRAINING_STATE = "training_state"  # optimizer, scheduler and RNG states
@@ -79,16 +80,28 @@ def save_checkpoint(
     remove_partial(folder)
     final = folder / f"step-{step:08d}"
     tmp = folder / f"{TMP_PREFIX}step-{step:08d}"
-    tmp.mkdir()
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
-    training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": capture_rng()}
-    save_state(tmp, TRAINING_STATE, training)
-    if extra is not None:
-        save_state(tmp, EXTRA_STATE, extra)
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    for path in tmp.iterdir():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
+    try:
+        tmp.mkdir()
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
+        training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": capture_rng()}
+        save_state(tmp, TRAINING_STATE, training)
+        if extra is not None:
+            save_state(tmp, EXTRA_STATE, extra)
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        for path in tmp.iterdir():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    except (OSError, SafetensorError) as e:
+        if not disk_full(e):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # the space it took goes back; no partial checkpoint stays
+        last = latest_checkpoint(folder)
+        kept = f"the last good checkpoint, {last.name}, is intact" if last else "no earlier checkpoint was saved"
+        then = f"continues from {last.name}" if last else "starts the run again"
+        raise UserError(
+            f"{folder}: the disk is full, so checkpoint step {step} was not saved; {kept}: free some space, "
+            f"then the same command with --resume {then}"
+        ) from None
     if final.exists():  # the same step saved twice (e.g. epoch end and a signal): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)

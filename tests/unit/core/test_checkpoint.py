@@ -1,4 +1,5 @@
 import copy
+import errno
 import json
 import os
 import random
@@ -166,3 +167,86 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     path = save_checkpoint(tmp_path, 2, {"weight": torch.zeros(5, 5)}, opt, sched, {"step": 2}, keep=2)
     with pytest.raises(UserError, match="model.safetensors: does not fit this run's model"):
         load_checkpoint(path, *make())
+
+
+# ---- a full disk while a checkpoint is written (issue 23 item 9) ------------------------------------
+
+
+def fill(folder):
+    """Write into `folder` until the disk is full."""
+    with open(folder / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+
+
+def test_a_full_disk_keeps_the_last_good_checkpoint_and_says_resume_continues(tmp_path):
+    from conftest import small_disk
+
+    with small_disk(tmp_path / "disk", "256k") as disk:
+        model, opt, sched = make()
+        step(model, opt, sched)
+        good = save_checkpoint(disk, 1, dict(model.named_parameters()), opt, sched, {"step": 1}, keep=2)
+        step(model, opt, sched)
+        fill(disk)
+        with pytest.raises(UserError) as refused:
+            save_checkpoint(disk, 2, dict(model.named_parameters()), opt, sched, {"step": 2}, keep=2)
+        assert str(refused.value) == (
+            f"{disk}: the disk is full, so checkpoint step 2 was not saved; the last good checkpoint, "
+            "step-00000001, is intact: free some space, then the same command with --resume continues from "
+            "step-00000001"
+        )
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "step-00000001"]  # no partial folder left
+        assert latest_checkpoint(disk) == good and load_checkpoint(good, *make()) == {"step": 1}
+        (disk / "filler").unlink()  # space freed: the next save works
+        assert save_checkpoint(disk, 2, dict(model.named_parameters()), opt, sched, {"step": 2}, keep=2).is_dir()
+
+
+def test_a_full_disk_before_any_checkpoint_says_so(tmp_path, monkeypatch):
+    """Where no tmpfs can be mounted: the write call itself fails with ENOSPC (safetensors' own error text)."""
+    import lmforge.core.checkpoint as ckpt
+
+    def out_of_space(tensors, filename, metadata=None):
+        from safetensors import SafetensorError
+
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(ckpt, "save_file", out_of_space)
+    model, opt, sched = make()
+    with pytest.raises(UserError, match="the disk is full, so checkpoint step 3 was not saved; no earlier checkpoint"):
+        save_checkpoint(tmp_path, 3, dict(model.named_parameters()), opt, sched, {"step": 3}, keep=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_write_errors_are_not_called_a_full_disk(tmp_path, monkeypatch):
+    import lmforge.core.checkpoint as ckpt
+
+    def refused(tensors, filename, metadata=None):
+        raise PermissionError(errno.EACCES, "Permission denied", filename)
+
+    monkeypatch.setattr(ckpt, "save_file", refused)
+    model, opt, sched = make()
+    with pytest.raises(PermissionError):
+        save_checkpoint(tmp_path, 1, dict(model.named_parameters()), opt, sched, {"step": 1}, keep=2)
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("model.safetensors", "model.safetensors: not a readable safetensors file"),
+        ("training_state.safetensors", "training_state.safetensors: not a readable safetensors file"),
+        ("training_state.json", "training_state.json: not valid JSON"),
+        ("state.json", "state.json: unreadable"),
+    ],
+)
+def test_a_file_cut_short_is_named(tmp_path, name, message):
+    model, opt, sched = make()
+    step(model, opt, sched)
+    path = save_checkpoint(tmp_path, 1, dict(model.named_parameters()), opt, sched, {"step": 1}, keep=2)
+    data = (path / name).read_bytes()
+    (path / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=message) as refused:
+        load_checkpoint(path, *make())
+    assert str(path / name) in str(refused.value) and "\n" not in str(refused.value)
