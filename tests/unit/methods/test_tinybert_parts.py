@@ -43,6 +43,37 @@ def test_hooked_scores_equal_a_reference_computation(attn):
         assert torch.allclose(scores[i], q @ k.transpose(-1, -2) / 8**0.5, atol=1e-6)
 
 
+def test_a_lora_teacher_merged_gives_the_scores_of_its_adapter_forward():
+    # the recipe merges a LoRA / AdaLoRA teacher before hooking it: the scores must be those that
+    # the adapters' own forward computes (B is random here, so the adapters change the scores)
+    from lmforge.adapters.lora import inject_lora, remove_lora
+
+    model = tiny()
+    inject_lora(model, ["query", "key", "value"], r=2, alpha=4, dropout=0.0, trainable_modules=[])
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    ids, mask = batch()
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        reference = []
+        for i, layer in enumerate(model.encoder.layer):
+            h = out.hidden_states[i]
+            q = layer.attention.self.query(h).view(2, 7, 4, 8).transpose(1, 2)  # through the adapter
+            k = layer.attention.self.key(h).view(2, 7, 4, 8).transpose(1, 2)
+            reference.append(q @ k.transpose(-1, -2) / 8**0.5)
+        plain = tiny()
+        with AttentionScores(plain) as attention:
+            plain(input_ids=ids, attention_mask=mask)
+            base_scores = attention.pop()
+        with AttentionScores(remove_lora(model)) as attention:
+            model(input_ids=ids, attention_mask=mask)
+            scores = attention.pop()
+    for ours, theirs, base in zip(scores, reference, base_scores):
+        assert torch.allclose(ours, theirs, atol=1e-5)
+        assert not torch.allclose(ours, base, atol=1e-2)  # the adapters did change them
+
+
 def test_softmax_of_masked_scores_equals_the_models_attention_probabilities():
     model = tiny(attn="eager")
     ids, mask = batch()
