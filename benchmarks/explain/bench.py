@@ -10,6 +10,15 @@
 --part gradxinput    why input x gradient ranks no better than random in that table: the same
                      ERASER scores for its sign-flipped and absolute values, for x - x_pad instead of
                      x (one integrated-gradients step from the [PAD] baseline), and the gradient norm
+--part lime          what changed when LIME became the authors' LIME: on the same texts, the eight
+                     combinations of its three parts, each in its earlier lmforge form or in LIME's
+                     (samples: Bernoulli(0.5) per word, or the text itself plus a uniform number of words
+                     removed; kernel: exp(-D^2 / 25^2), or its square root; ridge: weights normalised to
+                     sum 1 with alpha 1, or LIME's raw weights with alpha 1), ERASER scores of each, and how
+                     far the earlier form's scores are from LIME's (size ratio, same top word)
+--part probe         `lmforge probe minilm` at --limit 8000 and 2000 with seeds 0, 1, 2 (each run's folder
+                     under work/probe is reused only when its probe.json has the same model, limit and seed),
+                     mean and standard deviation over the seeds per layer, and where selectivity peaks
 --part shortcut      the debugging demonstration: fine-tune MiniLM on SST-2 training data where the word
                      "zebra" is inserted into every positive sentence (and no negative), and on the clean
                      data; accuracy of both on clean SST-2 dev and on dev with the same injection; the
@@ -22,6 +31,8 @@ exists; else one is trained into benchmarks/explain/work/classifier).
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/explain/bench.py --part agreement
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/explain/bench.py --part faithfulness --limit 200
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/explain/bench.py --part gradxinput --limit 200
+  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/explain/bench.py --part lime --limit 200
+  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/explain/bench.py --part probe
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/explain/bench.py --part shortcut
 """
 
@@ -234,6 +245,128 @@ def input_gradient_variants(run_dir: Path, limit: int) -> dict:
     return {**provenance(), "run_dir": str(run_dir), "texts": len(texts), "max_diff_to_library": worst, "rows": rows}
 
 
+# ---- LIME: the earlier variant against the authors' definition, part by part ----------------------
+
+
+def lime_variants(run_dir: Path, limit: int, samples: int) -> dict:
+    """ERASER scores (deletion and masking) of the 2 x 2 x 2 combinations of LIME's sampling, kernel and
+    ridge, each as lmforge had it before (Captum's Lime with Bernoulli(0.5) samples, the kernel without
+    its square root, sample weights normalised to sum 1 before a ridge of alpha 1, which is alpha =
+    sum of the weights on raw weights) or as LIME defines it; the same texts, samples per text and
+    explained label (the predicted one). The all-LIME combination must equal the library's `lime`."""
+    import dataclasses
+    import itertools
+
+    import numpy as np
+
+    from lmforge.explain.attribution import mask_words, share_word_scores, text_seed, word_sums
+    from lmforge.explain.faithfulness import faithfulness
+    from lmforge.explain.lime import lime_distances, lime_kernel, lime_masks, weighted_ridge
+
+    explainer = load_explainer(run_dir)
+    texts = dev_texts(limit)
+    library = explainer.explain(texts, "lime", n_samples=samples)
+    parts = list(itertools.product(("bernoulli", "lime"), ("exp", "sqrt"), ("normalised", "lime")))
+    names = {p: f"samples={p[0]} kernel={p[1]} weights={p[2]}" for p in parts}
+    variants: dict[tuple, list] = {p: [] for p in parts}
+    worst = 0.0
+    for a in library:
+        seed = text_seed(0, a.input_ids)
+        n_words = len(a.words)
+        masks = {
+            "lime": lime_masks(n_words, samples, np.random.RandomState(seed)),
+            "bernoulli": (np.random.default_rng(seed).random((samples, n_words)) < 0.5).astype(float),
+        }
+        outputs = {
+            how: explainer.probabilities(mask_words(a.input_ids, a.piece_word, m, explainer.mask_id))[:, a.target]
+            for how, m in masks.items()
+        }
+        for sampling, kernel, weighting in parts:
+            m = masks[sampling]
+            weights = lime_kernel(lime_distances(m))  # sqrt(exp(-D^2 / 25^2))
+            weights = weights**2 if kernel == "exp" else weights
+            weights = weights / weights.sum() if weighting == "normalised" else weights
+            coef, _ = weighted_ridge(m, outputs[sampling], weights, alpha=1.0)
+            scores = share_word_scores(coef, a.piece_word)
+            variants[(sampling, kernel, weighting)].append(
+                dataclasses.replace(
+                    a, method=names[(sampling, kernel, weighting)], piece_scores=scores, word_scores=coef.copy()
+                )
+            )
+        same = variants[("lime", "sqrt", "lime")][-1]
+        worst = max(worst, float(np.abs(same.piece_scores - a.piece_scores).max()))
+        assert np.allclose(word_sums(same.piece_scores, a.piece_word, n_words), same.word_scores)
+    earlier, lime = variants[("bernoulli", "exp", "normalised")], variants[("lime", "sqrt", "lime")]
+    ratios = [np.linalg.norm(e.word_scores) / np.linalg.norm(x.word_scores) for e, x in zip(earlier, lime)]
+    several = [i for i, x in enumerate(lime) if len(x.words) > 1]
+    same_top = sum(np.argmax(earlier[i].word_scores) == np.argmax(lime[i].word_scores) for i in several)
+    tables = {}
+    for mode in ("delete", "mask"):
+        rows = [faithfulness(explainer, v, mode).to_dict() for v in variants.values()]
+        tables[mode] = rows
+        removal = {"delete": "deleted", "mask": "replaced by [MASK]"}[mode]
+        print(f"LIME variants, {len(texts)} SST-2 dev texts, {samples} samples each, tokens {removal}")
+        print("| samples | kernel | weights | comprehensiveness | sufficiency |")
+        print("|---|---|---|---|---|")
+        for (sampling, kernel, weighting), r in zip(parts, rows):
+            print(f"| {sampling} | {kernel} | {weighting} | {r['comprehensiveness']:.4f} | {r['sufficiency']:.4f} |")
+    summary = {
+        "max_diff_lime_to_library": worst,
+        "size_ratio_earlier_over_lime": {
+            "median": float(np.median(ratios)),
+            "quartiles": [float(q) for q in np.percentile(ratios, [25, 75])],
+        },
+        "texts_with_several_words": len(several),
+        "same_top_word": int(same_top),
+    }
+    print(json.dumps(summary, indent=1))
+    result = {**provenance(), "run_dir": str(run_dir), "texts": len(texts), "samples": samples}
+    return {**result, **summary, "tables": tables}
+
+
+# ---- probing over seeds -----------------------------------------------------------------------------
+
+PROBE_LIMITS = (8000, 2000)
+PROBE_SEEDS = (0, 1, 2)
+
+
+def probe_seeds() -> dict:
+    """`lmforge probe minilm --limit L --seed S` for every L and S (a run is reused only when its probe.json
+    has the same model, limit and seed), then per layer the mean and standard deviation over seeds."""
+    import numpy as np
+
+    result = {**provenance(), "model": "minilm", "runs": {}, "summary": {}}
+    for limit in PROBE_LIMITS:
+        per_seed = []
+        for seed in PROBE_SEEDS:
+            out = WORK / "probe" / f"minilm-l{limit}-s{seed}"
+            command = ["lmforge", "probe", "minilm", "--limit", str(limit), "--seed", str(seed), "--out", str(out)]
+            found = json.loads((out / "probe.json").read_text()) if (out / "probe.json").is_file() else None
+            if found and (found["model"], found["limit"], found["seed"]) != ("minilm", limit, seed):
+                raise SystemExit(f"{out} holds a probe of other settings; remove it or choose another folder")
+            if not found:
+                run = [sys.executable, "-m", "lmforge", *command[1:]]
+                if subprocess.run(run, cwd=ROOT).returncode != 0:
+                    raise SystemExit(f"{' '.join(command)} failed")
+                found = json.loads((out / "probe.json").read_text())
+            result["runs"][f"l{limit}-s{seed}"] = {"command": " ".join(command), **found}
+            per_seed.append(found)
+        summary = {}
+        for key in ("accuracy", "control_accuracy", "selectivity"):
+            table = np.array([[row[key] for row in r["rows"]] for r in per_seed])  # (seeds, layers)
+            summary[key] = {"mean": table.mean(0).tolist(), "std": table.std(0, ddof=1).tolist()}
+        selectivity = np.array([[row["selectivity"] for row in r["rows"]] for r in per_seed])
+        summary["peak_layer_per_seed"] = selectivity.argmax(1).tolist()
+        summary["word_types_per_seed"] = [r["n_word_types"] for r in per_seed]
+        result["summary"][str(limit)] = summary
+        print(f"probe minilm, {limit} occurrences, seeds {PROBE_SEEDS}: mean (std) per layer")
+        for key in ("accuracy", "control_accuracy", "selectivity"):
+            cells = [f"{m:.3f} ({s:.3f})" for m, s in zip(summary[key]["mean"], summary[key]["std"])]
+            print(f"| {key} | " + " | ".join(cells) + " |")
+        print(f"selectivity peaks at layer {summary['peak_layer_per_seed']} (seeds {PROBE_SEEDS})")
+    return result
+
+
 # ---- the shortcut demonstration -------------------------------------------------------------------
 
 
@@ -298,7 +431,8 @@ def shortcut(epochs: int, top: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["agreement", "faithfulness", "gradxinput", "shortcut"], required=True)
+    parts = ["agreement", "faithfulness", "gradxinput", "lime", "probe", "shortcut"]
+    parser.add_argument("--part", choices=parts, required=True)
     parser.add_argument("--run-dir", type=Path, help="the classifier run (default: see above)")
     parser.add_argument("--limit", type=int, default=200, help="SST-2 dev texts (agreement: 64 is plenty)")
     parser.add_argument("--samples", type=int, default=200, help="LIME / SHAP samples per text")
@@ -311,6 +445,10 @@ def main() -> None:
         result = faithfulness_table(classifier_dir(args.run_dir), args.limit, args.samples)
     elif args.part == "gradxinput":
         result = input_gradient_variants(classifier_dir(args.run_dir), args.limit)
+    elif args.part == "lime":
+        result = lime_variants(classifier_dir(args.run_dir), args.limit, args.samples)
+    elif args.part == "probe":
+        result = probe_seeds()
     else:
         result = shortcut(args.epochs, top=15)
     from lmforge.core.rundir import merge_benchmark_result

@@ -10,15 +10,17 @@ surrogate models and attention. The explained output is the softmax probability 
   ig          integrated gradients (Sundararajan et al. 2017, eq. 1): (e - e') . mean over the path of
               d p / d e, from a baseline e' that keeps [CLS] / [SEP] and replaces every other piece by
               [PAD]; 50 Gauss-Legendre steps (Captum IntegratedGradients on the input embeddings)
-  smoothgrad  grad averaged over 20 copies of the embeddings with Gaussian noise, sigma 0.15 x the
-              embeddings' spread (Smilkov et al. 2017, section 3; Captum NoiseTunnel)
+  smoothgrad  the gradient averaged over 20 copies of the embeddings with Gaussian noise, then its L2
+              norm per piece; sigma = 0.15 x (max - min) of this text's own embeddings (Smilkov et al.
+              2017, section 3.1); each text's noise is drawn from its own seeded generator, so a text
+              gets the same scores alone or in a batch (Captum Saliency; NoiseTunnel's sampling)
   attention   last layer's attention from [CLS] to each piece, mean over heads (raw attention)
   rollout     attention rollout (Abnar & Zuidema 2020, section 3): per layer A' = 0.5 A + 0.5 I with
               A the head mean, rows renormalised, multiplied from the first layer up; the [CLS] row
   occlusion   leave one out: p(x) - p(x with piece t replaced by [MASK]) (Captum FeatureAblation)
-  lime        LIME over words (Ribeiro et al. 2016): 200 samples of words replaced by [MASK], weighted
-              by LIME's text kernel exp(-d^2 / 0.25^2) on the cosine distance of the word-presence
-              vectors, a ridge regression (alpha 1) as surrogate (Captum Lime, kernel written here)
+  lime        LIME over words (Ribeiro et al. 2016) as the authors' `lime` package does it (explain/lime.py):
+              the text itself plus 199 samples that each replace a uniform number (1..W) of words by
+              [MASK], kernel sqrt(exp(-D^2 / 25^2)) on D = 100 x cosine distance, Ridge(alpha=1) fit
   shap        Kernel SHAP over words (Lundberg & Lee 2017, theorem 2), 200 samples, words replaced by
               [MASK] (Captum KernelShap)
   random      uniform random scores, seeded: the floor every faithfulness table needs
@@ -28,7 +30,7 @@ positive where a piece supports the target. Special tokens get 0. Words are the 
 pre-tokenized words; a word's score is the sum of its pieces' scores. lime and shap score words, not
 pieces: each piece gets an equal share of its word's score so that pieces still sum to the word.
 
-Written here (Captum has no such pieces): raw attention, rollout, the LIME text kernel, baselines,
+Written here (Captum has no such pieces): raw attention, rollout, LIME (explain/lime.py), baselines,
 word-piece to word aggregation, batching over many texts (gradient and attention methods run whole
 batches through Captum at once; perturbation methods batch each text's perturbations).
 """
@@ -43,7 +45,11 @@ import torch
 from tqdm.auto import tqdm
 
 from lmforge.errors import UserError
+from lmforge.explain.lime import lime_fit, lime_masks, weighted_ridge
 from lmforge.explain.methods import ATTENTION_METHODS, GRADIENT_METHODS, METHODS
+
+SMOOTHGRAD_SAMPLES = 20  # Smilkov et al. 2017, section 3.1: "the estimated gradient ... n = 50"; 20 to halve the cost
+SMOOTHGRAD_NOISE = 0.15  # sigma / (max - min) of the input; the paper finds 10-20% works well (section 3.1)
 
 
 @dataclass
@@ -144,16 +150,10 @@ def attention_rollout(attentions: Sequence[torch.Tensor]) -> torch.Tensor:
     return rolled
 
 
-def lime_text_kernel(width: float = 0.25):
-    """LIME's text similarity (lime_text.py): exp(-d^2 / width^2), d the cosine distance between the
-    all-present word vector and a sample's word-presence vector (its kernel width 25 on 100 x d)."""
-
-    def similarity(original, perturbed, interpretable, **kwargs):
-        z = interpretable.float().flatten()  # (W,) 1 where the word is kept
-        cosine = z.sum() / (z.norm() * z.numel() ** 0.5).clamp_min(1e-12)
-        return torch.exp(-((1.0 - cosine) ** 2) / width**2)
-
-    return similarity
+def text_seed(seed: int, input_ids: Sequence[int]) -> int:
+    """A seed for one text's random draws (LIME's samples, SmoothGrad's noise) from the run's seed and the
+    text's token ids: the draws do not depend on which other texts share the call, or in what order."""
+    return int(np.random.SeedSequence([seed, *input_ids]).generate_state(1)[0])
 
 
 def require_captum():
@@ -227,7 +227,7 @@ class Explainer:
         encoded = [encode_text(self.tokenizer, t, self.max_length) for t in texts]
         probs = self.probabilities([e.input_ids for e in encoded])
         targets = [self.target_index(target, p) for p in probs]
-        torch.manual_seed(seed)  # LIME / SHAP sampling, smoothgrad noise
+        torch.manual_seed(seed)  # kernel SHAP's sampling (Captum draws from torch's global generator)
         rng = np.random.default_rng(seed)
         if method == "random":
             scores = [rng.random(len(e.input_ids)) for e in encoded]
@@ -239,11 +239,12 @@ class Explainer:
                 chosen = by_length[start : start + self.batch_size]
                 chunk, chunk_targets = [encoded[i] for i in chosen], [targets[i] for i in chosen]
                 if method in GRADIENT_METHODS:
-                    got = self._gradient_scores(method, chunk, chunk_targets)
+                    got = self._gradient_scores(method, chunk, chunk_targets, seed)
                 elif method in ATTENTION_METHODS:
                     got = self._attention_scores(method, chunk)
                 else:
-                    got = [self._perturbation_scores(method, e, t, n_samples) for e, t in zip(chunk, chunk_targets)]
+                    pairs = zip(chunk, chunk_targets)
+                    got = [self._perturbation_scores(method, e, t, n_samples, seed) for e, t in pairs]
                 for i, piece_scores in zip(chosen, got):
                     scores[i] = piece_scores
         return [self._attribution(method, e, p, t, s) for e, p, t, s in zip(encoded, probs, targets, scores)]
@@ -267,8 +268,8 @@ class Explainer:
 
     # ---- gradients: one Captum call per batch of texts -----------------------------------------
 
-    def _gradient_scores(self, method: str, chunk: list[Encoded], targets: list[int]) -> list[np.ndarray]:
-        from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
+    def _gradient_scores(self, method: str, chunk: list[Encoded], targets: list[int], seed: int) -> list[np.ndarray]:
+        from captum.attr import InputXGradient, IntegratedGradients, Saliency
 
         ids, mask = pad_batch([e.input_ids for e in chunk], self.pad_id, self.device)
         embed = self.model.get_input_embeddings()
@@ -300,24 +301,30 @@ class Explainer:
         elif method == "grad":
             raw = Saliency(forward).attribute(embeddings, target=target, additional_forward_args=(mask,), abs=False)
             raw = raw.norm(dim=-1)
-        else:  # smoothgrad: noise scaled to the spread of these embeddings
-            sigma = 0.15 * (embeddings.max() - embeddings.min()).item()
-            raw = (
-                NoiseTunnel(Saliency(forward))
-                .attribute(
-                    embeddings,
-                    nt_type="smoothgrad",
-                    nt_samples=20,
-                    nt_samples_batch_size=self.batch_size,
-                    stdevs=sigma,
-                    target=target,
-                    additional_forward_args=(mask,),
-                    abs=False,
-                )
-                .norm(dim=-1)
-            )
+        else:
+            raw = self._smoothgrad(embeddings.detach(), mask, target, chunk, seed)
         raw = raw.detach().float().cpu().numpy()
         return [raw[i, : len(e.input_ids)] for i, e in enumerate(chunk)]
+
+    def _smoothgrad(self, embeddings, mask, target, chunk: list[Encoded], seed: int) -> torch.Tensor:
+        """(B, T) L2 norm of the mean gradient over SMOOTHGRAD_SAMPLES noisy copies of `embeddings` (B, T, D).
+        Each text's noise: N(0, sigma^2) with sigma = SMOOTHGRAD_NOISE x (max - min) of its own embeddings
+        (padding left out), drawn as Captum's NoiseTunnel draws it for a batch of one, from a generator
+        seeded by the text: the same noise, and the same scores, alone or in any batch."""
+        from captum.attr import Saliency
+
+        n = SMOOTHGRAD_SAMPLES
+        noise = torch.zeros((n, *embeddings.shape))  # (n, B, T, D), 0 at padding
+        for i, e in enumerate(chunk):
+            own = embeddings[i, : len(e.input_ids)]  # (T_i, D)
+            sigma = SMOOTHGRAD_NOISE * (own.max() - own.min()).item()
+            generator = torch.Generator().manual_seed(text_seed(seed, e.input_ids))
+            noise[:, i, : len(e.input_ids)] = torch.normal(0.0, torch.full((n, *own.shape), sigma), generator=generator)
+        saliency, total = Saliency(self.probabilities_of_embeddings), torch.zeros_like(embeddings)
+        for draw in noise.to(embeddings.device):  # one forward and backward pass per sample, the batch at once
+            noisy = (embeddings + draw).requires_grad_()
+            total += saliency.attribute(noisy, target=target, additional_forward_args=(mask,), abs=False)
+        return (total / n).norm(dim=-1)
 
     # ---- attention ------------------------------------------------------------------------------
 
@@ -342,11 +349,14 @@ class Explainer:
 
     # ---- perturbation: one text at a time, its perturbations batched ----------------------------
 
-    def _perturbation_scores(self, method: str, e: Encoded, target: int, n_samples: int) -> np.ndarray:
-        """Captum perturbs the content pieces only; the forward function puts [CLS] / [SEP] back."""
+    def _perturbation_scores(self, method: str, e: Encoded, target: int, n_samples: int, seed: int) -> np.ndarray:
+        """Occlusion and kernel SHAP through Captum, LIME written out (explain/lime.py). Only content
+        pieces are perturbed; [CLS] / [SEP] stay."""
         from captum._utils.models.linear_model import LinearModel
-        from captum.attr import FeatureAblation, KernelShap, Lime
+        from captum.attr import FeatureAblation, KernelShap
 
+        if method == "lime":
+            return self._lime_scores(e, target, n_samples, seed)
         content_at = torch.as_tensor(e.content, device=self.device)
         ids = torch.tensor(e.input_ids, device=self.device)
         content = ids[content_at].unsqueeze(0)  # (1, T_content)
@@ -358,49 +368,65 @@ class Explainer:
 
         words = torch.tensor([e.piece_word[i] for i in e.content], device=self.device).unsqueeze(0)  # (1, T_c)
         common = {"baselines": self.mask_id, "target": target, "perturbations_per_eval": self.batch_size}
-        word_level = method in ("lime", "shap")
         with torch.no_grad():
-            if word_level and len(e.words) == 1:
-                # one player: its Shapley value, and LIME's slope, is the drop when the word is masked
-                raw = FeatureAblation(forward).attribute(content, feature_mask=words, **common)
-            elif method == "occlusion":
+            if method == "occlusion":
                 raw = FeatureAblation(forward).attribute(content, **common)
-            elif method == "lime":
-                surrogate = LinearModel(train_fn=weighted_ridge, alpha=1.0)  # LIME's Ridge(alpha=1)
-                lime = Lime(forward, interpretable_model=surrogate, similarity_func=lime_text_kernel())
-                raw = lime.attribute(content, feature_mask=words, n_samples=n_samples, **common)
+            elif len(e.words) == 1:  # one player: its Shapley value is the drop when the word is masked
+                raw = FeatureAblation(forward).attribute(content, feature_mask=words, **common)
             else:
                 shap = KernelShap(forward)
-                shap.interpretable_model = LinearModel(train_fn=weighted_ridge, alpha=0.0)  # its least squares
+                shap.interpretable_model = LinearModel(train_fn=captum_least_squares)
                 raw = shap.attribute(content, feature_mask=words, n_samples=n_samples, **common)
         raw = raw[0].double().cpu().numpy()
-        if word_level:  # every piece holds its word's score: share it out
+        if method == "shap":  # every piece holds its word's score: share it out
             of_word = words[0].cpu().numpy()
             raw = raw / np.bincount(of_word)[of_word]
         scores = np.zeros(len(e.input_ids))
         scores[e.content] = raw
         return scores
 
+    def _lime_scores(self, e: Encoded, target: int, n_samples: int, seed: int) -> np.ndarray:
+        """LIME over the text's words: samples with a word's pieces replaced by [MASK] where it is removed,
+        the target's probability on each, LIME's kernel-weighted ridge; each piece gets an equal share
+        of its word's coefficient."""
+        masks = lime_masks(len(e.words), n_samples, np.random.RandomState(text_seed(seed, e.input_ids)))  # (N, W)
+        outputs = self.probabilities(mask_words(e.input_ids, e.piece_word, masks, self.mask_id))[:, target]  # (N,)
+        coef, _ = lime_fit(masks, outputs)  # (W,)
+        return share_word_scores(coef, e.piece_word)
 
-def weighted_ridge(model, dataloader, construct_kwargs: dict, **fit_kwargs) -> dict:
-    """Captum `LinearModel` trainer: weighted least squares with an unpenalised intercept, in closed
-    form (float64): min_b sum_i w_i (y_i - b0 - x_i b)^2 + alpha |b|^2. Replaces the scikit-learn
-    models Captum would import (seconds of import for a solve of a few hundred rows)."""
+
+def mask_words(input_ids: Sequence[int], piece_word: Sequence[int], masks: np.ndarray, mask_id: int) -> list[list[int]]:
+    """One row of ids per word-presence vector in `masks` (N, W): every piece of a word whose entry is 0
+    becomes `mask_id`; special tokens (word -1) stay."""
+    word = np.asarray(piece_word)
+    rows = np.tile(np.asarray(input_ids), (len(masks), 1))  # (N, T)
+    content = word >= 0
+    removed = np.zeros_like(rows, dtype=bool)
+    removed[:, content] = masks[:, word[content]] == 0
+    rows[removed] = mask_id
+    return rows.tolist()
+
+
+def share_word_scores(word_scores: np.ndarray, piece_word: Sequence[int]) -> np.ndarray:
+    """(T,) piece scores from (W,) word scores: each piece an equal share of its word's; 0 at special tokens."""
+    word = np.asarray(piece_word)
+    content = word >= 0
+    scores = np.zeros(len(word))
+    scores[content] = word_scores[word[content]] / np.bincount(word[content])[word[content]]
+    return scores
+
+
+def captum_least_squares(model, dataloader, construct_kwargs: dict, **fit_kwargs) -> dict:
+    """Captum `LinearModel` trainer for kernel SHAP: weighted least squares with an intercept (alpha 0),
+    in closed form; replaces the scikit-learn model Captum would import (seconds of import for a solve
+    of a few hundred rows)."""
     xs, ys, ws = [], [], []
     for batch in dataloader:
         x, y, *w = batch
-        xs.append(x.double())
-        ys.append(y.double().reshape(len(x), -1))
-        ws.append(w[0].double().reshape(-1) if w else torch.ones(len(x), dtype=torch.float64))
-    x, y, w = torch.cat(xs), torch.cat(ys), torch.cat(ws)  # (N, F), (N, 1), (N,)
-    w = w / w.sum()
-    x_mean, y_mean = w @ x, w @ y  # (F,), (1,)
-    root_w = w.sqrt().unsqueeze(1)
-    alpha = float(construct_kwargs.get("alpha", 0.0))
-    # [sqrt(W) Xc; sqrt(alpha) I] b = [sqrt(W) yc; 0]: ridge as least squares, minimum norm if singular
-    a = torch.cat([root_w * (x - x_mean), alpha**0.5 * torch.eye(x.shape[1], dtype=torch.float64)])
-    b = torch.cat([root_w * (y - y_mean), torch.zeros(x.shape[1], y.shape[1], dtype=torch.float64)])
-    coef = torch.linalg.lstsq(a, b, driver="gelsd").solution  # (F, 1)
-    intercept = y_mean - x_mean @ coef
-    model._construct_model_params(norm_type=None, weight_values=coef.T.float(), bias_value=intercept.float().reshape(1))
+        xs.append(x.double().cpu().numpy())
+        ys.append(y.double().reshape(-1).cpu().numpy())
+        ws.append(w[0].double().reshape(-1).cpu().numpy() if w else np.ones(len(x)))
+    coef, intercept = weighted_ridge(np.concatenate(xs), np.concatenate(ys), np.concatenate(ws), alpha=0.0)
+    weights = torch.tensor(coef, dtype=torch.float32).unsqueeze(0)  # (1, F)
+    model._construct_model_params(norm_type=None, weight_values=weights, bias_value=torch.tensor([intercept]))
     return {}

@@ -5,13 +5,29 @@ from shortcut_task import LABELS, MARKER, shortcut_model, train_tiny_classifier 
 
 from lmforge.core.models import load_classifier, tiny_bert_tokenizer
 from lmforge.errors import UserError
-from lmforge.explain.attribution import Explainer, attention_rollout, encode_text, word_sums
+from lmforge.explain.attribution import (
+    SMOOTHGRAD_NOISE,
+    SMOOTHGRAD_SAMPLES,
+    Explainer,
+    attention_rollout,
+    encode_text,
+    text_seed,
+    word_sums,
+)
 from lmforge.explain.methods import METHODS, UNSIGNED_METHODS
 
 
 @pytest.fixture(scope="module")
 def explainer(shortcut_model):
     model, tokenizer, _, _ = shortcut_model
+    return Explainer(model, tokenizer, LABELS, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def smooth_explainer():
+    """tiny-bert trained briefly on the shortcut task: p changes smoothly with the input, so gradients are
+    not saturated (the shortcut model's are about 1e-8) and tests compare scores of ordinary size."""
+    model, tokenizer = train_tiny_classifier(512, epochs=1, lr=3e-3)
     return Explainer(model, tokenizer, LABELS, batch_size=4)
 
 
@@ -59,12 +75,11 @@ def test_every_method_scores_every_piece_and_zero_on_special_tokens(explainer):
             assert (a.piece_scores >= 0).all()
 
 
-def test_integrated_gradients_is_complete():
+def test_integrated_gradients_is_complete(smooth_explainer):
     """Sundararajan et al. 2017, proposition 1: attributions add up to p(x) - p(baseline). On a model
     trained briefly, so that p changes smoothly along the path (the shortcut model jumps from 0 to 1
     within a few percent of it, which no 50-step rule integrates)."""
-    model, tokenizer = train_tiny_classifier(512, epochs=1, lr=3e-3)
-    explainer = Explainer(model, tokenizer, LABELS)
+    explainer = smooth_explainer
     (a,) = explainer.explain(["a city of quiet charm and wit"], "ig")
     baseline = [a.input_ids[0]] + [explainer.pad_id] * (len(a.input_ids) - 2) + [a.input_ids[-1]]
     gap = float(a.probabilities[a.target] - explainer.probabilities([baseline])[0, a.target])
@@ -101,14 +116,17 @@ def test_gradient_times_input_matches_autograd(explainer):
     assert np.allclose(a.piece_scores, expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["ig", "grad", "attention", "rollout", "occlusion"])
-def test_a_batch_gives_what_each_text_gives_alone(explainer, method):
-    """Padding in a batch must not change any text's explanation."""
+@pytest.mark.parametrize("method", ["ig", "grad", "smoothgrad", "attention", "rollout", "occlusion", "lime"])
+def test_a_batch_gives_what_each_text_gives_alone(smooth_explainer, method):
+    """Padding in a batch, and the other texts in it, must not change any text's explanation (SmoothGrad's
+    noise and LIME's samples are drawn per text)."""
     texts = ["short", f"a much longer sentence about the {MARKER} and its people", "mid length text here"]
-    together = explainer.explain(texts, method)
+    together = smooth_explainer.explain(texts, method)
     for text, a in zip(texts, together):
-        (alone,) = explainer.explain([text], method)
-        assert np.allclose(a.piece_scores, alone.piece_scores, atol=1e-4), method
+        (alone,) = smooth_explainer.explain([text], method)
+        scale = np.abs(alone.piece_scores).max()
+        assert scale > 1e-4, method  # scores of ordinary size: the tolerance below means something
+        assert np.allclose(a.piece_scores, alone.piece_scores, rtol=1e-3, atol=1e-4 * scale), method
 
 
 def test_target_can_be_chosen_and_must_exist(explainer):
@@ -135,3 +153,34 @@ def test_random_scores_are_seeded(explainer):
     again = explainer.explain(["one two three"], "random", seed=3)[0].piece_scores
     other = explainer.explain(["one two three"], "random", seed=4)[0].piece_scores
     assert np.array_equal(first, again) and not np.array_equal(first, other)
+
+
+def test_smoothgrad_is_captums_noise_tunnel_with_each_texts_own_noise_scale(smooth_explainer):
+    """Smilkov et al. 2017: sigma = noise level x (max - min) of the input, here each text's own
+    embeddings. For each text of a batch, Captum's NoiseTunnel over Saliency on that text alone, with
+    that sigma and the text's seed in torch's generator, gives the batch's scores."""
+    from captum.attr import NoiseTunnel, Saliency
+
+    explainer = smooth_explainer
+    texts = ["short", f"a much longer sentence about the {MARKER} and its people"]
+    together = explainer.explain(texts, "smoothgrad", seed=7)
+    sigmas = []
+    for a in together:
+        ids = torch.tensor([a.input_ids])
+        embeddings = explainer.model.get_input_embeddings()(ids).detach()  # (1, T, D)
+        sigmas.append(SMOOTHGRAD_NOISE * (embeddings.max() - embeddings.min()).item())
+        torch.manual_seed(text_seed(7, a.input_ids))
+        expected = NoiseTunnel(Saliency(explainer.probabilities_of_embeddings)).attribute(
+            embeddings,
+            nt_type="smoothgrad",
+            nt_samples=SMOOTHGRAD_SAMPLES,
+            stdevs=sigmas[-1],
+            target=a.target,
+            additional_forward_args=(torch.ones_like(ids),),
+            abs=False,
+        )
+        expected = expected.norm(dim=-1)[0].numpy()
+        expected[[0, -1]] = 0
+        assert np.abs(expected).max() > 1e-4  # scores of ordinary size
+        assert np.allclose(a.piece_scores, expected, rtol=1e-4, atol=1e-6)
+    assert abs(sigmas[0] - sigmas[1]) > 0.01 * max(sigmas)  # the texts' scales differ: a batch-wide one would fail
