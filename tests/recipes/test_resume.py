@@ -186,3 +186,36 @@ def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_runs_nothing(resumable,
     assert len(error) == 1 and str(checkpoint / file) in error[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert not (copy / "final.json").exists()
+
+
+@pytest.mark.parametrize(
+    "state, message",
+    [
+        ([1], "state.json: not an lmforge training state"),
+        ({"step": "4", "epoch": 0}, "state.json: step: expected a whole number >= 0, got '4'"),
+        ({"step": 4, "stopped_early": "no"}, "state.json: stopped_early: expected true or false, got 'no'"),
+    ],
+)
+def test_a_crafted_state_json_is_refused_naming_it(resumable, tmp_path, state, message):
+    copy = tmp_path / "finetune"
+    shutil.copytree(resumable["finetune"], copy)
+    checkpoint = list_checkpoints(copy / "checkpoints")[-1]
+    (checkpoint / "state.json").write_text(json.dumps(state))
+    result = run_cli("run", SHORT[0], "--resume", "--run-dir", str(copy))
+    error = [line for line in result.stderr.splitlines() if line.startswith("lmforge: error")]
+    assert result.returncode == 2 and len(error) == 1, result.stderr[-2000:]
+    assert error[0].startswith(f"lmforge: error: {checkpoint}/{message}") and not (copy / "final.json").exists()
+
+
+def test_a_checkpoint_of_another_method_is_refused_naming_the_file(resumable, tmp_path):
+    """AdaLoRA's checkpoints copied into a full fine-tuning run: its tensors are not this model's."""
+    copy = tmp_path / "finetune"
+    shutil.copytree(resumable["finetune"], copy)
+    shutil.rmtree(copy / "checkpoints")
+    shutil.copytree(resumable["adalora"] / "checkpoints", copy / "checkpoints")
+    checkpoint = list_checkpoints(copy / "checkpoints")[-1]
+    result = run_cli("run", SHORT[0], "--resume", "--run-dir", str(copy))
+    error = [line for line in result.stderr.splitlines() if line.startswith("lmforge: error")]
+    assert result.returncode == 2 and len(error) == 1, result.stderr[-2000:]
+    assert error[0].startswith(f"lmforge: error: {checkpoint / 'model.safetensors'}: ")
+    assert "from another model or method" in error[0] and not (copy / "final.json").exists()

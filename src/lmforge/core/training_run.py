@@ -54,7 +54,7 @@ from lmforge.core.loop import (
 )
 from lmforge.core.report import write_report
 from lmforge.core.rundir import RunDir, build_manifest, fingerprint
-from lmforge.errors import Interrupted, UserError
+from lmforge.errors import Interrupted, UserError, shown
 
 SaveFinal = Callable[[torch.nn.Module, Any, Path], None]  # (model, tokenizer, folder)
 MicroLoss = Callable[[list[int]], dict[str, torch.Tensor]]  # example indices -> named losses (see `accumulate`)
@@ -305,7 +305,7 @@ def open_run(run_dir: Path, cfg: RunConfig, task: Task, resume: bool, model, opt
         if latest is None:
             say(f"{run.path}: no checkpoint yet; starting from step 0")
         else:
-            state = TrainState(**ckpt.load_checkpoint(latest, model, optimizer, scheduler))
+            state = restored_state(ckpt.load_checkpoint(latest, model, optimizer, scheduler), latest / "state.json")
             say(f"resumed from {latest} (step {state.step})")
         if write:
             run.truncate_metrics(state.step)
@@ -327,6 +327,28 @@ def open_run(run_dir: Path, cfg: RunConfig, task: Task, resume: bool, model, opt
     }
     run.write_json("manifest.json", {**build_manifest(cfg.train.seed, data), "recipe": cfg.recipe})
     return run, state, None
+
+
+def restored_state(saved, path: Path) -> TrainState:
+    """The TrainState a checkpoint's state.json holds; a crafted or foreign one (other keys, a string or a
+    negative number where a count belongs) is a UserError naming the file, not a crash later in the loop."""
+    import typing
+
+    hints = typing.get_type_hints(TrainState)
+    if not isinstance(saved, dict) or not set(saved) <= set(hints):
+        raise UserError(f"{path}: not an lmforge training state (expected the keys {', '.join(hints)})")
+    checks = {  # the type each field holds -> (what fits, what it says)
+        bool: (lambda v: isinstance(v, bool), "true or false"),
+        int: (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a whole number >= 0"),
+        float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    }
+    for key, value in saved.items():
+        optional = type(None) in typing.get_args(hints[key])
+        kind = next(t for t in (bool, int, float) if t is hints[key] or t in typing.get_args(hints[key]))
+        fits, expected = checks[kind]
+        if not (fits(value) or (optional and value is None)):
+            raise UserError(f"{path}: {key}: expected {expected}, got {shown(value)}")
+    return TrainState(**saved)
 
 
 def save_best(run: RunDir, model: torch.nn.Module) -> None:
