@@ -269,7 +269,7 @@ def lime_variants(run_dir: Path, limit: int, samples: int) -> dict:
     parts = list(itertools.product(("bernoulli", "lime"), ("exp", "sqrt"), ("normalised", "lime")))
     names = {p: f"samples={p[0]} kernel={p[1]} weights={p[2]}" for p in parts}
     variants: dict[tuple, list] = {p: [] for p in parts}
-    worst = 0.0
+    worst, earlier_weight_sums = 0.0, []
     for a in library:
         seed = text_seed(0, a.input_ids)
         n_words = len(a.words)
@@ -285,6 +285,8 @@ def lime_variants(run_dir: Path, limit: int, samples: int) -> dict:
             m = masks[sampling]
             weights = lime_kernel(lime_distances(m))  # sqrt(exp(-D^2 / 25^2))
             weights = weights**2 if kernel == "exp" else weights
+            if (sampling, kernel, weighting) == ("bernoulli", "exp", "normalised"):  # the earlier lmforge form
+                earlier_weight_sums.append(float(weights.sum()))  # its effective alpha on raw weights
             weights = weights / weights.sum() if weighting == "normalised" else weights
             coef, _ = weighted_ridge(m, outputs[sampling], weights, alpha=1.0)
             scores = share_word_scores(coef, a.piece_word)
@@ -315,6 +317,10 @@ def lime_variants(run_dir: Path, limit: int, samples: int) -> dict:
         "size_ratio_earlier_over_lime": {
             "median": float(np.median(ratios)),
             "quartiles": [float(q) for q in np.percentile(ratios, [25, 75])],
+        },
+        "earlier_effective_alpha": {
+            "median": float(np.median(earlier_weight_sums)),
+            "range": [float(min(earlier_weight_sums)), float(max(earlier_weight_sums))],
         },
         "texts_with_several_words": len(several),
         "same_top_word": int(same_top),
