@@ -71,7 +71,8 @@ def add_eval_gen_parser(commands) -> None:
     p.add_argument("model", metavar="MODEL_OR_RUN_DIR", help="the model, a run folder, or (openai) a served model name")
     p.add_argument("--task", required=True, help=f"{' | '.join(TASKS)}")
     p.add_argument("--split", help="the task's split (default: its evaluation split: gsm8k dev, mbpp test, ...)")
-    p.add_argument("--limit", type=int, help="first L problems of the split (default: all)")
+    positive = cli_number(int, min=1)
+    p.add_argument("--limit", type=positive, help="first L problems of the split (default: all)")
     p.add_argument(
         "--shots", type=int, help="few-shot exemplars in each prompt (gsm8k: 0-8, default 8; mbpp: 0-3, default 3)"
     )
@@ -80,11 +81,11 @@ def add_eval_gen_parser(commands) -> None:
     p.add_argument("--temperature", type=cli_number(min=0.0), help="0 is greedy (default: 0 when n is 1, else 0.8)")
     top_p = cli_number(above=0.0, max=1.0)
     p.add_argument("--top-p", type=top_p, default=DEFAULT_TOP_P, help="nucleus sampling (default: %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, help="per sample (default: gsm8k 320, mbpp and humaneval 384)")
+    p.add_argument("--max-new-tokens", type=positive, help="per sample (default: gsm8k 320, mbpp and humaneval 384)")
     seed = cli_number(int, **SEED_RANGE)
     p.add_argument("--seed", type=seed, default=0, help="seed of every sample's random generator (default: 0)")
     p.add_argument("--backend", default="hf", help="hf (local, default) or openai (an OpenAI-compatible server)")
-    p.add_argument("--batch-size", type=int, default=8, help="hf: sequences generated together (default: 8)")
+    p.add_argument("--batch-size", type=positive, default=8, help="hf: sequences generated together (default: 8)")
     p.add_argument("--base-url", help=f"openai: the server's API root (default: {DEFAULT_BASE_URL})")
     p.add_argument("--concurrency", type=int, default=8, help="openai: requests in flight (default: 8)")
     p.add_argument("--workers", type=int, default=2, help="code tasks: programs run at a time (default: 2)")

@@ -76,6 +76,8 @@ def test_openai_backend_gives_the_samples_of_the_hf_backend(hf_run, tiny_server,
         (["tiny-gpt2", "--task", "gsm8k", "--temperature", "inf"], "argument --temperature: expected a finite number"),
         (["tiny-gpt2", "--task", "mbpp", "--timeout", "nan"], "argument --timeout: expected a finite number"),
         (["tiny-gpt2", "--task", "gsm8k", "--seed", str(2**32)], "argument --seed: expected a value <= 4294967295"),
+        (["tiny-gpt2", "--task", "gsm8k", "--limit", "-3"], "argument --limit: expected a value >= 1"),
+        (["tiny-gpt2", "--task", "gsm8k", "--batch-size", "0"], "argument --batch-size: expected a value >= 1"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(argv, message, tmp_path, capsys):
