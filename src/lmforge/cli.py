@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except UserError as e:
         _close_progress_bars()
-        print(f"lmforge: error: {str(e).replace(chr(10), ' ')}", file=sys.stderr)  # one line, whatever it quotes
+        print(f"lmforge: error: {cut(str(e).replace(chr(10), ' '), 2000)}", file=sys.stderr)  # one bounded line
         return 2
     except KeyboardInterrupt:
         print("lmforge: interrupted", file=sys.stderr)
