@@ -197,3 +197,9 @@ def test_resume_of_a_run_without_a_recorded_recipe_still_needs_its_method(capsys
         code == 2
         and err == f"lmforge: error: {run_dir}: a lora run, but recipe finetune/minilm_sst2 is a finetune recipe"
     )
+
+
+def test_an_error_that_quotes_a_huge_argument_stays_a_bounded_line(capsys):
+    code, err = run(capsys, "run", "x" * 100_000)  # "unknown recipe 'xxx...'" quotes the name whole
+    assert code == 2 and len(err.splitlines()) == 1 and len(err) <= 2_000 + len("lmforge: error: ")
+    assert err.startswith("lmforge: error: unknown recipe 'xxx") and err.endswith("...")
