@@ -107,6 +107,9 @@ def test_bad_run_input_exits_2_and_writes_nothing(cli, tmp_path, overrides, mess
         ("text,label\nnice,pos\n", None, "no column 'sentence'"),
         (b"sentence,label\nnice,pos\ncaf\xe9,neg\n", None, "byte 0xe9 at column 4 is not UTF-8"),
         ("sentence,label\nnice,pos\nbad,neg\n", "sentence,label\nok,pos\nmeh,neutral\n", "label 'neutral'"),
+        ("sentence,label,sentence\nnice,1,x\n", None, "train.csv:1: column 'sentence' appears twice in the header"),
+        ("sentence,label\nnice,1\nbad,0\nok,1.0\n", None, "labels '1' (line 2) and '1.0' (line 4) are one number"),
+        ("sentence,label\nnice,1\n" + "x" * 131_073 + ",0\n", None, "train.csv:3: unreadable csv row: field larger"),
     ],
 )
 def test_bad_data_files(cli, tmp_path, train_file, eval_file, message):
@@ -212,3 +215,22 @@ def test_manifest_names_the_recipe_that_resume_must_name_again(cli, finished_run
     assert json.loads((finished_run / "manifest.json").read_text())["recipe"] == "lora/minilm_sst2"
     line = one_clear_line(cli("run", "lora/minilm_trec6", "--resume", "--run-dir", str(finished_run)))
     assert f"{finished_run}: made with recipe lora/minilm_sst2, not lora/minilm_trec6" in line
+
+
+def test_labels_that_isdigit_takes_for_digits_train(cli, tmp_path):
+    """ "²" passes str.isdigit() but not int(): sorting the labels as numbers used to crash (exit 1)."""
+    data = tmp_path / "train.csv"
+    data.write_text("sentence,label\n" + "".join(f"text {i},{'²' if i % 2 else '1'}\n" for i in range(16)))
+    run_dir = tmp_path / "run"
+    result = cli(
+        "run",
+        "finetune/minilm_sst2",
+        *TINY,
+        f"data.train={data}",
+        f"data.eval={data}",
+        "data.text_column=sentence",
+        "--run-dir",
+        str(run_dir),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((run_dir / "final.json").read_text())["labels"] == ["1", "²"]
