@@ -48,7 +48,7 @@ from lmforge.errors import UserError
 from lmforge.explain.lime import lime_fit, lime_masks, weighted_ridge
 from lmforge.explain.methods import ATTENTION_METHODS, GRADIENT_METHODS, METHODS
 
-SMOOTHGRAD_SAMPLES = 20  # Smilkov et al. 2017, section 3.1: "the estimated gradient ... n = 50"; 20 to halve the cost
+SMOOTHGRAD_SAMPLES = 20  # Smilkov et al. 2017 (section 3.1) see little change beyond 50; 20 for cost
 SMOOTHGRAD_NOISE = 0.15  # sigma / (max - min) of the input; the paper finds 10-20% works well (section 3.1)
 
 
