@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from lmforge.config import RunConfig
@@ -52,6 +52,7 @@ from lmforge.core.loop import (
     trainable_state,
     update_early_stopping,
 )
+from lmforge.core.models import read_weights
 from lmforge.core.report import write_report
 from lmforge.core.rundir import RunDir, build_manifest, fingerprint
 from lmforge.errors import Interrupted, UserError, shown
@@ -200,7 +201,7 @@ class TrainingRun:
             say(f"early stop at step {state.step}: no {self.select_metric} gain in {patience} evaluations")
         model = self.unwrapped
         if train.early_stopping_patience and state.best_step != state.step:
-            model.load_state_dict(load_file(str(self.run.checkpoints / "best.safetensors")), strict=False)
+            model.load_state_dict(read_weights(self.run.checkpoints / "best.safetensors"), strict=False)
             say(f"restored the best model (step {state.best_step}, {self.select_metric} {state.best_metric:.4f})")
             self.metrics = None
         final = self.metrics or self.evaluate()
