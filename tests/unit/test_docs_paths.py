@@ -14,7 +14,8 @@ Markdown links):
   names (cli.py); a `--run-dir` of the user's choosing (`runs/mine`) is not checked.
 Words with a placeholder (`<task>`, `*`, `...`, `$VAR`, `NNN`) are patterns, not paths, and are not
 checked; nor are absolute paths, URLs and the files inside a run folder (`final.json`), which the
-docs name as what a run writes, not as repository files.
+docs name as what a run writes, not as repository files. Files of other projects that a comparison
+names are listed, each with its reason, in OTHER_PROJECTS_FILES.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ PATHLIKE = re.compile(r"^[A-Za-z0-9_.\-/]+$")
 RUN_FOLDER = re.compile(r"^runs/([a-z0-9_]+-[a-z0-9_]+)-(?:\.\.\.|\d{8}-\d{6})")
 # The README names the modules of methods it lists as planned: those folders do not exist yet.
 PLANNED_ROW = re.compile(r"^\|.*\|\s*planned\s*\|")
+# Files of other projects that the docs name when they compare lmforge with them (not ours to find).
+OTHER_PROJECTS_FILES = {
+    "data_augmentation.py": "TinyBERT's official code (huawei-noah/Pretrained-Language-Model), docs/tinybert.md",
+    "task_distill.py": "TinyBERT's official code (huawei-noah/Pretrained-Language-Model), docs/tinybert.md",
+}
 # Words that may come before `lmforge` on a command line: variables, launchers, interpreters.
 LAUNCHER = re.compile(r"^(?:[A-Z_]+=\S*|-m|accelerate|launch|nohup|time|\S*python[0-9.]*)$")
 
@@ -87,7 +93,7 @@ def _repo_path_exists(word: str) -> bool | None:
         return (ROOT / word).exists()
     if "/" in word and first in PACKAGE_DIRS:
         return (PACKAGE / word).exists()
-    if "/" not in word and word.endswith(".py"):
+    if "/" not in word and word.endswith(".py") and word not in OTHER_PROJECTS_FILES:
         return any(any(base.rglob(word)) for base in (ROOT / "src", ROOT / "tests", ROOT / "benchmarks"))
     return None
 
@@ -102,7 +108,7 @@ def _mentions():
             if verb is not None:
                 yield where, f"command {words[verb]!r}", words[verb] in commands
                 recipe = words[verb + 1] if words[verb] == "run" and verb + 1 < len(words) else None
-                if recipe and not PLACEHOLDER.search(recipe):
+                if recipe and not PLACEHOLDER.search(recipe) and not recipe.startswith("-"):
                     yield where, f"recipe {recipe!r}", recipe in RECIPES or (ROOT / recipe).is_file()
             for word in words:
                 if re.fullmatch(r"[a-z_]+/[a-z0-9_]+", word) and word.split("/")[0] in RECIPE_METHODS:
