@@ -219,3 +219,25 @@ def test_a_checkpoint_of_another_method_is_refused_naming_the_file(resumable, tm
     assert result.returncode == 2 and len(error) == 1, result.stderr[-2000:]
     assert error[0].startswith(f"lmforge: error: {checkpoint / 'model.safetensors'}: ")
     assert "from another model or method" in error[0] and not (copy / "final.json").exists()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda c: (c / "extra.json").unlink(), "extra.json: missing, but this method keeps its own state"),
+        (
+            lambda c: (c / "extra.json").write_text(json.dumps({"format": 1, "state": {"dict": {"importance": []}}})),
+            "extra.json: does not fit this run",
+        ),
+    ],
+)
+def test_adalora_without_its_own_state_in_the_checkpoint_is_refused(resumable, tmp_path, damage, message):
+    """What a checkpoint of another method (LoRA's, with the same tensor names) would lack: AdaLoRA's allocator."""
+    copy = tmp_path / "adalora"
+    shutil.copytree(resumable["adalora"], copy)
+    checkpoint = list_checkpoints(copy / "checkpoints")[-1]
+    damage(checkpoint)
+    result = run_cli("run", ADALORA_SHORT[0], "--resume", "--run-dir", str(copy))
+    error = [line for line in result.stderr.splitlines() if line.startswith("lmforge: error")]
+    assert result.returncode == 2 and len(error) == 1, result.stderr[-2000:]
+    assert error[0].startswith(f"lmforge: error: {checkpoint}/{message}")

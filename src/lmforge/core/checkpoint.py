@@ -21,6 +21,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,22 @@ def load_extra(path: Path) -> dict | None:
     """The recipe's own state saved with checkpoint `path` (None when it saved none)."""
     refuse_pickles(path)
     return load_state(path, EXTRA_STATE) if (path / f"{EXTRA_STATE}.json").is_file() else None
+
+
+def restore_extra(path: Path, load: Callable[[dict], None]) -> None:
+    """Give the recipe's own state saved with checkpoint `path` to `load` (AdaLoRA's allocator); a missing
+    one (a checkpoint of another method) or one that does not fit is a UserError naming the file."""
+    state = load_extra(path)
+    where = path / f"{EXTRA_STATE}.json"
+    if state is None:
+        raise UserError(
+            f"{where}: missing, but this method keeps its own state in every checkpoint; the "
+            "checkpoint is from another method or incomplete"
+        )
+    try:
+        load(state)
+    except (*BAD_STATE, AttributeError) as e:
+        raise UserError(f"{where}: does not fit this run: {first_line(e)}") from None
 
 
 def refuse_pickles(path: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lmforge.adapters.lora import inject_adapters
 from lmforge.config import RunConfig
-from lmforge.core.checkpoint import load_extra
+from lmforge.core.checkpoint import restore_extra
 from lmforge.core.classifier_run import start_classifier_run
 from lmforge.core.console import say
 from lmforge.core.loop import StopSignal
@@ -57,7 +57,7 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         layers, ada.init_r, ada.target_r, ada.tinit, ada.tfinal, ada.deltaT, ada.beta1, ada.beta2, t.n_steps
     )
     if t.resumed_from is not None:
-        allocator.load_state_dict(load_extra(t.resumed_from))
+        restore_extra(t.resumed_from, allocator.load_state_dict)
     t.extra_state = allocator.state_dict  # the importance averages travel with every checkpoint
 
     def regularizer():
