@@ -180,7 +180,7 @@ def refuse_pickles(path: Path) -> None:
             raise UserError(
                 f"{path / name}: a pickle file, which lmforge never loads (unpickling can run any code); "
                 "checkpoints written before lmforge stored their state as safetensors + JSON cannot be "
-                "resumed: start the run again without --resume"
+                "resumed: start the run again in a new --run-dir"
             )
 
 
