@@ -267,10 +267,13 @@ def _tau(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+REMOVAL = {"delete": "deleted", "mask": "replaced by [MASK]"}  # how `--mode` removes tokens, in words
+
+
 def faithfulness_table_text(result: dict) -> str:
     lines = [
-        f"{result['data']}, {result['texts']} texts, tokens {result['mode']}d; comprehensiveness higher is better, "
-        "sufficiency lower is better",
+        f"{result['data']}, {result['texts']} texts, tokens {REMOVAL[result['mode']]}; "
+        "comprehensiveness higher is better, sufficiency lower is better",
         f"{'method':<12}{'comprehensiveness':>19}{'sufficiency':>13}{'tau vs LOO':>12}{'s / text':>10}",
     ]
     for r in result["rows"]:
@@ -291,8 +294,8 @@ def faithfulness_table_html(result: dict) -> str:
         for r in result["rows"]
     )
     return (
-        f"<p>{escape(result['data'])}: {result['texts']} texts; tokens {escape(result['mode'])}d at the token-id "
-        "level; AOPC over the top 1, 5, 10, 20 and 50% of tokens (DeYoung et al. 2020).</p>"
+        f"<p>{escape(result['data'])}: {result['texts']} texts; tokens {escape(REMOVAL[result['mode']])} "
+        "at the token-id level; AOPC over the top 1, 5, 10, 20 and 50% of tokens (DeYoung et al. 2020).</p>"
         f"<table>{head}{rows}</table>"
     )
 
