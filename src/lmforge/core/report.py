@@ -20,7 +20,7 @@ import yaml
 
 __all__ = ["confusion_matrix_html", "heatmap_html", "html_page", "line_chart_svg", "write_report"]
 
-_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 _W, _PH = 640, 240  # chart width; plot height
 _ML, _MR, _MT = 72, 24, 30  # margins: left (tick labels), right, top (title)
 _CHAR_W = 7.0  # generous width of one 11 px sans-serif character, to lay out the legend without clipping
