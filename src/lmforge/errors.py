@@ -33,6 +33,12 @@ def cut(text: str, limit: int = ECHO_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message for a one-line error (its type's name when empty)."""
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:limit]
+
+
 def disk_full(error: BaseException) -> bool:
     """Whether a failed write ran out of space (safetensors reports it as "os error 28" in its message)."""
     if isinstance(error, OSError):

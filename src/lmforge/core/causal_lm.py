@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lmforge.errors import UserError
+from lmforge.errors import UserError, first_line
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -82,7 +82,7 @@ def load_causal_lm(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTraine
             "when loaded, so they were refused; use safetensors weights"
         ) from None
     except (OSError, ValueError) as e:
-        raise UserError(f"model {name!r}: could not load a causal language model: {str(e).splitlines()[0]}") from None
+        raise UserError(f"model {name!r}: could not load a causal language model: {first_line(e)}") from None
     return model.eval(), load_causal_tokenizer(name)
 
 
@@ -96,7 +96,7 @@ def load_causal_tokenizer(name: str) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(adapter or causal_lm_path(name)))
     except (OSError, ValueError) as e:
-        raise UserError(f"model {name!r}: could not load its tokenizer: {str(e).splitlines()[0]}") from None
+        raise UserError(f"model {name!r}: could not load its tokenizer: {first_line(e)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lmforge.errors import UserError, disk_full
+from lmforge.errors import UserError, disk_full, first_line
 
 TMP_PREFIX = ".tmp-"
 TRAINING_STATE = "training_state"  # optimizer, scheduler and RNG states
@@ -221,11 +221,6 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path}: missing, so the checkpoint is incomplete") from None
     except (OSError, SafetensorError, ValueError) as e:
         raise UserError(f"{path}: not a readable safetensors file: {first_line(e)}") from None
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:300]
 
 
 def _encode(value, where: str, tensors: dict[str, torch.Tensor]):

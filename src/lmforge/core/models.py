@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lmforge.errors import UserError
+from lmforge.errors import UserError, first_line
 
 if TYPE_CHECKING:  # transformers is imported inside the functions: `lmforge list` stays fast
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -65,7 +65,7 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     try:
         return AutoTokenizer.from_pretrained(str(_resolve_path(name)))
     except (OSError, ValueError) as e:
-        raise UserError(f"model {name!r}: could not load its tokenizer: {str(e).splitlines()[0]}") from None
+        raise UserError(f"model {name!r}: could not load its tokenizer: {first_line(e)}") from None
 
 
 def load_classifier(
@@ -114,7 +114,7 @@ def load_classifier(
             **overrides,
         )
     except (OSError, ValueError) as e:
-        raise UserError(f"model {name!r}: could not load a sequence classifier: {str(e).splitlines()[0]}") from None
+        raise UserError(f"model {name!r}: could not load a sequence classifier: {first_line(e)}") from None
     return model, load_tokenizer(name)
 
 
@@ -130,7 +130,7 @@ def load_encoder(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedT
     try:
         model = AutoModel.from_pretrained(str(_resolve_path(name)))
     except (OSError, ValueError) as e:
-        raise UserError(f"model {name!r}: could not load an encoder: {str(e).splitlines()[0]}") from None
+        raise UserError(f"model {name!r}: could not load an encoder: {first_line(e)}") from None
     return model, load_tokenizer(name)
 
 
@@ -154,7 +154,7 @@ def check_weight_files(folder: Path) -> None:
                 pass
         except (SafetensorError, OSError) as e:
             raise UserError(
-                f"{path}: not a readable safetensors file, damaged or cut short ({_first_line(e)})"
+                f"{path}: not a readable safetensors file, damaged or cut short ({first_line(e)})"
             ) from None
 
 
@@ -176,12 +176,7 @@ def read_weights(path: Path) -> dict:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as e:
-        raise UserError(f"{path}: not a readable safetensors file, damaged or cut short ({_first_line(e)})") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:200]
+        raise UserError(f"{path}: not a readable safetensors file, damaged or cut short ({first_line(e)})") from None
 
 
 def _resolve_path(name: str) -> Path | str:
