@@ -56,7 +56,7 @@ def finished_stage(folder: Path, name: str, settings: dict) -> Path | None:
         return None
     if not record.is_file():
         return output  # made before records were kept, or copied in: nothing to compare with
-    made = read_record(record, output)
+    made, wanted = flat(read_record(record, output)), flat(wanted)
     differ = [
         f"{key} {setting(made, key)} (now {setting(wanted, key)})"
         for key in sorted(set(made) | set(wanted))
@@ -121,9 +121,15 @@ def child_run(parent: Path, name: str) -> ChildRun:
 
 def as_json(settings: dict) -> dict:
     """`settings` as it reads back from JSON (tuples become lists, keys strings), to compare like with like."""
-    if not isinstance(settings, dict):
-        raise TypeError(f"stage settings must be a dict, not {type(settings).__name__}")
     return json.loads(json.dumps(settings, sort_keys=True))
+
+
+def flat(settings: dict, prefix: str = "") -> dict:
+    """Nested dicts as one dict of dotted keys, so that a refusal names the very setting that differs."""
+    out = {}
+    for key, value in settings.items():
+        out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {prefix + key: value})
+    return out
 
 
 def setting(settings: dict, key: str) -> str:

@@ -86,6 +86,14 @@ def test_a_stage_made_with_other_settings_is_refused_naming_it_and_each_differin
     assert made.read_text() == "x\n"  # refused, not touched
 
 
+def test_a_refusal_names_the_nested_setting_that_differs(tmp_path):
+    settings = {"sampling": {"n": 2, "temperature": 0.7, "stop": ["\n\n"]}, "model": "generator-1"}
+    make_stage(tmp_path, "test-1.jsonl", settings, write_lines(["x"]))
+    other = {**settings, "sampling": {**settings["sampling"], "temperature": 0.9}}
+    with pytest.raises(UserError, match=r"made with other settings: sampling\.temperature 0\.7 \(now 0\.9\); delete"):
+        finished_stage(tmp_path, "test-1.jsonl", other)
+
+
 def test_an_exception_inside_the_stage_leaves_nothing_that_looks_finished(tmp_path):
     def crash(tmp):
         write_folder(tmp)
