@@ -37,6 +37,7 @@ from lmforge.core.console import say
 from lmforge.core.data import Examples, Task
 from lmforge.core.lm_logits import last_hidden_states, output_layer
 from lmforge.core.loop import StopSignal
+from lmforge.core.stages import FINISHED, child_run
 from lmforge.core.training_run import start_training
 from lmforge.errors import UserError
 from lmforge.methods.sft.data import Encoded, collate
@@ -98,10 +99,10 @@ def train_orm(
     from lmforge.adapters.lora import inject_lora, save_adapter
     from lmforge.core.causal_lm import load_causal_lm
 
-    folder = stages / "orm"
-    if (folder / "final.json").is_file():
-        say(f"orm: finished earlier ({folder})")
-        return folder
+    child = child_run(stages, "orm")
+    if child.state == FINISHED:
+        say(f"orm: finished earlier ({child.folder})")
+        return child.folder
     v, opts = cfg.options, cfg.options.orm
     if len({s.passed for s in solutions}) < 2:
         raise UserError("orm: D_VER holds only correct or only incorrect solutions; a classifier needs both")
@@ -116,8 +117,7 @@ def train_orm(
     say(f"orm: {len(train):,} solutions ({int(train_labels.sum()):,} correct), {len(dev):,} held out")
     orm_cfg = verifier_run_config(cfg, gsft_dir, opts, f"D_VER solutions ({len(train):,})")
     examples = Examples([prompts[s.problem_id] for s in train], [str(s.passed) for s in train], "D_VER")
-    resume = (folder / "config.yaml").is_file()
-    t = start_training(orm_cfg, folder, resume, model, tokenizer, [len(x) for x in train_data.ids],
+    t = start_training(orm_cfg, child.folder, child.resume, model, tokenizer, [len(x) for x in train_data.ids],
                        Task(examples, Examples([], [], ""), []))  # fmt: skip
     pad_id, with_lm = tokenizer.pad_token_id, opts.loss == "classification_and_lm"
 
@@ -167,7 +167,7 @@ def train_orm(
 
     t.finish(save, lambda final: {"labels": ["False", "True"], "solutions": len(train), "held_out": len(dev),
                                   "objective": opts.loss})  # fmt: skip
-    return folder
+    return child.folder
 
 
 @torch.no_grad()

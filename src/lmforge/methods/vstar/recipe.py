@@ -25,11 +25,13 @@ from lmforge.core.console import say
 from lmforge.core.eval_gen import by_problem
 from lmforge.core.metrics import mean_pass_at_k
 from lmforge.core.rundir import RunDir, build_manifest, write_text_atomic
+from lmforge.core.stages import finished_stage, make_stage
 from lmforge.errors import UserError
 from lmforge.methods.vstar.orm import orm_scores, train_orm
 from lmforge.methods.vstar.report import write_vstar_report
 from lmforge.methods.vstar.select import best_of_k_curve, majority_vote_curve, preference_pairs
 from lmforge.methods.vstar.stages import (
+    fingerprint,
     is_main_process,
     reference_samples,
     sample_stage,
@@ -107,10 +109,17 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
 
 def score_stage(path: Path, cfg, task, prompts, candidates, gsft: Path, verifier: Path, orm: Path | None) -> list[dict]:
     """Every candidate's verifier scores (and the ORM's P(correct)), kept in `path`."""
-    if path.is_file() or not is_main_process():
+    v = cfg.options
+    settings = {
+        "candidates": fingerprint([[s.problem_id, s.index, s.completion] for s in candidates]),
+        "verifier": verifier.name,
+        "reference": gsft.name,
+        "orm": orm.name if orm else None,
+        "beta": v.verifier.beta,
+    }
+    if finished_stage(path.parent, path.name, settings) or not is_main_process():
         wait_for(path)
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    v = cfg.options
     scores = score_candidates(verifier / "final", gsft / "final", prompts, candidates, task.answer_end,
                               v.verifier.beta, cfg.train.eval_batch_size)  # fmt: skip
     if orm is not None:
@@ -119,7 +128,8 @@ def score_stage(path: Path, cfg, task, prompts, candidates, gsft: Path, verifier
         )
         for row, p_correct in zip(scores, probs):
             row["orm"] = p_correct
-    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in scores))
+    text = "".join(json.dumps(row) + "\n" for row in scores)
+    make_stage(path.parent, path.name, settings, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return scores
 
 

@@ -1,6 +1,9 @@
 """V-STaR's checkpointed stages: each one's output is a file or a finished run folder under
 RUN_DIR/stages/, written atomically, so an interrupted run resumes at the first unfinished stage and
-never samples again what it already sampled.
+never samples again what it already sampled. The files are the kernel's stages (`core/stages.py`:
+written under a temporary name and renamed, their settings kept in `<name>.stage.json` and a stage
+made with other settings refused); the models are its child runs (reused when finished, resumed
+when interrupted).
 
     stages/generator-1/          G^1 = G_SFT: the sft method on D_SFT (a finished sft run folder)
     stages/generator-1.jsonl     its training pairs (D_GEN at that round)
@@ -10,6 +13,7 @@ never samples again what it already sampled.
     stages/orm/                  the ORM baseline (orm.py), when vstar.orm.enabled
     stages/test-<t>.jsonl        N labelled candidates per test problem from G^t
     stages/*.jsonl.partial       a sampling stage's finished problems so far (gone once it finishes)
+    stages/*.jsonl.stage.json    the settings a stage file was made with (its model, problems, sampling)
     stages/scores-<t>.jsonl      every candidate's verifier scores
 
 Samples are `core.eval_gen.Sample` rows; the reference solutions of D_SFT join D_VER as samples with
@@ -19,6 +23,7 @@ index -1 and status "reference".
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -32,6 +37,7 @@ from lmforge.core.eval_gen import Sample, SampledProblems, sample_and_label, wri
 from lmforge.core.eval_gen_command import DEFAULT_MAX_NEW_TOKENS, FALLBACK_MAX_NEW_TOKENS
 from lmforge.core.generate import HFGenerator, SamplingParams
 from lmforge.core.rundir import write_text_atomic
+from lmforge.core.stages import FINISHED, FRESH, child_run, finished_stage, make_stage
 from lmforge.methods.sft.config import SftConfig
 from lmforge.methods.sft.data import Encoded, Pair, encode_pair
 from lmforge.tasks.base import Problem, Task
@@ -119,14 +125,14 @@ def train_generator(cfg: RunConfig, stages: Path, t: int, pairs: Sequence[Pair],
     settings; reused when finished, resumed from its last checkpoint when interrupted."""
     from lmforge.methods.sft.recipe import run as sft_run
 
-    folder = stages / f"generator-{t}"
-    if (folder / "final.json").is_file():
-        say(f"generator {t}: finished earlier ({folder})")
-        return folder
+    child = child_run(stages, f"generator-{t}")
+    if child.state == FINISHED:
+        say(f"generator {t}: finished earlier ({child.folder})")
+        return child.folder
     data_file = stages / f"generator-{t}.jsonl"
     if not is_main_process():
         wait_for(data_file)
-    elif not (folder / "config.yaml").is_file():
+    elif child.state == FRESH:  # an interrupted run goes on with the pairs it started with
         write_pairs(data_file, pairs)
     v = cfg.options
     sft_cfg = RunConfig(
@@ -143,8 +149,8 @@ def train_generator(cfg: RunConfig, stages: Path, t: int, pairs: Sequence[Pair],
         ),
     )
     say(f"generator {t}: SFT of {cfg.model.name} on {len(pairs):,} pairs (D_GEN)")
-    sft_run(sft_cfg, folder, resume=(folder / "config.yaml").is_file())
-    return folder
+    sft_run(sft_cfg, child.folder, resume=child.resume)
+    return child.folder
 
 
 def device() -> str:
@@ -170,7 +176,13 @@ def sample_stage(
     A sample's seed depends on its prompt and index only (core.generate), so the resumed stage gives
     what an uninterrupted one would have.
     """
-    if path.is_file():
+    settings = {
+        "model": f"{model_dir.parent.name}/{model_dir.name}",  # within the run folder: a copied run still matches
+        "task": task.name,
+        "problems": fingerprint([[p.id, p.prompt] for p in problems]),
+        "sampling": dataclasses.asdict(params),
+    }
+    if finished_stage(path.parent, path.name, settings):
         say(f"{path.name}: sampled earlier")
         return read_samples(path)
     if not is_main_process():
@@ -205,10 +217,15 @@ def sample_stage(
             kept = {**timing, "samples": [dataclasses.asdict(s) for s in samples]}
             write_text_atomic(partial, json.dumps(kept, ensure_ascii=False))
     samples.sort(key=lambda s: (order[s.problem_id], s.index))
-    write_samples(path, samples)
+    make_stage(path.parent, path.name, settings, lambda tmp: write_samples(tmp, samples))
     path.with_suffix(".timing.json").write_text(json.dumps(timing) + "\n")
     partial.unlink(missing_ok=True)
     return samples
+
+
+def fingerprint(rows: list) -> str:
+    """A short hash of JSON-able rows, for a stage's settings: which problems or candidates it was made from."""
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def stage_generator(model_dir: Path, cfg):

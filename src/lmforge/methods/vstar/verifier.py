@@ -29,6 +29,7 @@ from lmforge.config import RunConfig
 from lmforge.core.console import say
 from lmforge.core.data import Examples, Task
 from lmforge.core.loop import StopSignal
+from lmforge.core.stages import FINISHED, child_run
 from lmforge.core.training_run import start_training
 from lmforge.errors import UserError
 from lmforge.methods.sft.data import Encoded, collate, encode_pair
@@ -70,10 +71,10 @@ def train_verifier(cfg: RunConfig, stages: Path, gsft_dir: Path, pairs: Sequence
     from lmforge.adapters.lora import inject_lora, save_adapter
     from lmforge.core.causal_lm import load_causal_lm
 
-    folder = stages / "verifier"
-    if (folder / "final.json").is_file():
-        say(f"verifier: finished earlier ({folder})")
-        return folder
+    child = child_run(stages, "verifier")
+    if child.state == FINISHED:
+        say(f"verifier: finished earlier ({child.folder})")
+        return child.folder
     v, opts = cfg.options, cfg.options.verifier
     model, tokenizer = load_causal_lm(str(gsft_dir))  # G_SFT merged: the reference and the starting point
     train_pairs, dev_pairs = carve_by_problem(pairs)
@@ -102,9 +103,8 @@ def train_verifier(cfg: RunConfig, stages: Path, gsft_dir: Path, pairs: Sequence
     verifier_cfg = verifier_run_config(cfg, gsft_dir, opts, f"D_VER preference pairs ({len(train_pairs):,})")
     lengths = [len(train_data.ids[2 * i]) + len(train_data.ids[2 * i + 1]) for i in range(len(train_pairs))]
     examples = Examples([p.prompt for p in train_pairs], [p.chosen for p in train_pairs], "D_VER pairs")
-    resume = (folder / "config.yaml").is_file()  # started before: continue from its last checkpoint
     t = start_training(
-        verifier_cfg, folder, resume, model, tokenizer, lengths, Task(examples, Examples([], [], ""), [])
+        verifier_cfg, child.folder, child.resume, model, tokenizer, lengths, Task(examples, Examples([], [], ""), [])
     )
     pad_id = tokenizer.pad_token_id
 
@@ -156,7 +156,7 @@ def train_verifier(cfg: RunConfig, stages: Path, gsft_dir: Path, pairs: Sequence
         tokenizer.save_pretrained(out)
 
     t.finish(save, lambda final: {"labels": [], "pairs": len(train_pairs), "held_out_pairs": len(dev_pairs)})
-    return folder
+    return child.folder
 
 
 @torch.no_grad()
