@@ -113,8 +113,8 @@ def run_peft_adalora(cfg, run_dir: Path) -> dict:
     from peft import AdaLoraConfig, get_peft_model
 
     from lmforge.core.classifier_run import start_classifier_run
-    from lmforge.core.data import load_task
     from lmforge.core.loop import StopSignal, total_steps
+    from lmforge.data.files import load_task
 
     ada = cfg.options
     holder = {}
@@ -167,7 +167,7 @@ def run_peft_adalora(cfg, run_dir: Path) -> dict:
 def job(spec: dict) -> None:
     import torch
 
-    from lmforge.cli import find_recipe, load_run_config
+    from lmforge.cli.main import find_recipe, load_run_config
     from lmforge.registry import METHODS, resolve
 
     method, _, _ = ROWS[spec["row"]]
@@ -217,7 +217,7 @@ def sha256(path: Path) -> str:
 def carve_validation(dataset: str, size: int) -> dict:
     """Write <dataset>-fit.jsonl and <dataset>-validation.jsonl: `size` rows of the builtin training split,
     picked by a seeded shuffle, held out for choosing the learning rate; the rest is trained on."""
-    from lmforge.core.data import load_examples
+    from lmforge.data.files import load_examples
 
     train = load_examples(f"{dataset}:train")
     order = list(range(len(train.texts)))

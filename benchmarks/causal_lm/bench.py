@@ -10,7 +10,7 @@ generation throughput batched vs one sequence at a time, and the sandbox's cost 
 --part batch_sizes the first 32 zero-shot GSM8K dev prompts sampled (temperature 0.7, seed 1, 32 new
                    tokens) by `HFGenerator` at each of --batch-sizes (8 16 32), one pass each, prefill
                    included: tokens per second of each.
---part sandbox     `core.sandbox.run_python` on an empty program against a bare `python -I -B -c pass`
+--part sandbox     `generation.sandbox.run_python` on an empty program against a bare `python -I -B -c pass`
                    subprocess of the same interpreter (alternating, --sandbox-runs each): the overhead
                    per program; then every MBPP test reference program of --limit problems through
                    `run_many` (2 workers): programs per second, and all must pass.
@@ -127,8 +127,9 @@ def sft(work: Path, limit: int, sets: list[str]) -> dict:
 
 
 def throughput(n_prompts: int, max_new_tokens: int, batch_size: int, rounds: int) -> dict:
-    from lmforge.core.causal_lm import load_causal_lm
-    from lmforge.core.generate import HFGenerator, SamplingParams
+    from lmforge.generation.generate import HFGenerator
+    from lmforge.generation.sampling import SamplingParams
+    from lmforge.models.causal_lm import load_causal_lm
     from lmforge.tasks import load_task
 
     model, tokenizer = load_causal_lm(MODEL)
@@ -176,8 +177,9 @@ def throughput(n_prompts: int, max_new_tokens: int, batch_size: int, rounds: int
 def batch_sizes(n_prompts: int, max_new_tokens: int, sizes: list[int]) -> dict:
     """Sampled generation (temperature 0.7, seed 1) of the same prompts at each batch size, one pass each,
     prefill included: how much a larger batch buys once sequences leave it as they stop."""
-    from lmforge.core.causal_lm import load_causal_lm
-    from lmforge.core.generate import HFGenerator, SamplingParams
+    from lmforge.generation.generate import HFGenerator
+    from lmforge.generation.sampling import SamplingParams
+    from lmforge.models.causal_lm import load_causal_lm
     from lmforge.tasks import load_task
 
     model, tokenizer = load_causal_lm(MODEL)
@@ -202,7 +204,7 @@ def batch_sizes(n_prompts: int, max_new_tokens: int, sizes: list[int]) -> dict:
 def sandbox(runs: int, limit: int) -> dict:
     from dataclasses import asdict
 
-    from lmforge.core.sandbox import isolation, run_many, run_python
+    from lmforge.generation.sandbox import isolation, run_many, run_python
     from lmforge.tasks import load_task
 
     iso = isolation()

@@ -88,7 +88,7 @@ def load_explainer(run_dir: Path, batch_size: int = 16):
 
 
 def dev_texts(limit: int) -> list[str]:
-    from lmforge.core.data import load_examples
+    from lmforge.data.files import load_examples
 
     return load_examples("sst2:dev").texts[:limit]
 
@@ -167,7 +167,7 @@ def agreement(run_dir: Path, limit: int) -> dict:
 def faithfulness_table(run_dir: Path, limit: int, samples: int) -> dict:
     from tqdm.auto import tqdm
 
-    from lmforge.explain.commands import DEFAULT_EVAL_METHODS, faithfulness_table_text
+    from lmforge.cli.explain import DEFAULT_EVAL_METHODS, faithfulness_table_text
     from lmforge.explain.faithfulness import faithfulness
 
     explainer = load_explainer(run_dir)
@@ -396,7 +396,7 @@ def write_tsv(path: Path, texts: list[str], labels: list[str]) -> Path:
 
 
 def shortcut(epochs: int, top: int) -> dict:
-    from lmforge.core.data import load_examples
+    from lmforge.data.files import load_examples
     from lmforge.explain.global_importance import token_importance
 
     train, dev = load_examples("sst2:train"), load_examples("sst2:dev")

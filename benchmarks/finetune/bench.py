@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.cli import find_recipe, load_run_config
+from lmforge.cli.main import find_recipe, load_run_config
 from lmforge.registry import METHODS, resolve
 
 HERE = Path(__file__).resolve().parent
@@ -144,10 +144,10 @@ class Workload:
     """The data, batches and settings that all three implementations share."""
 
     def __init__(self, n_batches: int) -> None:
-        from lmforge.core.classify import encode
-        from lmforge.core.data import load_task
         from lmforge.core.loop import epoch_batches
-        from lmforge.core.models import load_tokenizer
+        from lmforge.data.classify import encode
+        from lmforge.data.files import load_task
+        from lmforge.models.classifier import load_tokenizer
 
         self.cfg = load_run_config(find_recipe(OVERHEAD_RECIPE), [])
         d, train = self.cfg.data, self.cfg.train
@@ -170,7 +170,7 @@ class Workload:
 
     def model(self):
         from lmforge.core.loop import seed_everything
-        from lmforge.core.models import load_classifier
+        from lmforge.models.classifier import load_classifier
 
         seed_everything(self.cfg.train.seed)
         model, _ = load_classifier(self.cfg.model.name, self.labels, self.cfg.train.seed, self.cfg.model.dropout)
@@ -190,7 +190,7 @@ def time_lmforge(w: Workload, warmup: int, steps: int) -> float:
 def time_handwritten(w: Workload, warmup: int, steps: int) -> float:
     import torch.nn.functional as F
 
-    from lmforge.core.classify import collate
+    from lmforge.data.classify import collate
 
     train = w.cfg.train
     model = w.model()
@@ -220,7 +220,7 @@ def time_handwritten(w: Workload, warmup: int, steps: int) -> float:
 def time_trainer(w: Workload, warmup: int, steps: int) -> float:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from lmforge.core.classify import collate
+    from lmforge.data.classify import collate
 
     order = [i for batch in w.batches for i in batch]
 

@@ -165,10 +165,10 @@ def construction(tasks: list[str]) -> dict:
     """Sentences per second of `SentenceTreeBuilder.encode` (trees and model inputs) on each task's
     training texts (at most CONSTRUCTION_TEXTS), for each graph; a fresh builder per row, so the
     branch-text cache starts empty as in a run."""
-    from lmforge.core.data import load_examples
-    from lmforge.core.models import load_tokenizer
+    from lmforge.data.files import load_examples
     from lmforge.methods.kbert.graph import load_graph
     from lmforge.methods.kbert.tree import SentenceTreeBuilder, sentences_per_second
+    from lmforge.models.classifier import load_tokenizer
 
     tokenizer = load_tokenizer("minilm")
     graphs = {name: load_graph(name) for name in GRAPHS}

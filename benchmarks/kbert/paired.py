@@ -47,13 +47,13 @@ def correct_answers(run_dir: Path) -> np.ndarray:
 
     import torch
 
-    from lmforge.core.data import load_examples
-    from lmforge.core.models import load_saved_classifier
+    from lmforge.data.files import load_examples
     from lmforge.methods.kbert.choices import choice_texts
     from lmforge.methods.kbert.config import KbertConfig
     from lmforge.methods.kbert.graph import load_graph
     from lmforge.methods.kbert.recipe import load_tree_options, predict_logits, tree_inputs
     from lmforge.methods.kbert.tree import SentenceTreeBuilder
+    from lmforge.models.classifier import load_saved_classifier
 
     options = load_tree_options(run_dir)
     kb = KbertConfig(**{f.name: options[f.name] for f in dataclasses.fields(KbertConfig)})

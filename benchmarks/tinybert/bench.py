@@ -67,12 +67,12 @@ def provenance() -> dict:
 def speed(rounds: int, singles: int, model_name: str) -> dict:
     import torch
 
-    from lmforge.core.classify import collate, encode
-    from lmforge.core.data import load_examples
     from lmforge.core.loop import count_parameters
-    from lmforge.core.models import load_classifier
+    from lmforge.data.classify import collate, encode
+    from lmforge.data.files import load_examples
     from lmforge.methods.tinybert.config import StudentConfig
     from lmforge.methods.tinybert.student import new_student
+    from lmforge.models.classifier import load_classifier
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     teacher, tokenizer = load_classifier(model_name, ["0", "1"])
@@ -187,7 +187,7 @@ def flat(tree: dict, prefix: str = "") -> dict:
 
 def resolved(source: str | Path, overrides: list[str]) -> dict:
     """The fully resolved config, as `lmforge run` would write it to config.yaml."""
-    from lmforge.cli import find_recipe
+    from lmforge.cli.main import find_recipe
     from lmforge.registry import load_run_config
 
     path = source if isinstance(source, Path) else find_recipe(source)
@@ -276,7 +276,7 @@ class Stages:
 def carve_validation(work: Path, size: int) -> tuple[Path, Path]:
     """SST-2 train split in two by a seeded shuffle: `size` sentences to choose learning rates on,
     the rest to train on while choosing (jsonl files, original order kept)."""
-    from lmforge.core.data import load_examples
+    from lmforge.data.files import load_examples
 
     train = load_examples("sst2:train")
     order = list(range(len(train.texts)))

@@ -96,7 +96,7 @@ VERIFIER_OUTPUTS = ["final.json", "report.html", "humaneval-scores.jsonl", "stag
 
 
 def expected_config(task: str, sets: list[str]) -> str:
-    from lmforge.cli import find_recipe
+    from lmforge.cli.main import find_recipe
     from lmforge.registry import load_run_config
 
     return load_run_config(find_recipe(f"vstar/gemma_{task}"), sets).to_yaml()

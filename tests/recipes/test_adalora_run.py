@@ -80,8 +80,8 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(finished, tmp_path):
 
 
 def test_saved_adapter_reloads_and_merges_to_the_same_logits(finished, tmp_path):
-    from lmforge.cli import load_finished_run
-    from lmforge.core.models import load_saved_classifier
+    from lmforge.cli.main import load_finished_run
+    from lmforge.models.classifier import load_saved_classifier
 
     result = run_cli("eval", str(finished), "--data", "trec6:dev")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -149,7 +149,7 @@ def test_other_bad_usage(cli, tmp_path, finished_run):
 @pytest.mark.parametrize("method", ["finetune", "lora"])
 def test_saved_model_reloads_with_identical_predictions(cli, tmp_path, method):
     """final.json is computed in memory at the end of training; `lmforge eval` reloads final/ from disk."""
-    from lmforge.core.data import load_examples
+    from lmforge.data.files import load_examples
 
     run_dir = tmp_path / "run"
     assert cli("run", f"{method}/minilm_sst2", *TINY, "--run-dir", str(run_dir)).returncode == 0
@@ -196,8 +196,8 @@ def test_a_local_model_folder_is_a_model(cli, tmp_path):
 def test_export_merge_gives_a_plain_model_with_the_same_predictions(cli, finished_run, tmp_path):
     import torch
 
-    from lmforge.cli import load_finished_run
-    from lmforge.core.models import load_saved_classifier
+    from lmforge.cli.main import load_finished_run
+    from lmforge.models.classifier import load_saved_classifier
 
     out = tmp_path / "merged"
     result = cli("export", str(finished_run), "--merge", str(out))

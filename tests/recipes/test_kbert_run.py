@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmforge.core.models import load_classifier, load_saved_classifier
 from lmforge.methods.kbert.config import KbertConfig
 from lmforge.methods.kbert.graph import load_graph
 from lmforge.methods.kbert.recipe import tree_inputs
 from lmforge.methods.kbert.tree import SentenceTreeBuilder
+from lmforge.models.classifier import load_classifier, load_saved_classifier
 
 FAST = [
     "model.name=tiny-bert",
@@ -153,7 +153,7 @@ def test_split_choices_and_a_malformed_question_is_refused():
 def test_multiple_choice_scores_each_question_choice_tree_with_one_output(cli, tmp_path):
     import torch.nn.functional as F
 
-    from lmforge.core.data import load_examples
+    from lmforge.data.files import load_examples
     from lmforge.methods.kbert.choices import choice_texts
     from lmforge.methods.kbert.recipe import predict_logits
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmforge.cli import list_recipes, load_run_config
+from lmforge.cli.main import list_recipes, load_run_config
 from lmforge.registry import METHODS
 
 ROOT = Path(__file__).resolve().parents[2]

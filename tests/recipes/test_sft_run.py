@@ -8,10 +8,10 @@ import shutil
 import pytest
 from conftest import run_cli
 
-from lmforge.cli import main
-from lmforge.core.causal_lm import load_causal_lm
-from lmforge.methods.sft.data import encode_pairs, load_train_dev
+from lmforge.cli.main import main
+from lmforge.data.pairs import encode_pairs, load_train_dev
 from lmforge.methods.sft.recipe import held_out_loss
+from lmforge.models.causal_lm import load_causal_lm
 from lmforge.registry import load_run_config
 
 TINY = [
@@ -109,7 +109,8 @@ def test_explain_attributes_a_lora_runs_answer_to_its_prompt(lora_run, tmp_path,
 
 
 def test_a_run_from_a_gemma_derived_model_lists_its_modified_files(tmp_path):
-    from lmforge.core.causal_lm import CONVERSION_NOTE, tiny_gpt2
+    from lmforge.models.causal_lm import tiny_gpt2
+    from lmforge.models.gguf import CONVERSION_NOTE
 
     base = tmp_path / "gemma-like"  # a folder carrying Gemma's notices, as the converted cache does
     model, tokenizer = tiny_gpt2()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import run_cli
 
-from lmforge.cli import main
+from lmforge.cli.main import main
 
 TINY = [
     "model.name=tiny-gpt2",
@@ -107,7 +107,7 @@ def test_each_generator_is_trained_from_the_base_model_not_from_the_previous_gen
 
 def sequence_logprob(model, tokenizer, prompt: str, completion: str) -> float:
     """log p(completion + EOS | prompt), one token at a time from the model's full logits."""
-    from lmforge.methods.sft.data import encode_pair
+    from lmforge.data.pairs import encode_pair
 
     ids, prompt_length = encode_pair(tokenizer, prompt, completion, 1 << 30)[:2]
     with torch.no_grad():
@@ -119,7 +119,7 @@ def test_test_time_scores_are_the_verifiers_not_g_sft(gsm8k_run):
     """Every candidate's likelihood is log V(y|x) under stages/verifier (recomputed here token by token),
     and its implicit reward beta * (log V - log G_SFT): with the two models swapped or the score read
     from G_SFT, the scores would be G_SFT's log-probabilities, which differ from V's."""
-    from lmforge.core.causal_lm import load_causal_lm
+    from lmforge.models.causal_lm import load_causal_lm
     from lmforge.tasks import load_task
 
     run_dir, _ = gsm8k_run
@@ -186,8 +186,8 @@ def test_an_interrupted_sampling_stage_resumes_after_its_last_finished_chunk(gsm
 
 
 def test_the_openai_backend_samples_through_a_real_server_what_hf_samples_here(gsm8k_run, tmp_path):
-    from lmforge.core.generate import make_generator
-    from lmforge.core.serve import CompletionServer, start_in_thread
+    from lmforge.generation.generate import make_generator
+    from lmforge.generation.serve import CompletionServer, start_in_thread
 
     hf_run, _ = gsm8k_run
     server = CompletionServer(("127.0.0.1", 0), make_generator("hf", "tiny-gpt2"), "tiny-gpt2", quiet=True)

@@ -5,7 +5,7 @@ loads or any run folder is made."""
 
 import pytest
 
-from lmforge.cli import main
+from lmforge.cli.main import main
 
 
 def run(capsys, *argv: str) -> tuple[int, str]:
@@ -170,7 +170,7 @@ def made_run(tmp_path, recipe_config: str, manifest: dict | None):
     """A run folder as `lmforge run` leaves it after a kill: config.yaml and manifest.json, no final/."""
     import json
 
-    from lmforge.cli import list_recipes
+    from lmforge.cli.main import list_recipes
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -11,7 +11,7 @@ Markdown links):
   `tests/`, ...) or of the package (`core/`, `methods/`, ...: read under src/lmforge/), or a bare
   Python file name (`tree.py`: some file of that name under src/, tests/ or benchmarks/);
 - a default run folder: `runs/<method>-<recipe>-<time or ...>`, which `lmforge run <method>/<recipe>`
-  names (cli.py); a `--run-dir` of the user's choosing (`runs/mine`) is not checked.
+  names (cli/main.py); a `--run-dir` of the user's choosing (`runs/mine`) is not checked.
 Words with a placeholder (`<task>`, `*`, `...`, `$VAR`, `NNN`) are patterns, not paths, and are not
 checked; nor are absolute paths, URLs and the files inside a run folder (`final.json`), which the
 docs name as what a run writes, not as repository files. Files of other projects that a comparison
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.cli import build_parser
+from lmforge.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "src" / "lmforge"

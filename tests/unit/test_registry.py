@@ -1,7 +1,7 @@
 from pathlib import Path
 
 import lmforge
-from lmforge.cli import build_parser, list_recipes
+from lmforge.cli.main import build_parser, list_recipes
 from lmforge.registry import METHODS, resolve
 
 METHODS_DIR = Path(lmforge.__file__).parent / "methods"
@@ -35,9 +35,9 @@ def test_a_run_without_a_classifier_head_is_refused_by_the_commands_that_need_on
     import pytest
     from transformers import AutoModel
 
-    from lmforge.cli import find_recipe, main
-    from lmforge.core.models import load_classifier
+    from lmforge.cli.main import find_recipe, main
     from lmforge.errors import UserError
+    from lmforge.models.classifier import load_classifier
     from lmforge.registry import load_finished_run, load_run_config
 
     run = tmp_path / "general"

@@ -250,7 +250,7 @@ def read_adapter_config(folder: Path, peft_type: str) -> dict:
 
 def load_peft_tensors(model: nn.Module, folder: Path, rename: Callable[[str], str] = lambda key: key) -> nn.Module:
     """Load `adapter_model.safetensors` into an already adapted `model`; every tensor must fit."""
-    from lmforge.core.models import read_weights
+    from lmforge.core.checkpoint import read_weights
 
     state = read_weights(folder / "adapter_model.safetensors")
     own = {rename(key.removeprefix(PEFT_PREFIX)): tensor for key, tensor in state.items()}

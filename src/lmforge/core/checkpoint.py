@@ -223,6 +223,19 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path}: not a readable safetensors file: {first_line(e)}") from None
 
 
+def read_weights(path: Path) -> dict:
+    """The tensors of one safetensors file; a missing, damaged or cut-short file is a UserError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise UserError(f"{path}: missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: not a readable safetensors file, damaged or cut short ({first_line(e)})") from None
+
+
 def _encode(value, where: str, tensors: dict[str, torch.Tensor]):
     if value is None or isinstance(value, (bool, int, float, str)):
         return value

@@ -25,12 +25,12 @@ from typing import Any
 import torch
 
 from lmforge.config import RunConfig
-from lmforge.core.classify import collate, encode, evaluate, loss_sum
 from lmforge.core.console import say
-from lmforge.core.data import Task, describe, load_task
 from lmforge.core.loop import OptimizerBatch, count_parameters, seed_everything
-from lmforge.core.models import load_classifier
 from lmforge.core.training_run import SaveFinal, TrainingRun, open_run, save_best, start_training
+from lmforge.data.classify import collate, encode, evaluate, loss_sum
+from lmforge.data.files import Task, describe, load_task
+from lmforge.models.classifier import load_classifier
 
 __all__ = ["Adapt", "ClassifierRun", "EncodeExamples", "SaveFinal", "open_run", "save_best", "start_classifier_run"]
 

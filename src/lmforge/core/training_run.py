@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 
 from lmforge.config import RunConfig
 from lmforge.core import checkpoint as ckpt
+from lmforge.core.checkpoint import read_weights
 from lmforge.core.console import say
-from lmforge.core.data import Task
 from lmforge.core.loop import (
     OptimizerBatch,
     StopSignal,
@@ -52,9 +52,9 @@ from lmforge.core.loop import (
     trainable_state,
     update_early_stopping,
 )
-from lmforge.core.models import read_weights
 from lmforge.core.report import write_report
 from lmforge.core.rundir import RunDir, build_manifest, fingerprint
+from lmforge.data.files import Task
 from lmforge.errors import Interrupted, UserError, shown
 
 SaveFinal = Callable[[torch.nn.Module, Any, Path], None]  # (model, tokenizer, folder)

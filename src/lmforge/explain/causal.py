@@ -309,7 +309,8 @@ class PromptExplainer:
 
     def generate_answers(self, prompts: list[str], max_new_tokens: int, stop: Sequence[str]) -> list[str]:
         """The model's greedy completion of each prompt, with the core generator."""
-        from lmforge.core.generate import HFGenerator, SamplingParams
+        from lmforge.generation.generate import HFGenerator
+        from lmforge.generation.sampling import SamplingParams
 
         params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop=tuple(stop))
         completions = HFGenerator(self.model, self.tokenizer, self.batch_size).generate(prompts, params)

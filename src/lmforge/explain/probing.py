@@ -27,7 +27,8 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lmforge.core.data import DATA_DIR, load_examples
+from lmforge.data.builtin import DATA_DIR
+from lmforge.data.files import load_examples
 from lmforge.errors import UserError
 
 if TYPE_CHECKING:  # torch and transformers are imported inside the functions: the CLI starts fast
@@ -325,7 +326,7 @@ def probe_layers(
 
 def load_probe_model(name_or_run: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A finished run's model (a folder with config.yaml), else the encoder of a model name or folder."""
-    from lmforge.core.models import BUILTIN_MODELS, load_encoder
+    from lmforge.models.classifier import BUILTIN_MODELS, load_encoder
 
     path = Path(name_or_run).expanduser()
     if name_or_run not in BUILTIN_MODELS:

@@ -3,7 +3,7 @@
 A task is data plus two kinds of scoring:
 - answer tasks (GSM8K) score a completion here: `task.is_correct(problem, completion)`;
 - code tasks (MBPP, HumanEval) only build the program to run: `task.program_for(problem, completion)`
-  returns the full Python text (solution + tests), and `lmforge.core.sandbox` gives the verdict.
+  returns the full Python text (solution + tests), and `lmforge.generation.sandbox` gives the verdict.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.core.console import say
-from lmforge.core.sandbox_checks import Program
 from lmforge.errors import UserError
+from lmforge.generation.sandbox_checks import Program
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "datasets"
 

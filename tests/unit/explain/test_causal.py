@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.cli import main
-from lmforge.core.causal_lm import is_causal_lm, load_causal_lm, tiny_gpt2
-from lmforge.core.generate import HFGenerator, SamplingParams
+from lmforge.cli.main import main
 from lmforge.errors import UserError
 from lmforge.explain.causal import PromptExplainer, encode_prompt, word_of_pieces, word_texts
+from lmforge.generation.generate import HFGenerator
+from lmforge.generation.sampling import SamplingParams
+from lmforge.models.causal_lm import is_causal_lm, load_causal_lm, tiny_gpt2
 
 PROMPTS = ["what is the capital of France ?\nA:", "the movie was", "a city of quiet charm and wit , it"]
 ANSWERS = [" Paris", " great fun", " is a"]

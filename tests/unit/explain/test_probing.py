@@ -5,9 +5,8 @@ from collections import Counter
 import pytest
 import torch
 
-from lmforge.core.models import load_classifier, load_encoder, tiny_bert_tokenizer
+from lmforge.cli.explain import add_probe_parser
 from lmforge.errors import UserError
-from lmforge.explain.commands import add_probe_parser
 from lmforge.explain.probing import (
     CLASSES,
     Occurrence,
@@ -20,6 +19,7 @@ from lmforge.explain.probing import (
     wordnet_pos_table,
     write_probe_report,
 )
+from lmforge.models.classifier import load_classifier, load_encoder, tiny_bert_tokenizer
 
 
 def test_pos_table_keeps_only_unambiguous_single_words():

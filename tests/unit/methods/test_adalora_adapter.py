@@ -1,10 +1,10 @@
 import torch
 
 from lmforge.adapters.lora import inject_adapters
-from lmforge.core.models import load_classifier
 from lmforge.methods.adalora.adapter import load_adalora, save_adalora
 from lmforge.methods.adalora.config import AdaloraConfig
 from lmforge.methods.adalora.layers import SVDLinear, svd_layers
+from lmforge.models.classifier import load_classifier
 
 LABELS = ["negative", "positive"]
 OPTIONS = AdaloraConfig(init_r=4, target_r=2, target_modules=["query", "value"], lora_dropout=0.0)

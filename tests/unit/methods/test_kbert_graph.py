@@ -46,7 +46,7 @@ def test_conceptnet_builtin_keeps_only_true_triples():
     assert Triple("pen", "is used for", "write") in graph.triples
     assert Triple("dog", "can", "bark") in graph.triples
     # Corrupted negatives (label 0) of the same files are absent: count the lines by hand.
-    from lmforge.core.data import DATA_DIR
+    from lmforge.data.builtin import DATA_DIR
 
     lines = [
         line.split("\t")

@@ -5,9 +5,9 @@ import torch
 from transformers import BertConfig, BertModel
 from transformers.masking_utils import create_bidirectional_mask
 
-from lmforge.core.models import load_tokenizer
 from lmforge.methods.kbert.graph import KnowledgeGraph, Triple
 from lmforge.methods.kbert.tree import SentenceTreeBuilder
+from lmforge.models.classifier import load_tokenizer
 
 TEXTS = ["Tim Cook is visiting Beijing now", "Hello there, general Kenobi!", "a"]
 GRAPH = KnowledgeGraph(

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmforge.core.models import load_tokenizer
 from lmforge.errors import UserError
 from lmforge.methods.kbert.graph import KnowledgeGraph, Triple, load_graph, relation_words
 from lmforge.methods.kbert.tree import (
@@ -19,6 +18,7 @@ from lmforge.methods.kbert.tree import (
     lemma,
     sentences_per_second,
 )
+from lmforge.models.classifier import load_tokenizer
 
 SRC = Path(__file__).resolve().parents[3] / "src"
 
@@ -230,7 +230,7 @@ SENTENCES = [
 ]
 FINGERPRINT = """
 import hashlib, sys
-from lmforge.core.models import load_tokenizer
+from lmforge.models.classifier import load_tokenizer
 from lmforge.methods.kbert.graph import load_graph
 from lmforge.methods.kbert.tree import SentenceTreeBuilder
 batch = SentenceTreeBuilder(load_tokenizer("minilm"), load_graph("conceptnet"), max_length=48).encode(

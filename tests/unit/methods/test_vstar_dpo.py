@@ -3,8 +3,7 @@ import math
 import pytest
 import torch
 
-from lmforge.core.causal_lm import tiny_gpt2
-from lmforge.methods.sft.data import Encoded, Pair, Pairs, collate, encode_pair, encode_pairs
+from lmforge.data.pairs import Encoded, Pair, Pairs, collate, encode_pair, encode_pairs
 from lmforge.methods.vstar.dpo import (
     completion_logprobs,
     dpo_loss,
@@ -13,6 +12,7 @@ from lmforge.methods.vstar.dpo import (
     reference_logprobs,
     save_reference,
 )
+from lmforge.models.causal_lm import tiny_gpt2
 
 # (prompt, correct completion, incorrect completion), of unequal lengths
 TRIPLES = [

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from lmforge.core.causal_lm import tiny_gpt2
-from lmforge.methods.sft.data import collate
+from lmforge.data.pairs import collate
 from lmforge.methods.vstar.orm import OutcomeRewardModel, orm_loss
 from lmforge.methods.vstar.stages import encode_solutions
+from lmforge.models.causal_lm import tiny_gpt2
 
 
 @dataclass

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from lmforge.core.sandbox import run_many, run_python
-from lmforge.core.sandbox_checks import Check, Program
 from lmforge.errors import UserError
+from lmforge.generation.sandbox import run_many, run_python
+from lmforge.generation.sandbox_checks import Check, Program
 from lmforge.tasks import humaneval
 
 needs_package = pytest.mark.skipif(

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from lmforge.core.sandbox import run_many, run_python
-from lmforge.core.sandbox_checks import Check
 from lmforge.errors import UserError
+from lmforge.generation.sandbox import run_many, run_python
+from lmforge.generation.sandbox_checks import Check
 from lmforge.tasks import mbpp
 from lmforge.tasks.base import Problem
 

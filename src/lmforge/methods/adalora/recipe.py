@@ -22,13 +22,13 @@ from lmforge.core.checkpoint import restore_extra
 from lmforge.core.classifier_run import start_classifier_run
 from lmforge.core.console import say
 from lmforge.core.loop import StopSignal
-from lmforge.core.models import load_classifier
 from lmforge.core.rundir import RunDir
 from lmforge.errors import UserError
 from lmforge.methods.adalora.adapter import load_adalora, save_adalora
 from lmforge.methods.adalora.allocator import RankAllocator, check_schedule
 from lmforge.methods.adalora.layers import SVDLinear, orthogonal_penalty, svd_layers
 from lmforge.methods.adalora.report import ALLOCATION_FILE, report_sections
+from lmforge.models.classifier import load_classifier
 
 
 def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 from lmforge.config import RunConfig
 from lmforge.core.classifier_run import Adapt, SaveFinal, start_classifier_run
 from lmforge.core.loop import StopSignal
-from lmforge.core.models import load_saved_classifier
+from lmforge.models.classifier import load_saved_classifier
 
 
 def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:

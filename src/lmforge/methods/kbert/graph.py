@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.core.console import say
-from lmforge.core.data import DATA_DIR
+from lmforge.data.builtin import DATA_DIR
 from lmforge.errors import UserError
 
 # Keys are normalised by `_relation_key` (lower case, letters only); the values are the words of a branch.

@@ -10,7 +10,7 @@ The loop is the shared classifier loop (`ClassifierRun`, core/classifier_run.py)
 replaced by `KbertRun`: a micro-batch and an evaluation batch are collated from sentence trees, which
 are built once, up front, for the training and evaluation texts. Everything else (data order by tree
 length, accumulation, schedule, early stopping, checkpoints, final.json, report) is the shared code, and
-the metrics are core/classify.py's: accuracy, macro-F1, loss and the confusion matrix.
+the metrics are data/classify.py's: accuracy, macro-F1, loss and the confusion matrix.
 
 `final/` is the fine-tuned classifier (save_pretrained), its tokenizer and `kbert.json` (the graph and
 the options the inputs were built with). `lmforge eval` and `predict` feed plain token ids, so they
@@ -31,16 +31,16 @@ import torch.nn.functional as F
 
 from lmforge.config import RunConfig
 from lmforge.core.classifier_run import ClassifierRun, start_classifier_run
-from lmforge.core.classify import loss_sum
 from lmforge.core.console import say
-from lmforge.core.data import Task
 from lmforge.core.loop import OptimizerBatch, StopSignal
 from lmforge.core.metrics import classification_metrics
-from lmforge.core.models import load_classifier, load_saved_classifier
+from lmforge.data.classify import loss_sum
+from lmforge.data.files import Task
 from lmforge.errors import UserError
 from lmforge.methods.kbert.choices import SCORE_LABEL, choice_texts
 from lmforge.methods.kbert.graph import load_graph
 from lmforge.methods.kbert.tree import SentenceTree, SentenceTreeBuilder, collate
+from lmforge.models.classifier import load_classifier, load_saved_classifier
 
 OPTIONS_FILE = "kbert.json"
 # Model types whose forward takes position_ids, token_type_ids and a 4-D additive attention mask; RoBERTa-style
@@ -197,7 +197,7 @@ def predict_logits(model, trees: list[SentenceTree], inputs: TreeInputs, batch_s
 
 
 def scores(logits: np.ndarray, label_ids: list[int], n_labels: int) -> dict:
-    """accuracy, macro_f1, mean loss and the confusion matrix, as core/classify.py's `evaluate` gives them."""
+    """accuracy, macro_f1, mean loss and the confusion matrix, as data/classify.py's `evaluate` gives them."""
     labels = np.asarray(label_ids)
     loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
     return {"loss": loss, **classification_metrics(labels, logits.argmax(-1), n_labels)}

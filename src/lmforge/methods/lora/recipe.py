@@ -12,8 +12,8 @@ from pathlib import Path
 from lmforge.adapters.lora import inject_lora, load_adapter, save_adapter
 from lmforge.config import RunConfig
 from lmforge.core.console import say
-from lmforge.core.models import load_classifier
 from lmforge.methods.finetune.recipe import fit
+from lmforge.models.classifier import load_classifier
 
 
 def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:

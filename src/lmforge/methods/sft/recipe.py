@@ -26,15 +26,16 @@ import torch.nn.functional as F
 
 from lmforge.adapters.lora import inject_lora, save_adapter
 from lmforge.config import RunConfig
-from lmforge.core.causal_lm import CONVERSION_NOTE, GEMMA, MODIFICATIONS_FILE, gemma_path, load_causal_lm, set_dropout
 from lmforge.core.console import say
-from lmforge.core.data import Task
-from lmforge.core.lm_logits import logits_at
 from lmforge.core.loop import StopSignal, count_parameters, seed_everything
 from lmforge.core.training_run import start_training
+from lmforge.data.files import Task
+from lmforge.data.pairs import Encoded, collate, encode_pairs, load_train_dev
 from lmforge.errors import UserError
-from lmforge.methods.sft.data import Encoded, collate, encode_pairs, load_train_dev
 from lmforge.methods.sft.report import DATA_FILE, data_summary, report_sections
+from lmforge.models.causal_lm import GEMMA, load_causal_lm, set_dropout
+from lmforge.models.gguf import CONVERSION_NOTE, MODIFICATIONS_FILE, gemma_path
+from lmforge.models.lm_logits import logits_at
 
 NOTICES = ("GEMMA_TERMS.html", "NOTICE.md", "LICENSE-NOTICE.txt")  # license files of the base model, passed on
 

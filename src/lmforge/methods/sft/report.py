@@ -12,7 +12,7 @@ import json
 from html import escape
 from pathlib import Path
 
-from lmforge.methods.sft.data import Encoded, Pairs
+from lmforge.data.pairs import Encoded, Pairs
 
 DATA_FILE = "sft_data.json"
 SHOWN = 2  # training pairs shown token by token

@@ -21,10 +21,7 @@ from tqdm.auto import tqdm
 from lmforge.config import RunConfig
 from lmforge.core import checkpoint as ckpt
 from lmforge.core.classifier_run import open_run
-from lmforge.core.classify import collate, encode
 from lmforge.core.console import say
-from lmforge.core.corpus import load_corpus
-from lmforge.core.data import Examples, Task
 from lmforge.core.loop import (
     StopSignal,
     advance,
@@ -39,13 +36,16 @@ from lmforge.core.loop import (
     total_steps,
     trainable_state,
 )
-from lmforge.core.models import load_encoder
 from lmforge.core.report import write_report
+from lmforge.data.classify import collate, encode
+from lmforge.data.corpus import load_corpus
+from lmforge.data.files import Examples, Task
 from lmforge.errors import Interrupted, UserError
 from lmforge.methods.tinybert.attention import AttentionScores
 from lmforge.methods.tinybert.losses import intermediate_losses, layer_map_for
 from lmforge.methods.tinybert.report import report_sections
 from lmforge.methods.tinybert.student import Student, new_student
+from lmforge.models.classifier import load_encoder
 
 HELD_OUT_SEED = 2024  # which passages are held out does not depend on the run's seed
 

@@ -29,18 +29,18 @@ import torch
 from lmforge.adapters.lora import remove_lora
 from lmforge.config import RunConfig
 from lmforge.core.classifier_run import start_classifier_run
-from lmforge.core.classify import predict_logits
 from lmforge.core.console import say
-from lmforge.core.data import Task
 from lmforge.core.loop import StopSignal, count_parameters
-from lmforge.core.models import load_saved_classifier
 from lmforge.core.rundir import RunDir
+from lmforge.data.classify import predict_logits
+from lmforge.data.files import Task
 from lmforge.errors import UserError
 from lmforge.methods.tinybert.attention import AttentionScores, self_attention_layers
 from lmforge.methods.tinybert.augment import cached_augment
 from lmforge.methods.tinybert.losses import intermediate_losses, layer_map_for, soft_cross_entropy
 from lmforge.methods.tinybert.report import SUMMARY_FILE, report_sections
 from lmforge.methods.tinybert.student import Student, check_shape, new_student, shape_of, student_from
+from lmforge.models.classifier import load_saved_classifier
 
 AUGMENT_SEED = 2020  # the augmented data is the same for every student seed, and cached once
 

@@ -8,7 +8,7 @@ reference, and is trained with DPO (Rafailov et al. 2023, "Direct Preference Opt
     L = -log sigmoid(beta * ((log V(y+|x) - log G_SFT(y+|x)) - (log V(y-|x) - log G_SFT(y-|x))))
 
 averaged over the pairs. log p(y|x) is the sum of the log-probabilities of the completion's tokens and its
-EOS, exactly the tokens SFT trains on (`methods/sft/data.py`). beta * (log V(y|x) - log G_SFT(y|x)) is DPO's
+EOS, exactly the tokens SFT trains on (`data/pairs.py`). beta * (log V(y|x) - log G_SFT(y|x)) is DPO's
 implicit reward; at test time V-STaR ranks candidates by the verifier's likelihood log V(y|x) instead,
 and `verifier.py` offers both (and the per-token likelihood).
 
@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lmforge.core.lm_logits import logits_at
-from lmforge.methods.sft.data import Encoded, collate
+from lmforge.data.pairs import Encoded, collate
+from lmforge.models.lm_logits import logits_at
 
 BETA = 0.1  # DPO's default beta (Rafailov et al. 2023, appendix B); see the module docstring
 

@@ -34,14 +34,14 @@ from torch import nn
 
 from lmforge.config import RunConfig
 from lmforge.core.console import say
-from lmforge.core.data import Examples, Task
-from lmforge.core.lm_logits import last_hidden_states, output_layer
 from lmforge.core.loop import StopSignal
 from lmforge.core.stages import FINISHED, child_run
 from lmforge.core.training_run import start_training
+from lmforge.data.files import Examples, Task
+from lmforge.data.pairs import Encoded, collate
 from lmforge.errors import UserError
-from lmforge.methods.sft.data import Encoded, collate
 from lmforge.methods.vstar.stages import carve_by_problem, device, encode_solutions, verifier_run_config
+from lmforge.models.lm_logits import last_hidden_states, output_layer
 
 HEAD = "score_head"
 
@@ -97,7 +97,7 @@ def train_orm(
 ) -> Path:
     """The ORM in stages/orm/, from the finished G_SFT run `gsft_dir`, on D_VER's labelled solutions."""
     from lmforge.adapters.lora import inject_lora, save_adapter
-    from lmforge.core.causal_lm import load_causal_lm
+    from lmforge.models.causal_lm import load_causal_lm
 
     child = child_run(stages, "orm")
     if child.state == FINISHED:
@@ -175,7 +175,7 @@ def orm_scores(orm_dir: Path, gsft_dir: Path, prompts: dict[str, str], samples: 
                batch_size: int) -> list[float]:  # fmt: skip
     """P(correct) of every candidate, in the order of `samples`."""
     from lmforge.adapters.lora import load_adapter
-    from lmforge.core.causal_lm import load_causal_lm
+    from lmforge.models.causal_lm import load_causal_lm
 
     lm, tokenizer = load_causal_lm(str(gsft_dir))
     model = load_adapter(OutcomeRewardModel(lm), orm_dir).to(device()).eval()

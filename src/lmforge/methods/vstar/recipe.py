@@ -22,11 +22,11 @@ from pathlib import Path
 
 from lmforge.config import RunConfig
 from lmforge.core.console import say
-from lmforge.core.eval_gen import by_problem
 from lmforge.core.metrics import mean_pass_at_k
 from lmforge.core.rundir import RunDir, build_manifest, write_text_atomic
 from lmforge.core.stages import finished_stage, make_stage
 from lmforge.errors import UserError
+from lmforge.generation.eval_gen import by_problem
 from lmforge.methods.vstar.orm import orm_scores, train_orm
 from lmforge.methods.vstar.report import write_vstar_report
 from lmforge.methods.vstar.select import best_of_k_curve, majority_vote_curve, preference_pairs
@@ -200,6 +200,6 @@ def check_options(cfg: RunConfig):
 
 def load_trained(run_dir: Path, cfg: RunConfig, labels: list[str]):
     """The final generator G^T of a finished run (the verifier is stages/verifier/)."""
-    from lmforge.core.causal_lm import load_causal_lm
+    from lmforge.models.causal_lm import load_causal_lm
 
     return load_causal_lm(str(Path(run_dir) / "stages" / f"generator-{cfg.options.iterations}"))

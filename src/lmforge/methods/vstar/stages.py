@@ -16,7 +16,7 @@ when interrupted).
     stages/*.jsonl.stage.json    the settings a stage file was made with (its model, problems, sampling)
     stages/scores-<t>.jsonl      every candidate's verifier scores
 
-Samples are `core.eval_gen.Sample` rows; the reference solutions of D_SFT join D_VER as samples with
+Samples are `generation.eval_gen.Sample` rows; the reference solutions of D_SFT join D_VER as samples with
 index -1 and status "reference".
 """
 
@@ -31,15 +31,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from lmforge.cli.eval_gen import DEFAULT_MAX_NEW_TOKENS, FALLBACK_MAX_NEW_TOKENS
 from lmforge.config import DataConfig, RunConfig
 from lmforge.core.console import say
-from lmforge.core.eval_gen import Sample, SampledProblems, sample_and_label, write_samples
-from lmforge.core.eval_gen_command import DEFAULT_MAX_NEW_TOKENS, FALLBACK_MAX_NEW_TOKENS
-from lmforge.core.generate import HFGenerator, SamplingParams
 from lmforge.core.rundir import write_text_atomic
 from lmforge.core.stages import FINISHED, FRESH, child_run, finished_stage, make_stage
+from lmforge.data.pairs import Encoded, Pair, encode_pair
+from lmforge.generation.eval_gen import Sample, SampledProblems, sample_and_label, write_samples
+from lmforge.generation.generate import HFGenerator
+from lmforge.generation.sampling import SamplingParams
 from lmforge.methods.sft.config import SftConfig
-from lmforge.methods.sft.data import Encoded, Pair, encode_pair
 from lmforge.tasks.base import Problem, Task
 
 # Held-out pairs of each generator's SFT: the evaluation loss is a progress signal only, read on the
@@ -173,7 +174,7 @@ def sample_stage(
 
     The problems are sampled a chunk at a time (about CHUNK_BATCHES generation batches) and the
     finished ones kept in PATH.partial, so an interrupted stage resumes after its last finished chunk.
-    A sample's seed depends on its prompt and index only (core.generate), so the resumed stage gives
+    A sample's seed depends on its prompt and index only (generation.generate), so the resumed stage gives
     what an uninterrupted one would have.
     """
     settings = {
@@ -230,8 +231,8 @@ def fingerprint(rows: list) -> str:
 
 def stage_generator(model_dir: Path, cfg):
     """The generator of a sampling stage: the run's backend serving the model of `model_dir`."""
-    from lmforge.core.causal_lm import load_causal_lm
-    from lmforge.core.openai_client import OpenAIGenerator
+    from lmforge.generation.openai_client import OpenAIGenerator
+    from lmforge.models.causal_lm import load_causal_lm
 
     v = cfg.options
     if v.backend == "openai":  # the server loads this stage's model under a name of its own

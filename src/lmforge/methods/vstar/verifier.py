@@ -27,12 +27,12 @@ import torch
 
 from lmforge.config import RunConfig
 from lmforge.core.console import say
-from lmforge.core.data import Examples, Task
 from lmforge.core.loop import StopSignal
 from lmforge.core.stages import FINISHED, child_run
 from lmforge.core.training_run import start_training
+from lmforge.data.files import Examples, Task
+from lmforge.data.pairs import Encoded, collate, encode_pair
 from lmforge.errors import UserError
-from lmforge.methods.sft.data import Encoded, collate, encode_pair
 from lmforge.methods.vstar.dpo import (
     completion_logprobs,
     dpo_loss,
@@ -69,7 +69,7 @@ def encode_preferences(tokenizer, pairs: Sequence[PreferencePair], max_length: i
 def train_verifier(cfg: RunConfig, stages: Path, gsft_dir: Path, pairs: Sequence[PreferencePair]) -> Path:
     """The DPO verifier in stages/verifier/, from the finished G_SFT run `gsft_dir`; reused when finished."""
     from lmforge.adapters.lora import inject_lora, save_adapter
-    from lmforge.core.causal_lm import load_causal_lm
+    from lmforge.models.causal_lm import load_causal_lm
 
     child = child_run(stages, "verifier")
     if child.state == FINISHED:
@@ -165,7 +165,7 @@ def score_candidates(
     batch_size: int,
 ) -> list[dict]:  # fmt: skip
     """Every candidate's three scores (module docstring), in the order of `samples`."""
-    from lmforge.core.causal_lm import load_causal_lm
+    from lmforge.models.causal_lm import load_causal_lm
 
     verifier, tokenizer = load_causal_lm(str(verifier_dir))
     reference, _ = load_causal_lm(str(gsft_dir))

