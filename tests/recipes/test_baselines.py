@@ -18,7 +18,7 @@ RELATIVE_TOLERANCE = 0.0 if SAME_MACHINE else 1e-5
 
 
 def test_every_shipped_recipe_has_a_baseline():
-    from lmforge.cli import list_recipes
+    from lmforge.cli.main import list_recipes
 
     recorded_recipes = {entry["command"][2] for entry in RECORDED["baselines"].values()}
     assert set(list_recipes()) <= recorded_recipes
