@@ -30,8 +30,8 @@ from lmforge.cli.main import build_parser
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "src" / "lmforge"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-RECIPE_METHODS = sorted(p.name for p in (ROOT / "recipes").iterdir() if p.is_dir())
-RECIPES = {f"{p.parent.name}/{p.stem}" for p in (ROOT / "recipes").glob("*/*.yaml")}
+RECIPE_METHODS = sorted(p.name for p in (PACKAGE / "recipes").iterdir() if p.is_dir())
+RECIPES = {f"{p.parent.name}/{p.stem}" for p in (PACKAGE / "recipes").glob("*/*.yaml")}
 ROOT_DIRS = sorted(p.name for p in ROOT.iterdir() if p.is_dir() and p.name not in (".git", ".venv"))
 PACKAGE_DIRS = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__")
 PLACEHOLDER = re.compile(r"[<>*{}$]|\.\.\.|NNN|HOST|RUN_DIR")

@@ -1,4 +1,5 @@
-"""The `lmforge` command line: list, run, eval, predict, export, report, the explanation commands
+"""The `lmforge` command line: list, run, eval, predict, export, report, recipe cp (cli/recipes.py, which
+also finds recipes by name), the explanation commands
 (explain, explain-eval, explain-global, probe: see cli/explain.py), serve (generation/serve.py) and
 eval-gen (cli/eval_gen.py).
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from lmforge.cli.eval_gen import add_eval_gen_parser
 from lmforge.cli.explain import add_all as add_explanation_commands
+from lmforge.cli.recipes import add_recipe_parser, find_recipe, first_comment, is_local, list_recipes
 from lmforge.cli.serve import add_serve_parser
 from lmforge.config import SECTIONS, cli_number, describe
 from lmforge.errors import Interrupted, UserError, cut, disk_full
@@ -29,8 +31,6 @@ from lmforge.registry import (
     resolve,
     write_run_report,
 )
-
-RECIPE_DIRS = [Path.cwd() / "recipes", Path(__file__).resolve().parents[3] / "recipes"]
 
 RUN_EPILOG = """\
 Any config key can be set as key=value after the recipe, for example:
@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     p.set_defaults(handler=cmd_report)
 
+    add_recipe_parser(commands)
     add_explanation_commands(commands)
     add_serve_parser(commands)
     add_eval_gen_parser(commands)
@@ -153,14 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---- list ---------------------------------------------------------------------------------------
-
-
-def list_recipes() -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for root in RECIPE_DIRS:
-        for path in sorted(root.glob("*/*.yaml")):
-            found.setdefault(f"{path.parent.name}/{path.stem}", path)
-    return found
 
 
 def cmd_list(args) -> int:
@@ -182,7 +175,8 @@ def cmd_list(args) -> int:
     if what in ("all", "recipes"):
         print("recipes:")
         for name, path in list_recipes().items():
-            print(f"  {name:<22} {_first_comment(path)}")
+            mine = f"  (your copy: {path})" if is_local(path) else ""
+            print(f"  {name:<22} {first_comment(path)}{mine}")
     if what in ("all", "models"):
         print("models:")
         for m in BUILTIN_MODELS.values():
@@ -200,24 +194,7 @@ def cmd_list(args) -> int:
     return 0
 
 
-def _first_comment(path: Path) -> str:
-    first = path.read_text(encoding="utf-8").splitlines()[:1]
-    return first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
-
-
 # ---- run ----------------------------------------------------------------------------------------
-
-
-def find_recipe(name: str) -> Path:
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise UserError(f"{path}: recipe file not found")
-        return path
-    recipes = list_recipes()
-    if name not in recipes:
-        raise UserError(f"unknown recipe {name!r} (recipes: {', '.join(recipes)})")
-    return recipes[name]
 
 
 def cmd_run(args) -> int:
