@@ -275,9 +275,16 @@ def git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
 
+def git_has(commit: str, path: str) -> bool:
+    return subprocess.run(["git", "cat-file", "-e", f"{commit}:{path}"], cwd=ROOT, capture_output=True).returncode == 0
+
+
 def export(commit: str, folder: Path) -> None:
-    """The package and recipes exactly as COMMIT has them (not the checkout, which may hold edits)."""
-    archive = subprocess.run(["git", "archive", commit, "src", "recipes"], cwd=ROOT, capture_output=True, check=True)
+    """The package and recipes exactly as COMMIT has them (not the checkout, which may hold edits). Until
+    c100f10 the recipes were a top-level recipes/ folder (read from the working folder, the export); since
+    then they are package data under src/lmforge/recipes/."""
+    paths = ["src"] + (["recipes"] if git_has(commit, "recipes") else [])
+    archive = subprocess.run(["git", "archive", commit, *paths], cwd=ROOT, capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
 
 
