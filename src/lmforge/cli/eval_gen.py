@@ -22,12 +22,6 @@ from pathlib import Path
 
 from lmforge.errors import UserError
 
-# Task-appropriate defaults of --max-new-tokens, from the reference completions in Gemma 3's tokenizer
-# (measured: GSM8K dev median 85, 99th percentile 257, longest 310 tokens; MBPP test 49 / 238 / 285;
-# HumanEval 55 / 208 / 295): room for the longest reference and some wordiness. Stop sequences end
-# most samples long before the limit.
-DEFAULT_MAX_NEW_TOKENS = {"gsm8k": 320, "mbpp": 384, "humaneval": 384}
-FALLBACK_MAX_NEW_TOKENS = 256
 # Sampling defaults when --n > 1: Chen et al. 2021 (section 2.1, figure 5) sampled with nucleus
 # top_p = 0.95, and found temperature 0.8 best for pass@100 (0.2 for pass@1); 0.8 also gives the
 # diverse samples that majority voting and self-training need.
@@ -99,7 +93,13 @@ def add_eval_gen_parser(commands) -> None:
 def cmd_eval_gen(args) -> int:
     from lmforge.core.console import say
     from lmforge.core.rundir import check_output_folder
-    from lmforge.generation.eval_gen import generation_metrics, parse_ks, sample_and_label
+    from lmforge.generation.eval_gen import (
+        DEFAULT_MAX_NEW_TOKENS,
+        FALLBACK_MAX_NEW_TOKENS,
+        generation_metrics,
+        parse_ks,
+        sample_and_label,
+    )
     from lmforge.generation.generate import make_generator
     from lmforge.generation.openai_client import DEFAULT_BASE_URL
     from lmforge.generation.sampling import BACKENDS, SamplingParams

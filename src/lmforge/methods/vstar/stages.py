@@ -31,13 +31,19 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lmforge.cli.eval_gen import DEFAULT_MAX_NEW_TOKENS, FALLBACK_MAX_NEW_TOKENS
 from lmforge.config import DataConfig, RunConfig
 from lmforge.core.console import say
 from lmforge.core.rundir import write_text_atomic
 from lmforge.core.stages import FINISHED, FRESH, child_run, finished_stage, make_stage
 from lmforge.data.pairs import Encoded, Pair, encode_pair
-from lmforge.generation.eval_gen import Sample, SampledProblems, sample_and_label, write_samples
+from lmforge.generation.eval_gen import (
+    DEFAULT_MAX_NEW_TOKENS,
+    FALLBACK_MAX_NEW_TOKENS,
+    Sample,
+    SampledProblems,
+    sample_and_label,
+    write_samples,
+)
 from lmforge.generation.generate import HFGenerator
 from lmforge.generation.sampling import SamplingParams
 from lmforge.methods.sft.config import SftConfig
