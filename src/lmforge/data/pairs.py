@@ -32,7 +32,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -43,9 +43,18 @@ from lmforge.tasks import TASKS, load_task
 
 if TYPE_CHECKING:
     from lmforge.config import DataConfig
-    from lmforge.methods.sft.config import SftConfig
 
 DEV_SEED = 2024  # which pairs are held out does not depend on the run's seed
+
+
+class PairOptions(Protocol):
+    """The options `load_train_dev` reads (SFT's config section has them); a Protocol so that data/ does
+    not import a method's config."""
+
+    shots: int
+    prompt_column: str
+    completion_column: str
+    dev_size: int
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,7 @@ class Pairs:
 # ---- reading ------------------------------------------------------------------------------------
 
 
-def load_train_dev(data: DataConfig, sft: SftConfig) -> tuple[Pairs, Pairs]:
+def load_train_dev(data: DataConfig, sft: PairOptions) -> tuple[Pairs, Pairs]:
     """The training pairs and the held-out pairs of a run's `data` section (see the module docstring)."""
     pairs = load_pairs(data.train, sft.shots, sft.prompt_column, sft.completion_column)
     if data.eval:
