@@ -1,4 +1,8 @@
-"""The parts of a classifier training run that every classification recipe shares.
+"""TEMPORARY: the old classifier run, kept over `start_training` only until K-BERT and TinyBERT
+call the plain functions of data/classify.py themselves; then this file goes (it imports data/ and
+models/, which the kernel must not). New code: see methods/finetune/recipe.py.
+
+The parts of a classifier training run that every classification recipe shares.
 
 A recipe writes its own loop out of these calls (the generic ones are `TrainingRun`'s, in
 core/training_run.py), so that a method's extra work (AdaLoRA's allocator, a regulariser) is a
@@ -18,18 +22,19 @@ plain call at its place in the loop:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lmforge.config import RunConfig
+from lmforge.core import training_run
 from lmforge.core.console import say
-from lmforge.core.loop import OptimizerBatch, count_parameters, seed_everything
-from lmforge.core.training_run import SaveFinal, TrainingRun, open_run, save_best, start_training
+from lmforge.core.loop import OptimizerBatch, count_parameters, seed_everything, total_steps
+from lmforge.core.training_run import SaveFinal, TrainingRun, save_best, start_training
 from lmforge.data.classify import collate, encode, evaluate, loss_sum
-from lmforge.data.files import Task, describe, load_task
+from lmforge.data.files import Task, describe, load_task, task_manifest
 from lmforge.models.classifier import load_classifier
 
 __all__ = ["Adapt", "ClassifierRun", "EncodeExamples", "SaveFinal", "open_run", "save_best", "start_classifier_run"]
@@ -153,18 +158,22 @@ def start_classifier_run(
     label_index = {label: i for i, label in enumerate(task.labels)}
 
     lengths = [len(x) for x in train_ids]
-    return start_training(
+    n_steps = total_steps(len(lengths), train)
+    if check_steps is not None:
+        check_steps(n_steps)
+    t = start_training(
         cfg,
         run_dir,
         resume,
         model,
         tokenizer,
         lengths,
-        task,
-        check_steps,
-        phases,
-        run_class=run_class,
+        task_manifest(task),
+        phases=phases(n_steps) if phases else None,
         select_metric=train.metric,
+    )
+    return run_class(
+        **{f.name: getattr(t, f.name) for f in fields(TrainingRun)},
         task=task,
         train_ids=train_ids,
         train_labels=[label_index[x] for x in task.train.labels],
@@ -172,3 +181,9 @@ def start_classifier_run(
         eval_labels=[label_index[x] for x in task.eval.labels],
         **extra,
     )
+
+
+def open_run(run_dir: Path, cfg: RunConfig, data, resume: bool, model, optimizer, scheduler, write: bool = True):
+    """`training_run.open_run`, taking a Task (or the manifest's dict) as the data to record."""
+    manifest_data = task_manifest(data) if isinstance(data, Task) else data
+    return training_run.open_run(run_dir, cfg, manifest_data, resume, model, optimizer, scheduler, write)

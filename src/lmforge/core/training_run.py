@@ -3,7 +3,7 @@
 A recipe loads its data and model, then writes its loop out of these calls, so that a method's
 extra work is a plain call at its place in the loop:
 
-    t = start_training(cfg, run_dir, resume, model, tokenizer, lengths, data)
+    t = start_training(cfg, run_dir, resume, model, tokenizer, lengths, manifest_data)
     t.evaluator = lambda: {...}                  # held-out metrics of the current model
     with StopSignal() as stop:
         while t.running():
@@ -14,8 +14,9 @@ extra work is a plain call at its place in the loop:
             t.end_step(loss, started, stop)         # log, evaluate, early-stop, checkpoint
     return t.finish(save_final, summary)            # final/, final.json, report.html
 
-Classifier recipes use `ClassifierRun` (core/classifier_run.py), which adds their data, loss and
-evaluation to this; other recipes (a causal LM's supervised fine-tuning) give their own.
+The kernel knows no task, label or loss: the recipe gives the examples' token counts (`lengths`,
+which order the batches), a loss per micro-batch, an evaluator, and `manifest_data`, the plain dict
+manifest.json records under "data" (the sources, counts and fingerprints of what it trains on).
 """
 
 from __future__ import annotations
@@ -53,8 +54,7 @@ from lmforge.core.loop import (
     update_early_stopping,
 )
 from lmforge.core.report import write_report
-from lmforge.core.rundir import RunDir, build_manifest, fingerprint
-from lmforge.data.files import Task
+from lmforge.core.rundir import RunDir, build_manifest
 from lmforge.errors import Interrupted, UserError, shown
 
 SaveFinal = Callable[[torch.nn.Module, Any, Path], None]  # (model, tokenizer, folder)
@@ -239,37 +239,35 @@ def start_training(
     model: torch.nn.Module,
     tokenizer: Any,
     lengths: list[int],
-    data: Task,
-    check_steps: Callable[[int], None] | None = None,
-    phases: Callable[[int], list[int]] | None = None,
-    run_class: type[TrainingRun] = TrainingRun,
-    **fields: Any,
+    manifest_data: dict,
+    *,
+    phases: list[int] | None = None,
+    select_metric: str | None = None,
 ) -> TrainingRun:
     """The optimizer, the schedule, Accelerate, the run folder (or its latest checkpoint, restored)
     and the resumable batch stream over examples of token counts `lengths`, for a model already
     loaded and adapted; call it after every input is checked, since it writes the run folder.
 
-    `data` (its `train` and `eval` examples) goes into manifest.json. `check_steps(total_steps)`
-    refuses a run too short for the method; `phases(total_steps)` splits the learning-rate
-    schedule into stages. `run_class` and `fields`: a TrainingRun with more fields (ClassifierRun)."""
+    `manifest_data` goes into manifest.json under "data" (JSON-serialisable). `phases` (step counts
+    summing to `total_steps(len(lengths), cfg.train)`) splits the learning-rate schedule into stages,
+    each with its own warmup and decay. `select_metric`: the evaluation metric early stopping and
+    the best model follow (higher is better)."""
     train = cfg.train
     trainable, total = count_parameters(model)
     optimizer = build_optimizer(model, train.lr, train.weight_decay)
     n_steps = total_steps(len(lengths), train)
-    if check_steps is not None:
-        check_steps(n_steps)
-    scheduler = build_scheduler(optimizer, n_steps, train.warmup_ratio, phases(n_steps) if phases else None)
+    scheduler = build_scheduler(optimizer, n_steps, train.warmup_ratio, phases)
     accelerator = make_accelerator(train)
     main = accelerator.is_main_process
     if accelerator.num_processes > 1:  # dropout differs per process; DDP broadcasts rank 0's weights
         torch.manual_seed(train.seed + accelerator.process_index)
-    run, state, resumed_from = open_run(run_dir, cfg, data, resume, model, optimizer, scheduler, write=main)
+    run, state, resumed_from = open_run(run_dir, cfg, manifest_data, resume, model, optimizer, scheduler, write=main)
     accelerator.wait_for_everyone()
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     batches = optimizer_batches(lengths, train, state, accelerator.process_index, accelerator.num_processes)
     bar = tqdm(total=n_steps, initial=state.step, desc="train", unit="step", disable=not main, dynamic_ncols=True)
-    return run_class(
+    return TrainingRun(
         cfg=cfg,
         model=model,
         tokenizer=tokenizer,
@@ -285,12 +283,15 @@ def start_training(
         total=total,
         batches=batches,
         bar=bar,
-        **fields,
+        select_metric=select_metric,
     )
 
 
-def open_run(run_dir: Path, cfg: RunConfig, task: Task, resume: bool, model, optimizer, scheduler, write: bool = True):
-    """Create the run folder, or restore the latest checkpoint of an existing one.
+def open_run(
+    run_dir: Path, cfg: RunConfig, manifest_data: dict, resume: bool, model, optimizer, scheduler, write: bool = True
+):
+    """Create the run folder (config.yaml, manifest.json with `manifest_data` under "data"), or
+    restore the latest checkpoint of an existing one.
 
     Returns (RunDir, TrainState, the checkpoint restored or None). Only the main process
     (`write`) creates or changes files; the others just read the checkpoint.
@@ -317,16 +318,7 @@ def open_run(run_dir: Path, cfg: RunConfig, task: Task, resume: bool, model, opt
         raise UserError(f"{run.path}: run folder already exists; add --resume to continue it or pick --run-dir")
     run.path.mkdir(parents=True, exist_ok=True)
     run.config.write_text(cfg.to_yaml())
-    data = {
-        split: {
-            "source": ex.source,
-            "examples": len(ex),
-            "skipped": ex.skipped,
-            "sha256_16": fingerprint(ex.texts, ex.labels),
-        }
-        for split, ex in (("train", task.train), ("eval", task.eval))
-    }
-    run.write_json("manifest.json", {**build_manifest(cfg.train.seed, data), "recipe": cfg.recipe})
+    run.write_json("manifest.json", {**build_manifest(cfg.train.seed, manifest_data), "recipe": cfg.recipe})
     return run, state, None
 
 

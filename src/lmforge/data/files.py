@@ -275,6 +275,23 @@ def load_task(
     return Task(train, eval_, labels)
 
 
+def manifest_entry(examples: Examples) -> dict:
+    """What manifest.json records of one split: its source, size, skipped rows and a fingerprint."""
+    from lmforge.core.rundir import fingerprint  # imports torch: only when a run starts
+
+    return {
+        "source": examples.source,
+        "examples": len(examples),
+        "skipped": examples.skipped,
+        "sha256_16": fingerprint(examples.texts, examples.labels),
+    }
+
+
+def task_manifest(task: Task) -> dict:
+    """manifest.json's "data" of a classification run: its training and evaluation splits."""
+    return {"train": manifest_entry(task.train), "eval": manifest_entry(task.eval)}
+
+
 def describe(examples: Examples) -> str:
     """'sst2:train: 6,920 examples' plus what was skipped and why."""
     line = f"{examples.source}: {len(examples):,} examples"

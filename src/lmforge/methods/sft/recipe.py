@@ -29,7 +29,7 @@ from lmforge.config import RunConfig
 from lmforge.core.console import say
 from lmforge.core.loop import StopSignal, count_parameters, seed_everything
 from lmforge.core.training_run import start_training
-from lmforge.data.files import Task
+from lmforge.data.files import manifest_entry
 from lmforge.data.pairs import Encoded, collate, encode_pairs, load_train_dev
 from lmforge.errors import UserError
 from lmforge.methods.sft.report import DATA_FILE, data_summary, report_sections
@@ -61,9 +61,9 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
     say(f"training on {train_pairs.describe()}")
     say(f"held out: {dev_pairs.describe()}")
 
-    data = Task(train_pairs.examples(), dev_pairs.examples(), [])  # for manifest.json
+    manifest = {"train": manifest_entry(train_pairs.examples()), "eval": manifest_entry(dev_pairs.examples())}
     lengths = [len(x) for x in train_data.ids]
-    t = start_training(cfg, run_dir, resume, model, tokenizer, lengths, data)
+    t = start_training(cfg, run_dir, resume, model, tokenizer, lengths, manifest)
     pad_id = tokenizer.pad_token_id
     if t.main:
         t.run.write_json(DATA_FILE, data_summary(tokenizer, train_pairs, train_data, dev_pairs, dev_data))

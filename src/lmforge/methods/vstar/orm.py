@@ -37,7 +37,7 @@ from lmforge.core.console import say
 from lmforge.core.loop import StopSignal
 from lmforge.core.stages import FINISHED, child_run
 from lmforge.core.training_run import start_training
-from lmforge.data.files import Examples, Task
+from lmforge.data.files import Examples, manifest_entry
 from lmforge.data.pairs import Encoded, collate
 from lmforge.errors import UserError
 from lmforge.methods.vstar.stages import carve_by_problem, device, encode_solutions, verifier_run_config
@@ -116,9 +116,14 @@ def train_orm(
     dev_labels = torch.tensor([float(s.passed) for s in dev])
     say(f"orm: {len(train):,} solutions ({int(train_labels.sum()):,} correct), {len(dev):,} held out")
     orm_cfg = verifier_run_config(cfg, gsft_dir, opts, f"D_VER solutions ({len(train):,})")
-    examples = Examples([prompts[s.problem_id] for s in train], [str(s.passed) for s in train], "D_VER")
-    t = start_training(orm_cfg, child.folder, child.resume, model, tokenizer, [len(x) for x in train_data.ids],
-                       Task(examples, Examples([], [], ""), []))  # fmt: skip
+    manifest = {  # prompt and correctness of each solution
+        split: manifest_entry(
+            Examples([prompts[s.problem_id] for s in ss], [str(s.passed) for s in ss], f"D_VER ({split})")
+        )
+        for split, ss in (("train", train), ("eval", dev))
+    }
+    lengths = [len(x) for x in train_data.ids]
+    t = start_training(orm_cfg, child.folder, child.resume, model, tokenizer, lengths, manifest)
     pad_id, with_lm = tokenizer.pad_token_id, opts.loss == "classification_and_lm"
 
     def batch_of(data: Encoded, rows: Sequence[int], on) -> dict[str, torch.Tensor]:

@@ -30,7 +30,7 @@ from lmforge.core.console import say
 from lmforge.core.loop import StopSignal
 from lmforge.core.stages import FINISHED, child_run
 from lmforge.core.training_run import start_training
-from lmforge.data.files import Examples, Task
+from lmforge.data.files import Examples, manifest_entry
 from lmforge.data.pairs import Encoded, collate, encode_pair
 from lmforge.errors import UserError
 from lmforge.methods.vstar.dpo import (
@@ -102,10 +102,11 @@ def train_verifier(cfg: RunConfig, stages: Path, gsft_dir: Path, pairs: Sequence
         inject_lora(model, v.target_modules, v.lora_r, v.lora_alpha, v.lora_dropout, [])
     verifier_cfg = verifier_run_config(cfg, gsft_dir, opts, f"D_VER preference pairs ({len(train_pairs):,})")
     lengths = [len(train_data.ids[2 * i]) + len(train_data.ids[2 * i + 1]) for i in range(len(train_pairs))]
-    examples = Examples([p.prompt for p in train_pairs], [p.chosen for p in train_pairs], "D_VER pairs")
-    t = start_training(
-        verifier_cfg, child.folder, child.resume, model, tokenizer, lengths, Task(examples, Examples([], [], ""), [])
-    )
+    manifest = {  # prompt and chosen completion of each pair
+        split: manifest_entry(Examples([p.prompt for p in ps], [p.chosen for p in ps], f"D_VER pairs ({split})"))
+        for split, ps in (("train", train_pairs), ("eval", dev_pairs))
+    }
+    t = start_training(verifier_cfg, child.folder, child.resume, model, tokenizer, lengths, manifest)
     pad_id = tokenizer.pad_token_id
 
     def pair_batch(data: Encoded, indices: Sequence[int], device):
