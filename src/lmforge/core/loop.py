@@ -209,3 +209,9 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     total = sum(p.numel() for p in model.parameters())
     return sum(p.numel() for p in model.parameters() if p.requires_grad), total
+
+
+def describe_parameters(name: str, model: nn.Module) -> str:
+    """'tiny-bert: 1,234 of 98,765 parameters trainable (1.25%)'."""
+    trainable, total = count_parameters(model)
+    return f"{name}: {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)"

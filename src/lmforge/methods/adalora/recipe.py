@@ -14,15 +14,18 @@ the final ranks and the budget history for the report's heat map.
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 from lmforge.adapters.lora import inject_adapters
 from lmforge.config import RunConfig
 from lmforge.core.checkpoint import restore_extra
-from lmforge.core.classifier_run import start_classifier_run
 from lmforge.core.console import say
-from lmforge.core.loop import StopSignal
+from lmforge.core.loop import StopSignal, describe_parameters, seed_everything, total_steps
 from lmforge.core.rundir import RunDir
+from lmforge.core.training_run import start_training
+from lmforge.data.classify import classification_loss, encode_task, evaluate, load_classification, summary
+from lmforge.data.files import task_manifest
 from lmforge.errors import UserError
 from lmforge.methods.adalora.adapter import load_adalora, save_adalora
 from lmforge.methods.adalora.allocator import RankAllocator, check_schedule
@@ -32,26 +35,31 @@ from lmforge.models.classifier import load_classifier
 
 
 def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
-    ada = cfg.options
+    ada, train = cfg.options, cfg.train
+    task = load_classification(cfg.data)
+    n_steps = total_steps(len(task.train), train)
+    check_options(cfg, n_steps)  # before the model loads: a bad schedule is refused in a second
 
-    def adapt(model) -> None:
-        def make_layer(name, base):
-            return SVDLinear(base, ada.init_r, ada.lora_alpha, ada.lora_dropout)
+    seed_everything(train.seed)
+    model, tokenizer = load_classifier(cfg.model.name, task.labels, train.seed, cfg.model.dropout)
+    names = inject_adapters(
+        model, ada.target_modules, lambda name, base: SVDLinear(base, ada.init_r, ada.lora_alpha, ada.lora_dropout),
+        ada.trainable_modules,
+    )  # fmt: skip
+    say(
+        f"AdaLoRA on {len(names)} matrices ({', '.join(ada.target_modules)}): rank {ada.init_r} each, "
+        f"budget {ada.init_r * len(names)} -> {ada.target_r * len(names)} triplets"
+    )
+    say(describe_parameters(cfg.model.name, model))
+    data = encode_task(tokenizer, task, cfg.model.max_length)
 
-        names = inject_adapters(model, ada.target_modules, make_layer, ada.trainable_modules)
-        say(
-            f"AdaLoRA on {len(names)} matrices ({', '.join(ada.target_modules)}): rank {ada.init_r} each, "
-            f"budget {ada.init_r * len(names)} -> {ada.target_r * len(names)} triplets"
-        )
-
-    def check_steps(total: int) -> None:
-        if cfg.train.early_stopping_patience:
-            raise UserError("train.early_stopping_patience: AdaLoRA's budget schedule runs to the last step")
-        if ada.target_r > ada.init_r:
-            raise UserError(f"adalora.target_r ({ada.target_r}) must not exceed adalora.init_r ({ada.init_r})")
-        check_schedule(ada.tinit, ada.tfinal, ada.deltaT, total)
-
-    t = start_classifier_run(cfg, run_dir, resume, adapt, check_steps)
+    t = start_training(
+        cfg, run_dir, resume, model, tokenizer, data.lengths, task_manifest(task), select_metric=train.metric
+    )
+    pad_id, device = tokenizer.pad_token_id, t.accelerator.device
+    t.evaluator = partial(
+        evaluate, t.model, data.eval_ids, data.eval_labels, data.n_labels, pad_id, train.eval_batch_size, device
+    )
     layers = svd_layers(t.unwrapped)
     allocator = RankAllocator(
         layers, ada.init_r, ada.target_r, ada.tinit, ada.tfinal, ada.deltaT, ada.beta1, ada.beta2, t.n_steps
@@ -60,13 +68,14 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         restore_extra(t.resumed_from, allocator.load_state_dict)
     t.extra_state = allocator.state_dict  # the importance averages travel with every checkpoint
 
-    def regularizer():
+    def regularizer():  # gamma * R(P, Q), equations 4-5, once per step
         return ada.orth_reg_weight * orthogonal_penalty(layers.values(), ada.orth_reg_form)
 
     with StopSignal() as stop:
         while t.running():
             batch, started = next(t.batches), time.perf_counter()
-            loss = t.accumulate_gradients(batch, regularizer if ada.orth_reg_weight > 0 else None)
+            micro_loss = partial(classification_loss, t.model, data, step_size=batch.size, pad_id=pad_id, device=device)
+            loss = t.accumulate(batch, micro_loss, regularizer if ada.orth_reg_weight > 0 else None)
             t.optimizer_step(batch)
             # The allocator reads this step's gradients: after optimizer.step(), before zero_grad.
             budget = allocator.step(t.state.step, update_scores=not t.accelerator.optimizer_step_was_skipped)
@@ -95,7 +104,17 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         )
         say(f"final budget: {sum(ranks.values())} triplets over {len(ranks)} matrices")
 
-    return t.finish(save, report_sections)
+    return t.finish(save, partial(summary, task), report_sections)
+
+
+def check_options(cfg: RunConfig, n_steps: int) -> None:
+    """Refuse options under which AdaLoRA's budget schedule cannot run as the paper's, given the run's steps."""
+    ada = cfg.options
+    if cfg.train.early_stopping_patience:
+        raise UserError("train.early_stopping_patience: AdaLoRA's budget schedule runs to the last step")
+    if ada.target_r > ada.init_r:
+        raise UserError(f"adalora.target_r ({ada.target_r}) must not exceed adalora.init_r ({ada.init_r})")
+    check_schedule(ada.tinit, ada.tfinal, ada.deltaT, n_steps)
 
 
 def load_trained(run_dir: Path, cfg: RunConfig, labels: list[str]):

@@ -1,41 +1,53 @@
-"""Fine-tune a sequence classifier: setup -> train -> evaluate -> save.
+"""Full fine-tuning of a sequence classifier (Devlin et al. 2019, BERT, section 4): every weight trains.
 
-`fit` is the loop, written out on the shared parts of `core/classifier_run.py`; full fine-tuning
-calls it as is, and LoRA calls it with a function that adapts the model before training and one
-that saves the adapter.
+The recipe reads top to bottom: load the data, load the model, adapt it (here: optionally freeze
+the input embeddings), encode, start training, the loop, finish. The classification pieces are
+plain functions of data/classify.py; LoRA and AdaLoRA (methods/lora, methods/adalora) are the same
+steps with their adapters.
 """
 
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 from lmforge.config import RunConfig
-from lmforge.core.classifier_run import Adapt, SaveFinal, start_classifier_run
-from lmforge.core.loop import StopSignal
-from lmforge.models.classifier import load_saved_classifier
+from lmforge.core.console import say
+from lmforge.core.loop import StopSignal, describe_parameters, seed_everything
+from lmforge.core.training_run import start_training
+from lmforge.data.classify import classification_loss, encode_task, evaluate, load_classification, summary
+from lmforge.data.files import task_manifest
+from lmforge.models.classifier import load_classifier, load_saved_classifier
 
 
 def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
-    freeze = cfg.options.freeze_embeddings
+    train = cfg.train
+    task = load_classification(cfg.data)
 
-    def adapt(model) -> None:
-        if freeze:
-            model.get_input_embeddings().weight.requires_grad_(False)
+    seed_everything(train.seed)
+    model, tokenizer = load_classifier(cfg.model.name, task.labels, train.seed, cfg.model.dropout)
+    if cfg.options.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    say(describe_parameters(cfg.model.name, model))
+    data = encode_task(tokenizer, task, cfg.model.max_length)
 
-    return fit(cfg, run_dir, resume, adapt, save_pretrained)
-
-
-def fit(cfg: RunConfig, run_dir: Path, resume: bool, adapt: Adapt, save_final: SaveFinal) -> dict:
-    t = start_classifier_run(cfg, run_dir, resume, adapt)
+    t = start_training(
+        cfg, run_dir, resume, model, tokenizer, data.lengths, task_manifest(task), select_metric=train.metric
+    )
+    pad_id, device = tokenizer.pad_token_id, t.accelerator.device
+    t.evaluator = partial(
+        evaluate, t.model, data.eval_ids, data.eval_labels, data.n_labels, pad_id, train.eval_batch_size, device
+    )
     with StopSignal() as stop:
         while t.running():
             batch, started = next(t.batches), time.perf_counter()
-            loss = t.accumulate_gradients(batch)
+            micro_loss = partial(classification_loss, t.model, data, step_size=batch.size, pad_id=pad_id, device=device)
+            loss = t.accumulate(batch, micro_loss)
             t.optimizer_step(batch)
             t.optimizer.zero_grad(set_to_none=True)
             t.end_step(loss, started, stop)
-    return t.finish(save_final)
+    return t.finish(save_pretrained, partial(summary, task))
 
 
 def save_pretrained(model, tokenizer, folder: Path) -> None:

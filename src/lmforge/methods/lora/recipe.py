@@ -1,27 +1,53 @@
-"""LoRA fine-tuning of a sequence classifier (Hu et al. 2022).
+"""LoRA fine-tuning of a sequence classifier (Hu et al. 2022, "LoRA: Low-Rank Adaptation of Large
+Language Models", equation 3: h = W0 x + (alpha / r) B A x, with A random and B zero at the start).
 
-The loop is full fine-tuning's (`methods/finetune/recipe.py`): LoRA only changes which weights
-train (adapters on `target_modules`, plus the fresh classifier head) and what is saved (a
-PEFT-format adapter folder in `final/`, loadable with `peft.PeftModel.from_pretrained`).
+Full fine-tuning's steps (methods/finetune/recipe.py), with LoRA's two changes at their place:
+adapters on `target_modules` (every other weight frozen, the fresh classifier head trained), and
+a PEFT-format adapter folder in `final/`, loadable with `peft.PeftModel.from_pretrained`.
 """
 
 from __future__ import annotations
 
+import time
+from functools import partial
 from pathlib import Path
 
 from lmforge.adapters.lora import inject_lora, load_adapter, save_adapter
 from lmforge.config import RunConfig
 from lmforge.core.console import say
-from lmforge.methods.finetune.recipe import fit
+from lmforge.core.loop import StopSignal, describe_parameters, seed_everything
+from lmforge.core.training_run import start_training
+from lmforge.data.classify import classification_loss, encode_task, evaluate, load_classification, summary
+from lmforge.data.files import task_manifest
 from lmforge.models.classifier import load_classifier
 
 
 def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
-    lora = cfg.options
+    lora, train = cfg.options, cfg.train
+    task = load_classification(cfg.data)
 
-    def adapt(model) -> None:
-        names = inject_lora(model, lora.target_modules, lora.r, lora.alpha, lora.dropout, lora.trainable_modules)
-        say(f"LoRA r={lora.r} alpha={lora.alpha:g} on {len(names)} layers ({', '.join(lora.target_modules)})")
+    seed_everything(train.seed)
+    model, tokenizer = load_classifier(cfg.model.name, task.labels, train.seed, cfg.model.dropout)
+    names = inject_lora(model, lora.target_modules, lora.r, lora.alpha, lora.dropout, lora.trainable_modules)
+    say(f"LoRA r={lora.r} alpha={lora.alpha:g} on {len(names)} layers ({', '.join(lora.target_modules)})")
+    say(describe_parameters(cfg.model.name, model))
+    data = encode_task(tokenizer, task, cfg.model.max_length)
+
+    t = start_training(
+        cfg, run_dir, resume, model, tokenizer, data.lengths, task_manifest(task), select_metric=train.metric
+    )
+    pad_id, device = tokenizer.pad_token_id, t.accelerator.device
+    t.evaluator = partial(
+        evaluate, t.model, data.eval_ids, data.eval_labels, data.n_labels, pad_id, train.eval_batch_size, device
+    )
+    with StopSignal() as stop:
+        while t.running():
+            batch, started = next(t.batches), time.perf_counter()
+            micro_loss = partial(classification_loss, t.model, data, step_size=batch.size, pad_id=pad_id, device=device)
+            loss = t.accumulate(batch, micro_loss)
+            t.optimizer_step(batch)
+            t.optimizer.zero_grad(set_to_none=True)
+            t.end_step(loss, started, stop)
 
     def save(model, tokenizer, folder: Path) -> None:
         save_adapter(
@@ -36,7 +62,7 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         )
         tokenizer.save_pretrained(folder)
 
-    return fit(cfg, run_dir, resume, adapt, save)
+    return t.finish(save, partial(summary, task))
 
 
 def load_trained(run_dir: Path, cfg: RunConfig, labels: list[str]):
