@@ -9,6 +9,10 @@ import pytest
 import torch
 from conftest import run_cli, start_cli, wait_for_checkpoint
 
+# Every test here runs the CLI in a fresh process (seconds each, more on a loaded machine):
+# `make test` runs them, `make test-fast` leaves them out.
+pytestmark = pytest.mark.slow
+
 RUN = [
     "adalora/minilm_trec6",
     "model.name=tiny-bert",

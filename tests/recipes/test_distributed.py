@@ -8,6 +8,10 @@ import sys
 import pytest
 from conftest import ROOT, run_cli
 
+# Every test here runs the CLI in a fresh process (seconds each, more on a loaded machine):
+# `make test` runs them, `make test-fast` leaves them out.
+pytestmark = pytest.mark.slow
+
 COMMON = [
     "finetune/minilm_sst2",
     "model.name=tiny-bert",

@@ -4,6 +4,10 @@ import json
 
 import pytest
 
+# Every test here runs the CLI in a fresh process (seconds each, more on a loaded machine):
+# `make test` runs them, `make test-fast` leaves them out.
+pytestmark = pytest.mark.slow
+
 TINY = ["model.name=tiny-bert", "train.max_steps=4", "train.batch_size=8", "data.max_train_examples=40"]
 
 

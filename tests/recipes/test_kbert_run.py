@@ -45,6 +45,7 @@ def no_match_graph(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 def test_wordnet_run_writes_a_classifier_run_and_eval_predict_refuse_it(cli, tmp_path):
     run_dir = tmp_path / "run"
     result = cli("run", "kbert/minilm_sst2", *FAST, "--run-dir", str(run_dir))
@@ -69,6 +70,7 @@ def test_wordnet_run_writes_a_classifier_run_and_eval_predict_refuse_it(cli, tmp
         assert len(lines) == 1 and "kbert run" in lines[0] and "plain token ids" in lines[0]
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 def test_trec50_recipe_runs(cli, tmp_path):
     run_dir = tmp_path / "run"
     # TREC-50's dev labels must all occur in training: the whole training split, two steps.
@@ -79,6 +81,7 @@ def test_trec50_recipe_runs(cli, tmp_path):
     assert len(final["labels"]) > 6 and final["eval_data"] == "trec50:dev"
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 def test_graph_that_matches_nothing_equals_plain_fine_tuning(cli, tmp_path, no_match_graph):
     kbert_dir, plain_dir = tmp_path / "kbert", tmp_path / "plain"
     result = cli("run", "kbert/minilm_sst2", *FAST, f"kbert.graph={no_match_graph}", "--run-dir", str(kbert_dir))
@@ -96,6 +99,7 @@ def test_graph_that_matches_nothing_equals_plain_fine_tuning(cli, tmp_path, no_m
         assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], abs=1e-5)
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 def test_bad_graph_path_is_one_line_exit_2_and_nothing_written(cli, tmp_path):
     run_dir, missing = tmp_path / "run", tmp_path / "missing.tsv"
     result = cli("run", "kbert/minilm_sst2", *FAST, f"kbert.graph={missing}", "--run-dir", str(run_dir))
@@ -122,6 +126,7 @@ def test_ablation_switches_change_the_inputs():
     assert torch.equal(full["attention_mask"], hard["attention_mask"])
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 def test_a_run_with_both_ablations_records_them(cli, tmp_path):
     run_dir = tmp_path / "run"
     switches = ["kbert.visible_matrix=false", "kbert.soft_positions=false"]
@@ -150,6 +155,7 @@ def test_split_choices_and_a_malformed_question_is_refused():
         choice_texts(["(A) plants (B) mammals"], ["A", "B"], "q.jsonl")
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 def test_multiple_choice_scores_each_question_choice_tree_with_one_output(cli, tmp_path):
     import torch.nn.functional as F
 

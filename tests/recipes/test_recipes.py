@@ -47,6 +47,7 @@ OWN_RUN_TESTS = {"kbert"}
 RUNNABLE = [(n, p) for n, p in RECIPES if n.split("/")[0] not in CHAINED | CAUSAL | OWN_RUN_TESTS]
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 @pytest.mark.parametrize("name, path", RUNNABLE, ids=[n for n, _ in RUNNABLE])
 def test_recipe_runs_on_tiny_bert(cli, tmp_path, name, path):
     run_dir = tmp_path / "run"

@@ -12,6 +12,10 @@ from conftest import run_cli, start_cli, wait_for_checkpoint
 
 from lmforge.core.checkpoint import list_checkpoints
 
+# Every test here runs the CLI in a fresh process (seconds each, more on a loaded machine):
+# `make test` runs them, `make test-fast` leaves them out.
+pytestmark = pytest.mark.slow
+
 RUN = [
     "finetune/minilm_sst2",
     "model.name=tiny-bert",

@@ -63,6 +63,7 @@ def lora_run(tmp_path_factory):
     return run_dir, result
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 def test_gsm8k_recipe_trains_lora_and_writes_the_run_folder(lora_run):
     run_dir, result = lora_run
     assert "loss" in result.stdout and "perplexity" in result.stdout and str(run_dir / "report.html") in result.stdout
@@ -82,11 +83,13 @@ def test_gsm8k_recipe_trains_lora_and_writes_the_run_folder(lora_run):
     assert not (run_dir / "final" / "MODIFICATIONS.txt").exists()  # tiny-gpt2 is not Gemma: no notices
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 def test_a_finished_lora_run_reloads_merged_and_scores_what_it_scored_in_memory(lora_run):
     run_dir, _ = lora_run
     assert reloaded_loss(run_dir) == pytest.approx(final(run_dir)["metrics"]["loss"], abs=1e-5)
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 @pytest.mark.parametrize(
     "command",
     [["eval", "--data", "sst2:dev"], ["predict", "a text"], ["explain-global", "--data", "sst2:dev"]],
@@ -99,6 +102,7 @@ def test_classifier_commands_refuse_a_causal_lm_run_in_one_line(lora_run, capsys
     assert f"lmforge eval-gen {run_dir} --task" in last
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 def test_explain_attributes_a_lora_runs_answer_to_its_prompt(lora_run, tmp_path, capsys):
     run_dir, _ = lora_run
     page = tmp_path / "page.html"
@@ -132,6 +136,7 @@ def test_a_run_from_a_gemma_derived_model_lists_its_modified_files(tmp_path):
         assert "LoRA adapter, data gsm8k:train" in lines[-1]
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 def test_resume_from_a_checkpoint_ends_exactly_like_the_uninterrupted_run(lora_run, tmp_path):
     run_dir, _ = lora_run
     stopped = tmp_path / "stopped"
@@ -150,6 +155,7 @@ def test_resume_from_a_checkpoint_ends_exactly_like_the_uninterrupted_run(lora_r
     assert (stopped / "report.html").is_file()
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 def test_mbpp_recipe_trains_every_weight_and_the_run_reloads(tmp_path):
     run_dir = tmp_path / "mbpp"
     result = run_cli(

@@ -9,6 +9,10 @@ import signal
 import pytest
 from conftest import run_cli, start_cli, wait_for_checkpoint
 
+# Every test here runs the CLI in a fresh process (seconds each, more on a loaded machine):
+# `make test` runs them, `make test-fast` leaves them out.
+pytestmark = pytest.mark.slow
+
 STUDENT = [
     "tinybert.student.layers=1",
     "tinybert.student.hidden=32",

@@ -50,6 +50,7 @@ def lines(path):
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 def test_every_stage_is_written_and_the_buffers_grow_as_algorithm_1_says(gsm8k_run):
     run_dir, result = gsm8k_run
     stages = run_dir / "stages"
@@ -76,6 +77,7 @@ def test_every_stage_is_written_and_the_buffers_grow_as_algorithm_1_says(gsm8k_r
     assert "<svg" in report and "Best-of-k" in report
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 def test_the_verifier_scores_are_its_likelihoods(gsm8k_run):
     run_dir, _ = gsm8k_run
     for row in lines(run_dir / "stages" / "scores-2.jsonl"):
@@ -89,6 +91,7 @@ def adapter_tensors(folder):
     return load_file(str(folder / "adapter_model.safetensors"))
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 def test_each_generator_is_trained_from_the_base_model_not_from_the_previous_generator(gsm8k_run):
     """Algorithm 1: G^t <- SFT(G_base, D_GEN). A random tiny GPT-2 answers no GSM8K problem, so D_GEN is the
     same in both rounds and G^2, trained from the base with G^1's seed and data, must be G^1 exactly; a G^2
@@ -115,6 +118,7 @@ def sequence_logprob(model, tokenizer, prompt: str, completion: str) -> float:
     return sum(logp[t - 1, ids[t]].item() for t in range(prompt_length, len(ids)))
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 def test_test_time_scores_are_the_verifiers_not_g_sft(gsm8k_run):
     """Every candidate's likelihood is log V(y|x) under stages/verifier (recomputed here token by token),
     and its implicit reward beta * (log V - log G_SFT): with the two models swapped or the score read
@@ -141,6 +145,7 @@ def test_test_time_scores_are_the_verifiers_not_g_sft(gsm8k_run):
     assert max(gaps) > 1e-2  # the verifier moved away from G_SFT: the check above tells them apart
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 def test_an_interrupted_run_resumes_without_sampling_again(gsm8k_run, tmp_path):
     run_dir, _ = gsm8k_run
     copy = tmp_path / "copy"
@@ -161,6 +166,7 @@ def test_an_interrupted_run_resumes_without_sampling_again(gsm8k_run, tmp_path):
     assert final(copy)["generators"] == final(run_dir)["generators"]  # seeded: the same samples and scores
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 def test_an_interrupted_sampling_stage_resumes_after_its_last_finished_chunk(gsm8k_run, tmp_path):
     run_dir, _ = gsm8k_run
     copy = tmp_path / "copy"
@@ -185,6 +191,7 @@ def test_an_interrupted_sampling_stage_resumes_after_its_last_finished_chunk(gsm
     assert timing["generated_tokens"] == 7 + sum(row["tokens"] for row in whole[len(first) :])
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 def test_the_openai_backend_samples_through_a_real_server_what_hf_samples_here(gsm8k_run, tmp_path):
     from lmforge.generation.generate import make_generator
     from lmforge.generation.serve import CompletionServer, start_in_thread
@@ -204,6 +211,7 @@ def test_the_openai_backend_samples_through_a_real_server_what_hf_samples_here(g
         assert lines(run_dir / "stages" / name) == lines(hf_run / "stages" / name)
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 def test_mbpp_runs_programs_in_the_sandbox_and_has_no_majority_vote(tmp_path):
     run_dir = tmp_path / "mbpp"
     one_round = [*TINY, "vstar.iterations=1", "data.max_train_examples=4"]
@@ -217,6 +225,7 @@ def test_mbpp_runs_programs_in_the_sandbox_and_has_no_majority_vote(tmp_path):
     assert "majority_vote" not in last and set(last["best_of_k"]["likelihood"]) == {"1", "2", "4"}
 
 
+@pytest.mark.slow  # runs the CLI in a fresh process, or needs a run made that way
 def test_rft_shape_samples_once_then_trains_the_last_generator_without_sampling_it(gsm8k_run, tmp_path):
     hf_run, _ = gsm8k_run
     run_dir = tmp_path / "rft"
