@@ -28,6 +28,7 @@ def read_samples(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # needs hf_run: `lmforge eval-gen` in a fresh process (seconds)
 def test_cli_writes_samples_metrics_and_a_summary(hf_run):
     result, out = hf_run
     assert result.returncode == 0, result.stderr
@@ -47,6 +48,7 @@ def test_cli_writes_samples_metrics_and_a_summary(hf_run):
     assert "generate" in result.stderr  # the progress bar
 
 
+@pytest.mark.slow  # needs hf_run: `lmforge eval-gen` in a fresh process (seconds)
 def test_openai_backend_gives_the_samples_of_the_hf_backend(hf_run, tiny_server, tmp_path, capsys):
     _, hf_out = hf_run
     out = tmp_path / "openai"

@@ -100,6 +100,7 @@ def test_chat_with_a_template_uses_it_without_a_second_bos():
     assert tok(prompt)["input_ids"].count(tok.bos_token_id) <= 1
 
 
+@pytest.mark.slow  # `lmforge serve` in a fresh process, loading a model (seconds)
 def test_serve_command_starts_and_answers(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "lmforge", "serve", "tiny-gpt2", "--port", "0", "--quiet"],

@@ -244,6 +244,7 @@ def fingerprint(batch):
     return hashlib.sha256(b"".join(batch[key].numpy().tobytes() for key in sorted(batch))).hexdigest()
 
 
+@pytest.mark.slow  # fresh Python processes, each loading the tokenizer and a graph (seconds)
 def test_construction_is_identical_across_runs_and_processes(tokenizer):
     # The hash seed changes set iteration order; a construction that read a set in its order would differ.
     # ConceptNet (dog: 37 candidate branches) runs the same code as WordNet at a fraction of the start-up.
