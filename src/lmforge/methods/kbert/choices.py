@@ -4,8 +4,8 @@ A question with C choices is C sentence trees, one per "question choice" text, e
 knowledge; the classifier has a single output, read as the score of that choice, and the C scores of
 a question are its class logits, so the cross-entropy and the metrics are those of a C-way classifier
 (labels = the choices' letters). This is how BERT-family encoders are fine-tuned on multiple-choice
-tasks (Devlin et al., NAACL 2019, SWAG, section 4.4); `recipe.KbertRun` reads an example as its
-`n_choices` consecutive trees. A single sequence holding a question and all its
+tasks (Devlin et al., NAACL 2019, SWAG, section 4.4); `recipe.TreeExamples` reads an example as
+its `n_choices` consecutive trees. A single sequence holding a question and all its
 choices leaves a small encoder at chance (OpenBookQA, benchmarks/kbert/RESULTS.md).
 
 An example's text is "question (A) first choice (B) second choice ...", the form of the builtin `obqa`

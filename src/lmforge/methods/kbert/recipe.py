@@ -1,16 +1,17 @@
-"""K-BERT fine-tuning: setup -> train -> evaluate -> save, on sentence trees instead of plain token ids.
+"""K-BERT fine-tuning on sentence trees (Liu et al., AAAI 2020, "K-BERT: Enabling Language Representation
+with Knowledge Graph").
 
-K-BERT (Liu et al., AAAI 2020, "K-BERT: Enabling Language Representation with Knowledge Graph") fine-tunes
-every weight of a BERT-family classifier, unchanged, on inputs built by its knowledge, embedding and
-seeing layers (tree.py): the tokens of the sentence tree, their soft positions and the visible matrix as
-an additive attention mask. The paper needs no new weights: a graph that matches nothing gives exactly
-the plain model's inputs.
+K-BERT fine-tunes every weight of a BERT-family classifier, unchanged, on inputs built by its knowledge,
+embedding and seeing layers (tree.py): the tokens of the sentence tree, their soft positions and the
+visible matrix as an additive attention mask. The paper needs no new weights: a graph that matches
+nothing gives exactly the plain model's inputs.
 
-The loop is the shared classifier loop (`ClassifierRun`, core/classifier_run.py) with two methods
-replaced by `KbertRun`: a micro-batch and an evaluation batch are collated from sentence trees, which
-are built once, up front, for the training and evaluation texts. Everything else (data order by tree
-length, accumulation, schedule, early stopping, checkpoints, final.json, report) is the shared code, and
-the metrics are data/classify.py's: accuracy, macro-F1, loss and the confusion matrix.
+The recipe reads top to bottom: load the graph, load the data, load the model, build the sentence trees
+(once, up front, for the training and evaluation texts), start training, the loop, finish. Its own pieces
+are plain functions below: a micro-batch's loss and an evaluation collate sentence trees instead of token
+ids (`tree_loss`, `predict_logits`); the metrics are data/classify.py's: accuracy, macro-F1, loss and the
+confusion matrix. Every refusal of the options (a missing or malformed graph file, a multiple-choice text
+without its choices) comes before the model is loaded.
 
 `final/` is the fine-tuned classifier (save_pretrained), its tokenizer and `kbert.json` (the graph and
 the options the inputs were built with). `lmforge eval` and `predict` feed plain token ids, so they
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +32,12 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.config import RunConfig
-from lmforge.core.classifier_run import ClassifierRun, start_classifier_run
 from lmforge.core.console import say
-from lmforge.core.loop import OptimizerBatch, StopSignal
+from lmforge.core.loop import StopSignal, describe_parameters, seed_everything
 from lmforge.core.metrics import classification_metrics
-from lmforge.data.classify import loss_sum
-from lmforge.data.files import Task
+from lmforge.core.training_run import start_training
+from lmforge.data.classify import load_classification, loss_sum, summary
+from lmforge.data.files import task_manifest
 from lmforge.errors import UserError
 from lmforge.methods.kbert.choices import SCORE_LABEL, choice_texts
 from lmforge.methods.kbert.graph import load_graph
@@ -70,76 +72,75 @@ class TreeInputs:
         )
 
 
-@dataclass(kw_only=True)
-class KbertRun(ClassifierRun):
-    """A ClassifierRun whose examples are sentence trees (`train_ids` / `eval_ids` hold their flattened ids).
+@dataclass
+class TreeExamples:
+    """Training and evaluation examples as sentence trees, with label indices into the task's labels.
 
-    Multiple choice (choices.py): an example is `n_choices` consecutive trees, each with one output, and
-    its logits are those outputs, (n_choices,); otherwise one tree with one output per label."""
+    An example is `n_choices` consecutive trees: multiple choice (choices.py) gives each question-choice
+    tree one output and reads an example's logits as those outputs, (n_choices,); otherwise one tree
+    with one output per label."""
 
     train_trees: list[SentenceTree]
+    train_labels: list[int]
     eval_trees: list[SentenceTree]
-    inputs: TreeInputs
-    n_choices: int = 1
+    eval_labels: list[int]
+    n_choices: int
 
-    def accumulate_gradients(self, batch: OptimizerBatch) -> float:
-        """Forward and backward over the step's micro-batches (mean cross-entropy over the step); the loss."""
-        device, c = self.accelerator.device, self.n_choices
+    def train_example(self, j: int) -> list[SentenceTree]:
+        c = self.n_choices
+        return self.train_trees[j * c : (j + 1) * c]
 
-        def micro_loss(micro: list[int]) -> dict[str, torch.Tensor]:
-            trees = [tree for j in micro for tree in self.train_trees[j * c : (j + 1) * c]]
-            logits = self.model(**self.inputs.collate(trees, device)).logits.view(len(micro), -1)  # (B, labels)
-            labels = torch.tensor([self.train_labels[j] for j in micro], device=device)
-            return {"loss": loss_sum(logits, labels) / batch.size}
-
-        return self.accumulate(batch, micro_loss)
-
-    def evaluate(self) -> dict:
-        batch_size = self.cfg.train.eval_batch_size * self.n_choices
-        logits = predict_logits(self.model, self.eval_trees, self.inputs, batch_size, self.accelerator.device)
-        return scores(logits.reshape(len(self.eval_labels), -1), self.eval_labels, len(self.task.labels))
+    @property
+    def lengths(self) -> list[int]:
+        """The training examples' token counts (an example's trees together): they order the batches."""
+        return [sum(len(tree.input_ids) for tree in self.train_example(j)) for j in range(len(self.train_labels))]
 
 
 def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
-    kb = cfg.options
-    graph = load_graph(kb.graph)  # a bad graph is refused here, before anything is written
+    kb, train = cfg.options, cfg.train
+    graph = load_graph(kb.graph)  # a missing or malformed graph is refused first, in one line
+    task = load_classification(cfg.data)
+    train_texts, eval_texts, n_choices = task.train.texts, task.eval.texts, 1
+    if kb.choices:  # a question's C choices are C texts; a question without them is refused here
+        train_texts = choice_texts(train_texts, task.labels, task.train.source)
+        eval_texts = choice_texts(eval_texts, task.labels, task.eval.source)
+        n_choices = len(task.labels)
 
-    def encode_trees(model, tokenizer, task: Task):
-        """Sentence trees for every text, built once; their flattened ids order the batches by length
-        (multiple choice: an example's C trees, and their ids joined)."""
-        inputs = tree_inputs(model, tokenizer, kb)
-        builder = SentenceTreeBuilder(tokenizer, graph, kb.max_entities, cfg.model.max_length, kb.lemmas)
-        train_texts, eval_texts, c = task.train.texts, task.eval.texts, 1
-        if kb.choices:
-            train_texts = choice_texts(train_texts, task.labels, task.train.source)
-            eval_texts = choice_texts(eval_texts, task.labels, task.eval.source)
-            c = len(task.labels)
-        train_trees, eval_trees = builder.trees(train_texts), builder.trees(eval_texts)
-        say(f"knowledge graph {graph.name}: {len(graph.triples):,} triples")
-        say(f"train: {tree_summary(train_trees)}")
-        say(f"eval: {tree_summary(eval_trees)}")
-        extra = {"train_trees": train_trees, "eval_trees": eval_trees, "inputs": inputs, "n_choices": c}
+    seed_everything(train.seed)
+    # every weight trains, as in the paper: nothing to adapt. Multiple choice: one output, the score of a
+    # question-choice tree (choices.py)
+    outputs = [SCORE_LABEL] if kb.choices else task.labels
+    model, tokenizer = load_classifier(cfg.model.name, outputs, train.seed, cfg.model.dropout)
+    say(describe_parameters(cfg.model.name, model))
+    inputs = tree_inputs(model, tokenizer, kb)
 
-        def ids(trees: list[SentenceTree]) -> list[list[int]]:
-            return [sum((tree.input_ids for tree in trees[i : i + c]), []) for i in range(0, len(trees), c)]
+    builder = SentenceTreeBuilder(tokenizer, graph, kb.max_entities, cfg.model.max_length, kb.lemmas)
+    index = {label: i for i, label in enumerate(task.labels)}
+    data = TreeExamples(
+        builder.trees(train_texts),
+        [index[x] for x in task.train.labels],
+        builder.trees(eval_texts),
+        [index[x] for x in task.eval.labels],
+        n_choices,
+    )
+    say(f"knowledge graph {graph.name}: {len(graph.triples):,} triples")
+    say(f"train: {tree_summary(data.train_trees)}")
+    say(f"eval: {tree_summary(data.eval_trees)}")
 
-        return ids(train_trees), ids(eval_trees), extra
+    t = start_training(
+        cfg, run_dir, resume, model, tokenizer, data.lengths, task_manifest(task), select_metric=train.metric
+    )
+    device, n_labels = t.accelerator.device, len(task.labels)
 
-    build_model = None
-    if kb.choices:  # one output: the score of a question-choice tree (choices.py)
+    def evaluate() -> dict:
+        logits = predict_logits(t.model, data.eval_trees, inputs, train.eval_batch_size * n_choices, device)
+        return scores(logits.reshape(len(data.eval_labels), -1), data.eval_labels, n_labels)
 
-        def build_model(labels: list[str], seed: int):
-            return load_classifier(cfg.model.name, [SCORE_LABEL], seed, cfg.model.dropout)
-
-    # every weight trains, as in the paper: nothing to adapt
-    t = start_classifier_run(
-        cfg, run_dir, resume, lambda model: None, build_model=build_model, encode_examples=encode_trees,
-        run_class=KbertRun,
-    )  # fmt: skip
+    t.evaluator = evaluate
     with StopSignal() as stop:
         while t.running():
             batch, started = next(t.batches), time.perf_counter()
-            loss = t.accumulate_gradients(batch)
+            loss = t.accumulate(batch, partial(tree_loss, t.model, data, inputs, step_size=batch.size, device=device))
             t.optimizer_step(batch)
             t.optimizer.zero_grad(set_to_none=True)
             t.end_step(loss, started, stop)
@@ -154,9 +155,9 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         "soft_positions": kb.soft_positions,
         "choices": kb.choices,
         "max_length": cfg.model.max_length,
-        "position_offset": t.inputs.position_offset,
-        "train_trees": tree_counts(t.train_trees),
-        "eval_trees": tree_counts(t.eval_trees),
+        "position_offset": inputs.position_offset,
+        "train_trees": tree_counts(data.train_trees),
+        "eval_trees": tree_counts(data.eval_trees),
     }
 
     def save(model, tokenizer, folder: Path) -> None:
@@ -164,7 +165,18 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         tokenizer.save_pretrained(folder)
         (folder / OPTIONS_FILE).write_text(json.dumps(options, indent=1) + "\n")
 
-    return t.finish(save)
+    return t.finish(save, partial(summary, task))
+
+
+def tree_loss(
+    model, data: TreeExamples, inputs: TreeInputs, micro: list[int], step_size: int, device
+) -> dict[str, torch.Tensor]:
+    """{"loss": the micro-batch's summed cross-entropy / the examples of the whole step}, its examples
+    collated from their sentence trees; summed over the step's micro-batches it is the step's mean."""
+    trees = [tree for j in micro for tree in data.train_example(j)]
+    logits = model(**inputs.collate(trees, device)).logits.view(len(micro), -1)  # (B, labels)
+    labels = torch.tensor([data.train_labels[j] for j in micro], device=device)
+    return {"loss": loss_sum(logits, labels) / step_size}
 
 
 def tree_inputs(model, tokenizer, kb) -> TreeInputs:
