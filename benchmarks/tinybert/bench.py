@@ -21,10 +21,13 @@
                 run per rate at seed --tune-seed; SST-2 dev is only reported, never used to choose.
                 Then each row runs at its rate over --seeds on the full training set.
 
-Stages are reused when run again (an interrupted benchmark picks up where it stopped), but only
-when made with the same settings: each stage's exact command, resolved config and inputs (the
-stages and data files it reads) are recorded in `WORK/<stage>.stage.json`; a stage whose run
-folder differs from what this command asks is refused with the differing settings named.
+Each stage is a child run in WORK (core/stages.py, `child_run`): a finished one is reused, an
+interrupted one resumed, a fresh one started, so an interrupted benchmark picks up where it stopped.
+A stage is reused only when made with the same settings: its exact command, resolved config and
+inputs (the stages and data files it reads) are recorded in `WORK/<stage>.stage.json`; a stage whose
+run folder differs from what this command asks is refused with the differing settings named. The
+check is stricter than core/stages.py's `finished_stage`: a run folder with no record is refused,
+not reused, and the settings compared are those of the run's own config.yaml, read by the code of now.
 
 --set KEY=VALUE overrides every stage's config (keys of another method's section are dropped);
 --set STAGE:KEY=VALUE only that stage's, STAGE one of teacher, general, student.
@@ -212,6 +215,8 @@ class Stages:
         self.records: dict[str, dict] = {}
 
     def run(self, name: str, recipe: str, overrides: list[str], inputs: dict[str, Path]) -> dict:
+        from lmforge.core.stages import FINISHED, child_run
+
         run_dir, record_path = self.work / name, self.work / f"{name}.stage.json"
         last = {item.partition("=")[0]: i for i, item in enumerate(overrides)}
         overrides = [item for i, item in enumerate(overrides) if last[item.partition("=")[0]] == i]  # last wins
@@ -225,12 +230,12 @@ class Stages:
             record = {"stage": name, "command": command, "inputs": used, "commit": git_commit(), "settings": asked}
             record_path.parent.mkdir(parents=True, exist_ok=True)
             record_path.write_text(json.dumps(record, indent=1) + "\n")
-        if not (run_dir / "final.json").is_file():
-            resuming = (run_dir / "config.yaml").is_file()
+        child = child_run(self.work, name)  # FRESH, INTERRUPTED (resume it) or FINISHED (reuse it)
+        if child.state != FINISHED:
             argv = (
-                [sys.executable, "-m", *command]
-                if not resuming
-                else [sys.executable, "-m", "lmforge", "run", recipe, "--resume", "--run-dir", str(run_dir)]
+                [sys.executable, "-m", "lmforge", "run", recipe, "--resume", "--run-dir", str(run_dir)]
+                if child.resume
+                else [sys.executable, "-m", *command]
             )
             print(f"running {name}: {' '.join(command)}", flush=True)
             started = time.perf_counter()

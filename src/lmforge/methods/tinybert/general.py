@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 
 from lmforge.config import RunConfig
 from lmforge.core import checkpoint as ckpt
-from lmforge.core.classifier_run import open_run
 from lmforge.core.console import say
 from lmforge.core.loop import (
     StopSignal,
@@ -37,9 +36,10 @@ from lmforge.core.loop import (
     trainable_state,
 )
 from lmforge.core.report import write_report
+from lmforge.core.training_run import open_run
 from lmforge.data.classify import collate, encode
 from lmforge.data.corpus import load_corpus
-from lmforge.data.files import Examples, Task
+from lmforge.data.files import Examples, manifest_entry
 from lmforge.errors import Interrupted, UserError
 from lmforge.methods.tinybert.attention import AttentionScores
 from lmforge.methods.tinybert.losses import intermediate_losses, layer_map_for
@@ -64,11 +64,11 @@ def run_general(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
     if train.early_stopping_patience:
         raise UserError("train.early_stopping_patience: not available in the general stage (no labels)")
     train_texts, held_texts = split_corpus(load_corpus(tb.corpus), tb.held_out)
-    corpus = Task(  # the run folder's manifest records the passages like a task's data
-        Examples(train_texts, [""] * len(train_texts), tb.corpus),
-        Examples(held_texts, [""] * len(held_texts), f"{tb.corpus} (held out)"),
-        [],
-    )
+    held_source = f"{tb.corpus} (held out)"
+    manifest = {  # manifest.json records the passages as a run's training and evaluation data (no labels)
+        "train": manifest_entry(Examples(train_texts, [""] * len(train_texts), tb.corpus)),
+        "eval": manifest_entry(Examples(held_texts, [""] * len(held_texts), held_source)),
+    }
     say(f"{tb.corpus}: {len(train_texts):,} passages for training, {len(held_texts):,} held out")
     teacher, tokenizer = load_encoder(tb.teacher or cfg.model.name)
     teacher.requires_grad_(False).eval()
@@ -84,7 +84,7 @@ def run_general(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
     n_steps, per_epoch = total_steps(len(train_ids), train), steps_per_epoch(len(train_ids), train)
     scheduler = build_scheduler(optimizer, n_steps, train.warmup_ratio)
     accelerator = make_accelerator(train)
-    run, state, _ = open_run(run_dir, cfg, corpus, resume, student, optimizer, scheduler)
+    run, state, _ = open_run(run_dir, cfg, manifest, resume, student, optimizer, scheduler)
     student, optimizer = accelerator.prepare(student, optimizer)
     teacher.to(accelerator.device)
     pad = tokenizer.pad_token_id
@@ -175,7 +175,7 @@ def run_general(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         {
             "metrics": {"held_out_loss": final_loss},
             "labels": [],
-            "eval_data": corpus.eval.source,
+            "eval_data": held_source,
             "n_examples": len(held_ids),
             "steps": state.step,
             "train_seconds": round(state.train_seconds, 3),
