@@ -107,42 +107,54 @@ def final_adapter_parameters(final: Path) -> int | None:
 
 
 def run_peft_adalora(cfg, run_dir: Path) -> dict:
-    """peft's AdaLoRA in lmforge's loop: `get_peft_model` adapts the model in place, and the loop calls
-    `update_and_allocate` after `optimizer.step()`, before `zero_grad`, as peft's docs ask."""
+    """peft's AdaLoRA in lmforge's loop (the steps of methods/adalora/recipe.py, peft's adapter in place of
+    lmforge's): `get_peft_model` adapts the model in place, and the loop calls `update_and_allocate` after
+    `optimizer.step()`, before `zero_grad`, as peft's docs ask."""
+    from functools import partial
+
     import torch
     from peft import AdaLoraConfig, get_peft_model
 
-    from lmforge.core.classifier_run import start_classifier_run
-    from lmforge.core.loop import StopSignal, total_steps
-    from lmforge.data.files import load_task
+    from lmforge.core.console import say
+    from lmforge.core.loop import StopSignal, describe_parameters, seed_everything, total_steps
+    from lmforge.core.training_run import start_training
+    from lmforge.data.classify import classification_loss, encode_task, evaluate, load_classification, summary
+    from lmforge.data.files import task_manifest
+    from lmforge.models.classifier import load_classifier
 
-    ada = cfg.options
-    holder = {}
+    ada, train = cfg.options, cfg.train
+    task = load_classification(cfg.data)
+    n_steps = total_steps(len(task.train), train)  # peft needs the total step count when the adapter is built
 
-    def adapt(model) -> None:
-        peft_config = AdaLoraConfig(
-            task_type="SEQ_CLS",
-            init_r=ada.init_r,
-            target_r=ada.target_r,
-            tinit=ada.tinit,
-            tfinal=ada.tfinal,
-            deltaT=ada.deltaT,
-            beta1=ada.beta1,
-            beta2=ada.beta2,
-            orth_reg_weight=ada.orth_reg_weight,
-            total_step=holder["steps"],
-            lora_alpha=ada.lora_alpha,
-            lora_dropout=ada.lora_dropout,
-            target_modules=list(ada.target_modules),
-        )
-        holder["peft"] = get_peft_model(model, peft_config)  # replaces layers of `model` in place
+    seed_everything(train.seed)
+    model, tokenizer = load_classifier(cfg.model.name, task.labels, train.seed, cfg.model.dropout)
+    peft_config = AdaLoraConfig(
+        task_type="SEQ_CLS",
+        init_r=ada.init_r,
+        target_r=ada.target_r,
+        tinit=ada.tinit,
+        tfinal=ada.tfinal,
+        deltaT=ada.deltaT,
+        beta1=ada.beta1,
+        beta2=ada.beta2,
+        orth_reg_weight=ada.orth_reg_weight,
+        total_step=n_steps,
+        lora_alpha=ada.lora_alpha,
+        lora_dropout=ada.lora_dropout,
+        target_modules=list(ada.target_modules),
+    )
+    peft_model = get_peft_model(model, peft_config)  # replaces layers of `model` in place
+    say(describe_parameters(cfg.model.name, model))
+    data = encode_task(tokenizer, task, cfg.model.max_length)
 
-    # peft needs the total step count when the adapter is built, before lmforge's run counts it
-    d = cfg.data
-    task = load_task(d.train, d.eval, d.text_column, d.label_column, d.max_train_examples, d.max_eval_examples)
-    holder["steps"] = total_steps(len(task.train), cfg.train)
-    t = start_classifier_run(cfg, run_dir, False, adapt)
-    tuner = holder["peft"].base_model
+    t = start_training(
+        cfg, run_dir, False, model, tokenizer, data.lengths, task_manifest(task), select_metric=train.metric
+    )
+    pad_id, device = tokenizer.pad_token_id, t.accelerator.device
+    t.evaluator = partial(
+        evaluate, t.model, data.eval_ids, data.eval_labels, data.n_labels, pad_id, train.eval_batch_size, device
+    )
+    tuner = peft_model.base_model
     weight = ada.orth_reg_weight
 
     def regularizer():  # peft's AdaLoraModel.forward adds this when the model computes its own loss
@@ -156,12 +168,13 @@ def run_peft_adalora(cfg, run_dir: Path) -> dict:
     with StopSignal() as stop:
         while t.running():
             batch, started = next(t.batches), time.perf_counter()
-            loss = t.accumulate_gradients(batch, regularizer)
+            micro_loss = partial(classification_loss, t.model, data, step_size=batch.size, pad_id=pad_id, device=device)
+            loss = t.accumulate(batch, micro_loss, regularizer)
             t.optimizer_step(batch)
             tuner.update_and_allocate(t.state.step)
             t.optimizer.zero_grad(set_to_none=True)
             t.end_step(loss, started, stop)
-    return t.finish(lambda model, tokenizer, folder: holder["peft"].save_pretrained(folder))
+    return t.finish(lambda model, tokenizer, folder: peft_model.save_pretrained(folder), partial(summary, task))
 
 
 def job(spec: dict) -> None:

@@ -1,14 +1,27 @@
-"""The methods lmforge knows: name -> options class, recipe function, loader of a finished run.
+"""The methods lmforge knows: name -> kind, options class, recipe function, loader of a finished run.
 
-An explicit list, kept in sync with `methods/` and the CLI by a test.
+An explicit list, kept in sync with `methods/` and the CLI by a test. A method's `kind` says what a
+finished run's final/ holds, and so which commands take it:
+
+- classifier       a sequence classifier on plain token ids: eval, predict, export, explain, probe
+- tree_classifier  a classifier on its method's own inputs (K-BERT's sentence trees): its evaluation is
+                   in final.json; eval / predict / explain, which feed plain token ids, refuse it
+- causal_lm        a causal LM: eval-gen, serve, explain with prompts
+- seq2seq          an encoder-decoder (AST-T5)
+- encoder          an encoder without a task head (PMLM)
+- agent            no trained weights (Introspective Tips)
+
+A recipe is `run(cfg, run_dir, resume) -> RunResult`; a loader `load_trained(run_dir, cfg) -> (model,
+tokenizer)` reads what it needs (a classifier's labels) from the run folder.
 """
 
 from __future__ import annotations
 
-import json
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 from lmforge.config import RunConfig, apply_overrides, build_config, read_yaml
 from lmforge.errors import UserError
@@ -20,23 +33,30 @@ from lmforge.methods.sft import config as sft_config
 from lmforge.methods.tinybert import config as tinybert_config
 from lmforge.methods.vstar import config as vstar_config
 
+Kind = Literal["classifier", "tree_classifier", "causal_lm", "seq2seq", "encoder", "agent"]
+KINDS: tuple[str, ...] = get_args(Kind)
+
 
 @dataclass(frozen=True)
 class Method:
     name: str
+    kind: Kind  # what a finished run's final/ holds (module docstring)
     summary: str
     paper: str
     options: type
     recipe: str  # "module:function", imported on use so that `lmforge list` stays fast
-    loader: str  # (run_dir, cfg, labels) -> (model, tokenizer) of a finished run
+    loader: str  # (run_dir, cfg) -> (model, tokenizer) of a finished run
     report: str | None = None  # run_dir -> [(title, html)]: the method's own sections of report.html
-    produces: str = "classifier"  # or "causal_lm": what a finished run's final/ holds
-    plain_inputs: bool = True  # False: the classifier reads its method's own inputs (K-BERT's sentence trees)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"method {self.name}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
 
 
 METHODS = {
     "finetune": Method(
         "finetune",
+        "classifier",
         "full fine-tuning of every weight",
         "Devlin et al. 2019 (BERT)",
         finetune_config.FinetuneConfig,
@@ -45,6 +65,7 @@ METHODS = {
     ),
     "lora": Method(
         "lora",
+        "classifier",
         "low-rank adapters on frozen weights, PEFT format",
         "Hu et al. 2022 (LoRA)",
         lora_config.LoraConfig,
@@ -53,6 +74,7 @@ METHODS = {
     ),
     "adalora": Method(
         "adalora",
+        "classifier",
         "adaptive rank budget over SVD-form adapters, PEFT AdaLoRA format",
         "Zhang et al. 2023 (AdaLoRA)",
         adalora_config.AdaloraConfig,
@@ -62,6 +84,7 @@ METHODS = {
     ),
     "tinybert": Method(
         "tinybert",
+        "classifier",
         "transformer distillation into a small student: general, then task-specific with augmentation",
         "Jiao et al. 2020 (TinyBERT)",
         tinybert_config.TinybertConfig,
@@ -71,31 +94,31 @@ METHODS = {
     ),
     "kbert": Method(
         "kbert",
+        "tree_classifier",
         "full fine-tuning on sentence trees: knowledge-graph triples, soft positions, visible matrix",
         "Liu et al. 2020 (K-BERT)",
         kbert_config.KbertConfig,
         "lmforge.methods.kbert.recipe:run",
         "lmforge.methods.kbert.recipe:load_trained",
-        plain_inputs=False,
     ),
     "sft": Method(
         "sft",
+        "causal_lm",
         "supervised fine-tuning of a causal LM on (prompt, completion) pairs, full or LoRA",
         "Ouyang et al. 2022 (SFT stage); Hu et al. 2022 (LoRA)",
         sft_config.SftConfig,
         "lmforge.methods.sft.recipe:run",
         "lmforge.methods.sft.recipe:load_trained",
         "lmforge.methods.sft.report:report_sections",
-        produces="causal_lm",
     ),
     "vstar": Method(
         "vstar",
+        "causal_lm",
         "self-improvement: generators on their own correct solutions, a DPO verifier on correct vs incorrect",
         "Hosseini et al. 2024 (V-STaR)",
         vstar_config.VstarConfig,
         "lmforge.methods.vstar.recipe:run",
         "lmforge.methods.vstar.recipe:load_trained",
-        produces="causal_lm",
     ),
 }
 
@@ -126,34 +149,44 @@ def quiet_libraries() -> None:
 
 def load_finished_run(run_dir: Path, classifier_command: str | None = None):
     """(config, labels, model, tokenizer) of a run that has written final/; the model in eval mode,
-    on the GPU when there is one. With `classifier_command` (the CLI command that needs a classifier),
-    a causal-LM run is refused with a pointer to the commands that take one, and so is a run whose
-    classifier reads other inputs than plain token ids (K-BERT)."""
+    on the GPU when there is one. With `classifier_command` (the CLI command that needs a classifier
+    on plain token ids), a run of another kind is refused with a pointer to what takes it."""
+    from lmforge.models.classifier import saved_labels
+
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir}: not a run folder (no config.yaml)")
     if not (run_dir / "final").is_dir() or not (run_dir / "final.json").is_file():
         raise UserError(f"{run_dir}: the run has not finished (no final/); continue it with lmforge run --resume")
     cfg = load_run_config(run_dir / "config.yaml", [])
-    if classifier_command and METHODS[cfg.method].produces == "causal_lm":
+    method = METHODS[cfg.method]
+    if classifier_command and method.kind == "causal_lm":
         raise UserError(
             f"{run_dir}: a causal-LM run (method {cfg.method}), but lmforge {classifier_command} takes "
             f"classifier runs; score it with lmforge eval-gen {run_dir} --task gsm8k|mbpp|humaneval, "
             "or generate with lmforge serve"
         )
-    if classifier_command and not METHODS[cfg.method].plain_inputs:
+    if classifier_command and method.kind == "tree_classifier":
         raise UserError(
             f"{run_dir}: a {cfg.method} run, whose classifier reads its own inputs, but lmforge {classifier_command} "
             f"feeds plain token ids; its evaluation is in final.json (to score other data: rerun with data.eval=...)"
         )
-    labels = json.loads((run_dir / "final.json").read_text())["labels"]
+    if classifier_command and method.kind != "classifier":
+        raise UserError(
+            f"{run_dir}: a {cfg.method} run ({method.kind}), but lmforge {classifier_command} takes classifier runs"
+        )
+    labels = saved_labels(run_dir)
     if classifier_command and classifier_command != "probe" and not labels:  # probing reads hidden states only
         raise UserError(
             f"{run_dir}: a {cfg.method} run with no labels, whose final/ is an encoder without a classifier head "
             f"(TinyBERT's general distillation), but lmforge {classifier_command} needs a classifier run"
         )
     quiet_libraries()
-    model, tokenizer = resolve(METHODS[cfg.method].loader)(run_dir, cfg, labels)
+    loader = resolve(method.loader)
+    if len(inspect.signature(loader).parameters) == 3:  # TEMPORARY: kbert and tinybert until they drop `labels`
+        model, tokenizer = loader(run_dir, cfg, labels)
+    else:
+        model, tokenizer = loader(run_dir, cfg)
     import torch
 
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()

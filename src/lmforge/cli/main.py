@@ -22,6 +22,7 @@ from lmforge.cli.explain import add_all as add_explanation_commands
 from lmforge.cli.recipes import add_recipe_parser, find_recipe, first_comment, is_local, list_recipes
 from lmforge.cli.serve import add_serve_parser
 from lmforge.config import SECTIONS, cli_number, describe
+from lmforge.core.result import RunResult
 from lmforge.errors import Interrupted, UserError, cut, disk_full
 from lmforge.registry import (
     METHODS,
@@ -214,16 +215,13 @@ def cmd_run(args) -> int:
     cfg.recipe = f"{recipe.parent.name}/{recipe.stem}"
     run_dir = run_dir or _new_run_dir(label)
     quiet_libraries()
-    final = resolve(METHODS[cfg.method].recipe)(cfg, run_dir, args.resume)
+    result = resolve(METHODS[cfg.method].recipe)(cfg, run_dir, args.resume)
     if os.environ.get("RANK", "0") != "0":  # under `accelerate launch`, one process speaks
         return 0
-    if "accuracy" in final:
-        print(
-            f"{cfg.data.eval}: accuracy {final['accuracy']:.4f}, macro-F1 {final['macro_f1']:.4f}, "
-            f"loss {final['loss']:.4f}"
-        )
-    else:  # a run without labels (e.g. TinyBERT's general distillation) reports its own numbers
-        print(", ".join(f"{k} {v:.4f}" for k, v in final.items()))
+    if isinstance(result, RunResult):
+        print(result.line())
+    else:  # TEMPORARY: a recipe that still returns its final numbers as a dict (kbert, tinybert)
+        print(", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, (int, float))))
     print(f"report: {run_dir / 'report.html'}")
     return 0
 

@@ -54,8 +54,11 @@ from lmforge.core.loop import (
     update_early_stopping,
 )
 from lmforge.core.report import write_report
+from lmforge.core.result import RunResult
 from lmforge.core.rundir import RunDir, build_manifest
 from lmforge.errors import Interrupted, UserError, shown
+
+__all__ = ["RunResult", "TrainingRun", "open_run", "save_best", "scalar_metrics", "start_training"]
 
 SaveFinal = Callable[[torch.nn.Module, Any, Path], None]  # (model, tokenizer, folder)
 MicroLoss = Callable[[list[int]], dict[str, torch.Tensor]]  # example indices -> named losses (see `accumulate`)

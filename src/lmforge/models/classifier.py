@@ -134,6 +134,14 @@ def load_encoder(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedT
     return model, load_tokenizer(name)
 
 
+def saved_labels(run_dir: Path) -> list[str]:
+    """A finished run's labels, in its classifier head's order: final.json records them (empty for a
+    run whose final/ has no head)."""
+    import json
+
+    return json.loads((Path(run_dir) / "final.json").read_text())["labels"]
+
+
 def load_saved_classifier(folder: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A classifier written by `save_pretrained` (with its tokenizer) in `folder`."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

@@ -23,7 +23,7 @@ from lmforge.core.checkpoint import restore_extra
 from lmforge.core.console import say
 from lmforge.core.loop import StopSignal, describe_parameters, seed_everything, total_steps
 from lmforge.core.rundir import RunDir
-from lmforge.core.training_run import start_training
+from lmforge.core.training_run import RunResult, scalar_metrics, start_training
 from lmforge.data.classify import classification_loss, encode_task, evaluate, load_classification, summary
 from lmforge.data.files import task_manifest
 from lmforge.errors import UserError
@@ -31,10 +31,10 @@ from lmforge.methods.adalora.adapter import load_adalora, save_adalora
 from lmforge.methods.adalora.allocator import RankAllocator, check_schedule
 from lmforge.methods.adalora.layers import SVDLinear, orthogonal_penalty, svd_layers
 from lmforge.methods.adalora.report import ALLOCATION_FILE, report_sections
-from lmforge.models.classifier import load_classifier
+from lmforge.models.classifier import load_classifier, saved_labels
 
 
-def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
+def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
     ada, train = cfg.options, cfg.train
     task = load_classification(cfg.data)
     n_steps = total_steps(len(task.train), train)
@@ -104,7 +104,8 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         )
         say(f"final budget: {sum(ranks.values())} triplets over {len(ranks)} matrices")
 
-    return t.finish(save, partial(summary, task), report_sections)
+    final = t.finish(save, partial(summary, task), report_sections)
+    return RunResult(run_dir, scalar_metrics(final), ("accuracy", final["accuracy"]))
 
 
 def check_options(cfg: RunConfig, n_steps: int) -> None:
@@ -117,6 +118,6 @@ def check_options(cfg: RunConfig, n_steps: int) -> None:
     check_schedule(ada.tinit, ada.tfinal, ada.deltaT, n_steps)
 
 
-def load_trained(run_dir: Path, cfg: RunConfig, labels: list[str]):
-    model, tokenizer = load_classifier(cfg.model.name, labels, cfg.train.seed, cfg.model.dropout)
+def load_trained(run_dir: Path, cfg: RunConfig):
+    model, tokenizer = load_classifier(cfg.model.name, saved_labels(run_dir), cfg.train.seed, cfg.model.dropout)
     return load_adalora(model, run_dir / "final"), tokenizer

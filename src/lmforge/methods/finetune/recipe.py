@@ -15,13 +15,13 @@ from pathlib import Path
 from lmforge.config import RunConfig
 from lmforge.core.console import say
 from lmforge.core.loop import StopSignal, describe_parameters, seed_everything
-from lmforge.core.training_run import start_training
+from lmforge.core.training_run import RunResult, scalar_metrics, start_training
 from lmforge.data.classify import classification_loss, encode_task, evaluate, load_classification, summary
 from lmforge.data.files import task_manifest
 from lmforge.models.classifier import load_classifier, load_saved_classifier
 
 
-def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
+def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
     train = cfg.train
     task = load_classification(cfg.data)
 
@@ -47,7 +47,8 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
             t.optimizer_step(batch)
             t.optimizer.zero_grad(set_to_none=True)
             t.end_step(loss, started, stop)
-    return t.finish(save_pretrained, partial(summary, task))
+    final = t.finish(save_pretrained, partial(summary, task))
+    return RunResult(run_dir, scalar_metrics(final), ("accuracy", final["accuracy"]))
 
 
 def save_pretrained(model, tokenizer, folder: Path) -> None:
@@ -55,5 +56,5 @@ def save_pretrained(model, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def load_trained(run_dir: Path, cfg: RunConfig, labels: list[str]):
+def load_trained(run_dir: Path, cfg: RunConfig):
     return load_saved_classifier(run_dir / "final")

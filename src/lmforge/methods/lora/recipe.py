@@ -16,13 +16,13 @@ from lmforge.adapters.lora import inject_lora, load_adapter, save_adapter
 from lmforge.config import RunConfig
 from lmforge.core.console import say
 from lmforge.core.loop import StopSignal, describe_parameters, seed_everything
-from lmforge.core.training_run import start_training
+from lmforge.core.training_run import RunResult, scalar_metrics, start_training
 from lmforge.data.classify import classification_loss, encode_task, evaluate, load_classification, summary
 from lmforge.data.files import task_manifest
-from lmforge.models.classifier import load_classifier
+from lmforge.models.classifier import load_classifier, saved_labels
 
 
-def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
+def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
     lora, train = cfg.options, cfg.train
     task = load_classification(cfg.data)
 
@@ -62,9 +62,10 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         )
         tokenizer.save_pretrained(folder)
 
-    return t.finish(save, partial(summary, task))
+    final = t.finish(save, partial(summary, task))
+    return RunResult(run_dir, scalar_metrics(final), ("accuracy", final["accuracy"]))
 
 
-def load_trained(run_dir: Path, cfg: RunConfig, labels: list[str]):
-    model, tokenizer = load_classifier(cfg.model.name, labels, cfg.train.seed, cfg.model.dropout)
+def load_trained(run_dir: Path, cfg: RunConfig):
+    model, tokenizer = load_classifier(cfg.model.name, saved_labels(run_dir), cfg.train.seed, cfg.model.dropout)
     return load_adapter(model, run_dir / "final"), tokenizer

@@ -28,7 +28,7 @@ from lmforge.adapters.lora import inject_lora, save_adapter
 from lmforge.config import RunConfig
 from lmforge.core.console import say
 from lmforge.core.loop import StopSignal, count_parameters, seed_everything
-from lmforge.core.training_run import start_training
+from lmforge.core.training_run import RunResult, start_training
 from lmforge.data.files import manifest_entry
 from lmforge.data.pairs import Encoded, collate, encode_pairs, load_train_dev
 from lmforge.errors import UserError
@@ -40,7 +40,7 @@ from lmforge.models.lm_logits import logits_at
 NOTICES = ("GEMMA_TERMS.html", "NOTICE.md", "LICENSE-NOTICE.txt")  # license files of the base model, passed on
 
 
-def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
+def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
     sft, train = cfg.options, cfg.train
     check_options(cfg)
     train_pairs, dev_pairs = load_train_dev(cfg.data, sft)
@@ -118,7 +118,8 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         }
 
     final = t.finish(save, summary, report_sections)
-    return {"loss": final["loss"], "perplexity": final["perplexity"]}
+    metrics = {"loss": final["loss"], "perplexity": final["perplexity"]}
+    return RunResult(run_dir, metrics, ("perplexity", final["perplexity"]))
 
 
 def check_options(cfg: RunConfig) -> None:
@@ -181,5 +182,5 @@ def copy_notices(model_name: str, folder: Path, how: str) -> None:
     (folder / MODIFICATIONS_FILE).write_text(history + line, encoding="utf-8")
 
 
-def load_trained(run_dir: Path, cfg: RunConfig, labels: list[str]):
+def load_trained(run_dir: Path, cfg: RunConfig):
     return load_causal_lm(str(run_dir), seed=cfg.train.seed)

@@ -23,6 +23,7 @@ from pathlib import Path
 from lmforge.config import RunConfig
 from lmforge.core.console import say
 from lmforge.core.metrics import mean_pass_at_k
+from lmforge.core.result import RunResult
 from lmforge.core.rundir import RunDir, build_manifest, write_text_atomic
 from lmforge.core.stages import finished_stage, make_stage
 from lmforge.errors import UserError
@@ -44,7 +45,7 @@ from lmforge.methods.vstar.verifier import PreferencePair, score_candidates, tra
 from lmforge.tasks import TASKS, load_task
 
 
-def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
+def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
     v = cfg.options
     task, train_split, test_split = check_options(cfg)
     run = RunDir(run_dir)
@@ -101,10 +102,8 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         run.write_json("final.json", final)
         write_vstar_report(run.path, final)
     last = results[v.iterations]
-    return {
-        "pass@1": last["pass@k"]["1"],
-        f"best_of_{max(v.ks)}": last["best_of_k"][v.verifier.test_score][str(max(v.ks))],
-    }
+    best = (f"best_of_{max(v.ks)}", last["best_of_k"][v.verifier.test_score][str(max(v.ks))])
+    return RunResult(run_dir, {"pass@1": last["pass@k"]["1"], best[0]: best[1]}, best)
 
 
 def score_stage(path: Path, cfg, task, prompts, candidates, gsft: Path, verifier: Path, orm: Path | None) -> list[dict]:
@@ -198,7 +197,7 @@ def check_options(cfg: RunConfig):
     return task, task.train_split, test_split
 
 
-def load_trained(run_dir: Path, cfg: RunConfig, labels: list[str]):
+def load_trained(run_dir: Path, cfg: RunConfig):
     """The final generator G^T of a finished run (the verifier is stages/verifier/)."""
     from lmforge.models.causal_lm import load_causal_lm
 
