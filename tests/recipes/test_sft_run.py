@@ -112,6 +112,7 @@ def test_explain_attributes_a_lora_runs_answer_to_its_prompt(lora_run, tmp_path,
     assert result["answer"] == " 4" and page.is_file()
 
 
+@pytest.mark.slow  # two whole runs in process, saving and reloading a model (about 10 s)
 def test_a_run_from_a_gemma_derived_model_lists_its_modified_files(tmp_path):
     from lmforge.models.causal_lm import tiny_gpt2
     from lmforge.models.gguf import CONVERSION_NOTE
