@@ -15,8 +15,8 @@ without its choices) comes before the model is loaded.
 
 `final/` is the fine-tuned classifier (save_pretrained), its tokenizer and `kbert.json` (the graph and
 the options the inputs were built with). `lmforge eval` and `predict` feed plain token ids, so they
-refuse a K-BERT run (registry.py, `Method.plain_inputs`); `predict_logits` here scores texts with the
-run's own inputs.
+refuse a K-BERT run (registry.py: its kind is `tree_classifier`); `predict_logits` here scores texts
+with the run's own inputs.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from lmforge.config import RunConfig
 from lmforge.core.console import say
 from lmforge.core.loop import StopSignal, describe_parameters, seed_everything
 from lmforge.core.metrics import classification_metrics
-from lmforge.core.training_run import start_training
+from lmforge.core.training_run import RunResult, scalar_metrics, start_training
 from lmforge.data.classify import load_classification, loss_sum, summary
 from lmforge.data.files import task_manifest
 from lmforge.errors import UserError
@@ -96,7 +96,7 @@ class TreeExamples:
         return [sum(len(tree.input_ids) for tree in self.train_example(j)) for j in range(len(self.train_labels))]
 
 
-def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
+def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
     kb, train = cfg.options, cfg.train
     graph = load_graph(kb.graph)  # a missing or malformed graph is refused first, in one line
     task = load_classification(cfg.data)
@@ -165,7 +165,8 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         tokenizer.save_pretrained(folder)
         (folder / OPTIONS_FILE).write_text(json.dumps(options, indent=1) + "\n")
 
-    return t.finish(save, partial(summary, task))
+    final = t.finish(save, partial(summary, task))
+    return RunResult(run_dir, scalar_metrics(final), ("accuracy", final["accuracy"]))
 
 
 def tree_loss(
@@ -234,7 +235,7 @@ def tree_summary(trees: list[SentenceTree]) -> str:
     )
 
 
-def load_trained(run_dir: Path, cfg: RunConfig, labels: list[str]):
+def load_trained(run_dir: Path, cfg: RunConfig):
     """(model, tokenizer) of a finished run: the classifier itself, which expects sentence-tree inputs
     (`kbert.json` in final/ holds how they are built)."""
     return load_saved_classifier(run_dir / "final")

@@ -36,7 +36,7 @@ from lmforge.core.loop import (
     trainable_state,
 )
 from lmforge.core.report import write_report
-from lmforge.core.training_run import open_run
+from lmforge.core.training_run import RunResult, open_run
 from lmforge.data.classify import collate, encode
 from lmforge.data.corpus import load_corpus
 from lmforge.data.files import Examples, manifest_entry
@@ -59,7 +59,7 @@ def split_corpus(passages: list[str], held_out: int) -> tuple[list[str], list[st
     return [p for i, p in enumerate(passages) if i not in kept], [passages[i] for i in sorted(kept)]
 
 
-def run_general(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
+def run_general(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
     tb, train = cfg.options, cfg.train
     if train.early_stopping_patience:
         raise UserError("train.early_stopping_patience: not available in the general stage (no labels)")
@@ -185,4 +185,4 @@ def run_general(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
     )
     write_report(run.path, report_sections(run.path))
     say(f"general distillation: held-out loss {final_loss:.4f}; student in {run.final}")
-    return {"held_out_loss": final_loss}
+    return RunResult(run_dir, {"held_out_loss": final_loss}, ("held_out_loss", final_loss))

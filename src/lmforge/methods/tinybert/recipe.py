@@ -37,7 +37,7 @@ from lmforge.config import RunConfig
 from lmforge.core.console import say
 from lmforge.core.loop import StopSignal, count_parameters, describe_parameters, seed_everything, total_steps
 from lmforge.core.rundir import RunDir
-from lmforge.core.training_run import start_training
+from lmforge.core.training_run import RunResult, scalar_metrics, start_training
 from lmforge.data.classify import (
     EncodedTask,
     collate,
@@ -59,7 +59,7 @@ from lmforge.models.classifier import load_saved_classifier
 AUGMENT_SEED = 2020  # the augmented data is the same for every student seed, and cached once
 
 
-def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
+def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the projections and the teacher live outside DDP's forward
         raise UserError("tinybert runs in one process (one GPU or the CPU); launch it without accelerate launch")
     if cfg.options.stage == "general":
@@ -69,7 +69,7 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
     return run_task(cfg, run_dir, resume)
 
 
-def run_task(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
+def run_task(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
     from lmforge.registry import load_finished_run
 
     tb, train = cfg.options, cfg.train
@@ -172,7 +172,8 @@ def run_task(cfg: RunConfig, run_dir: Path, resume: bool) -> dict:
         RunDir(run_dir).write_json(SUMMARY_FILE, agreed)
         say(f"teacher-student agreement on {task.eval.source}: {agreed['agreement']:.4f}")
 
-    return t.finish(save, partial(summary, task), report_sections)
+    final = t.finish(save, partial(summary, task), report_sections)
+    return RunResult(run_dir, scalar_metrics(final), ("accuracy", final["accuracy"]))
 
 
 def phase_steps(total: int, intermediate_share: float) -> list[int]:
@@ -219,5 +220,5 @@ def agreement(teacher, student: Student, data: EncodedTask, pad_id: int, batch_s
     }
 
 
-def load_trained(run_dir: Path, cfg: RunConfig, labels: list[str]):
+def load_trained(run_dir: Path, cfg: RunConfig):
     return load_saved_classifier(run_dir / "final")
