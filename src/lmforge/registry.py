@@ -17,7 +17,6 @@ tokenizer)` reads what it needs (a classifier's labels) from the run folder.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,11 +181,7 @@ def load_finished_run(run_dir: Path, classifier_command: str | None = None):
             f"(TinyBERT's general distillation), but lmforge {classifier_command} needs a classifier run"
         )
     quiet_libraries()
-    loader = resolve(method.loader)
-    if len(inspect.signature(loader).parameters) == 3:  # TEMPORARY: kbert and tinybert until they drop `labels`
-        model, tokenizer = loader(run_dir, cfg, labels)
-    else:
-        model, tokenizer = loader(run_dir, cfg)
+    model, tokenizer = resolve(method.loader)(run_dir, cfg)
     import torch
 
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()

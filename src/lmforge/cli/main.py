@@ -22,7 +22,6 @@ from lmforge.cli.explain import add_all as add_explanation_commands
 from lmforge.cli.recipes import add_recipe_parser, find_recipe, first_comment, is_local, list_recipes
 from lmforge.cli.serve import add_serve_parser
 from lmforge.config import SECTIONS, cli_number, describe
-from lmforge.core.result import RunResult
 from lmforge.errors import Interrupted, UserError, cut, disk_full
 from lmforge.registry import (
     METHODS,
@@ -218,10 +217,7 @@ def cmd_run(args) -> int:
     result = resolve(METHODS[cfg.method].recipe)(cfg, run_dir, args.resume)
     if os.environ.get("RANK", "0") != "0":  # under `accelerate launch`, one process speaks
         return 0
-    if isinstance(result, RunResult):
-        print(result.line())
-    else:  # TEMPORARY: a recipe that still returns its final numbers as a dict (kbert, tinybert)
-        print(", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, (int, float))))
+    print(result.line())
     print(f"report: {run_dir / 'report.html'}")
     return 0
 
