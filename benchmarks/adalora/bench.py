@@ -21,9 +21,13 @@ test split is shipped for TREC-6 or SST-2) is never used to choose anything.
 Stages:
   sweep    every arm x every rate of its grid, seed 1: train on fit, score on validation
   quality  seeds 2, 3, 4 at each arm's best rate: train on fit, report on dev
-  timing   seconds per optimizer step, one run at a time, arms rotated over rounds (GPU profile)
-Each run's result JSON stores the settings that made it; a rerun reuses a result only when its settings
-are identical, and stops with one line naming the run otherwise.
+  timing   seconds per optimizer step, one run at a time (GPU profile): a warm-up round that is not
+           counted, then --rounds (at least 3) rounds with the arms interleaved, median and spread per arm
+           (benchmarks/timing.py). It measures afresh on every run; --reuse reads the stored rows instead and
+           says which, with their date and commit. A row timed with the 1-minute load average above
+           --max-load is not written.
+A sweep or quality run's result JSON stores the settings that made it; a rerun reuses a result only when its
+settings are identical, and stops with one line naming the run otherwise.
 
 Profiles:
   cpu      TREC-6; sweep at ONE epoch (the AdaLoRA schedule scaled to it), quality at three epochs;
@@ -52,9 +56,13 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # benchmarks/: the shared timing rules
+import timing  # noqa: E402
+
 WORK = HERE / "runs" / "equal_tuning"  # the carved data, one result JSON (committed) and log per run
 RUNS = Path(os.environ.get("TMPDIR", "/tmp")) / "lmforge-adalora-bench"  # run folders, removed after each run
 TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
@@ -212,6 +220,7 @@ def job(spec: dict) -> None:
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         "peft": version,
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     allocation = run_dir / "adalora.json"
     if allocation.is_file():
@@ -367,6 +376,101 @@ def stage_record(settings: dict) -> dict:
     return {**benchmark_provenance(), "settings": settings}
 
 
+# ---- the timing stage: measured afresh unless --reuse (benchmarks/timing.py) -------------------------
+
+
+def timing_specs(round_index: int, size: int, data: dict, common: list[str]) -> dict[str, dict]:
+    """Every arm's timing run of one round (-1: the warm-up round, never counted or stored)."""
+    stage = "timing-warmup" if round_index < 0 else f"timing{round_index}"
+    extra = [*TIMING_SCHEDULE, *common]
+    # any rate of the grid: only the step time is read
+    return {row: spec(stage, row, "sst2", 1, grid(row, size)[1], data, "validation", extra) for row in ROWS}
+
+
+def stored_timing_rows(specs: list[dict], reuse: bool) -> list[dict] | None:
+    """The stored rows to reuse instead of measuring, or None to measure afresh. Without --reuse a stored
+    row is never read, so a rerun cannot print old figures as new; with it, every row must be stored with
+    the same settings (a missing one means measuring them all, so the arms stay interleaved)."""
+    if not reuse:
+        return None
+    stored = []
+    for s in specs:
+        out = Path(s["out"])
+        if not out.is_file():
+            print(f"--reuse: {out.name} is not stored; measuring every timing row afresh", flush=True)
+            return None
+        r = json.loads(out.read_text())
+        if r.get("settings") != s["settings"]:
+            sys.exit(f"bench.py: {out} was made with other settings; move it away or pass another --work")
+        stored.append(r)
+    return stored
+
+
+def run_job(s: dict) -> dict:
+    """One run in a fresh process; its result, or exit with one line naming its log."""
+    out = Path(s["out"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    log = out.with_suffix(".log")
+    with open(log, "w") as f:
+        code = subprocess.run(
+            [sys.executable, __file__, "--job", json.dumps(s)], stdout=f, stderr=subprocess.STDOUT
+        ).returncode
+    if code != 0 or not out.is_file():
+        sys.exit(f"bench.py: timing run {s['id']} failed (exit {code}): see {log}")
+    return json.loads(out.read_text())
+
+
+def measure_timing(specs: dict[int, dict[str, dict]], rounds: int, max_load: float) -> list[dict]:
+    """A warm-up round, then `rounds` interleaved rounds, each run to a scratch file; a row is stored in
+    --work only when the 1-minute load stayed at or below `max_load`, else one line says it was refused."""
+    results: dict[tuple[str, int], dict] = {}
+
+    def arm(row: str):
+        calls = iter(range(-1, rounds))  # time_rounds calls each arm once per round, the warm-up first
+
+        def call() -> float:
+            r = next(calls)
+            s = {**specs[r][row], "out": str(RUNS / f"{specs[r][row]['id']}.json")}
+            results[row, r] = run_job(s)
+            print(f"{s['id']:<48} {results[row, r]['s_per_step'] * 1000:7.1f} ms/step", flush=True)
+            return results[row, r]["s_per_step"]  # the job's own clock: leaves out process start-up
+
+        return call
+
+    measured = timing.time_rounds({row: arm(row) for row in ROWS}, rounds)
+    print("timing order:", " ".join(measured.order()), flush=True)
+    written = []
+    for m in measured.rows:
+        s = specs[m.round][m.arm]
+        refusal = timing.load_refusal(s["id"], m.load_start, m.load_end, max_load)
+        if refusal:
+            print(refusal, flush=True)
+            continue
+        row = {**results[m.arm, m.round], "out": s["out"], "load_1min": {"start": m.load_start, "end": m.load_end}}
+        Path(s["out"]).write_text(json.dumps(row, indent=1))
+        written.append(row)
+    for r in specs.values():  # the scratch results and logs, warm-up included
+        for s in r.values():
+            for suffix in (".json", ".log"):
+                (RUNS / f"{s['id']}{suffix}").unlink(missing_ok=True)
+    return written
+
+
+def timing_summary(rows: list[dict]) -> dict:
+    """Median and spread of seconds per step per arm, in ROWS order."""
+    seconds = {row: [r["s_per_step"] for r in rows if r["row"] == row] for row in ROWS}
+    for row, values in seconds.items():
+        if 0 < len(values) < timing.MIN_ROUNDS:
+            print(f"timing: {row} has {len(values)} row(s) after refusals, fewer than {timing.MIN_ROUNDS}", flush=True)
+    return timing.summarize(seconds)
+
+
+def budget_pairs() -> list[tuple[str, str]]:
+    """lmforge AdaLoRA against LoRA and peft's AdaLoRA at the same budget."""
+    return [(f"adalora_{b}", f"{other}_{b}") for b in ("r2", "r8") for other in ("lora", "peft_adalora")]
+
+
 def run_profile(args) -> dict:
     profile = PROFILES[args.profile]
     model = args.model or profile.get("model")
@@ -382,31 +486,32 @@ def run_profile(args) -> dict:
     result["data"] = data
     result["reported_split"] = {d: f"{d}:dev (no test split is shipped for {d})" for d in datasets}
 
-    if profile["timing"] and "timing" in args.stages:  # one job at a time, arms rotated over rounds
-        specs = []
-        for r in range(args.rounds):
-            order = list(ROWS)[r % len(ROWS) :] + list(ROWS)[: r % len(ROWS)]
-            lr = {row: grid(row, size)[1] for row in ROWS}  # any rate: only the step time is read
-            specs += [
-                spec(
-                    f"timing{r}",
-                    row,
-                    "sst2",
-                    1,
-                    lr[row],
-                    data.get("sst2") or data[datasets[0]],
-                    "validation",
-                    [*TIMING_SCHEDULE, *common],
-                )
-                for row in order
-            ]
-        timing = summarize(launch(specs, 1))
+    if profile["timing"] and "timing" in args.stages:
+        timing_data = data.get("sst2") or data[datasets[0]]
+        specs = {r: timing_specs(r, size, timing_data, common) for r in range(-1, args.rounds)}  # -1: warm-up
+        measured = [s for r in range(args.rounds) for s in specs[r].values()]
+        rows = stored_timing_rows(measured, args.reuse)
+        reused = [r["id"] for r in rows or []]
+        if rows is not None:
+            print(timing.reused_line(rows), flush=True)
+        else:
+            rows = measure_timing(specs, args.rounds, args.max_load)
         result["stages"]["timing"] = stage_record(
-            {"schedule": TIMING_SCHEDULE, "common": common, "rounds": args.rounds}
+            {
+                "schedule": TIMING_SCHEDULE,
+                "common": common,
+                "rounds": args.rounds,
+                "warmup_rounds": 1,
+                "max_load": args.max_load,
+                "reused": reused,
+            }
         )
-        result["timing"] = timing
-        result["step_time_ratios"] = versus(timing, "s_per_step_median", lambda ours, theirs: ours / theirs)
-        print_table("timing (80 steps, one run at a time)", timing)
+        result["timing"] = timing_summary(rows)
+        result["step_time_ratios"] = timing.median_ratios(result["timing"], budget_pairs())
+        print("\ntiming: seconds per optimizer step (80 steps, one run at a time; median, spread)")
+        print("\n".join(timing.format_summary(result["timing"], unit=1e-3, unit_name="ms/step")))
+        for k, v in result["step_time_ratios"].items():
+            print(f"step time {k}: {v:.3f}")
 
     sweep_extra = [*profile["sweep"], *common]
     specs = [
@@ -463,7 +568,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="jobs run in parallel (sweep and quality only)")
     parser.add_argument("--datasets", nargs="+", choices=["trec6", "sst2"], help="default: the profile's")
     parser.add_argument("--seeds", nargs="+", type=int, help="quality seeds (default 2 3 4)")
-    parser.add_argument("--rounds", type=int, default=2, help="timing rounds")
+    parser.add_argument("--rounds", type=int, default=timing.MIN_ROUNDS, help="measured timing rounds (at least 3)")
+    parser.add_argument("--reuse", action="store_true", help="timing: reuse the stored rows instead of measuring")
+    parser.add_argument(
+        "--max-load",
+        type=float,
+        default=timing.default_max_load(),
+        help="timing: refuse a row timed with the 1-minute load average above this (default: the CPU count)",
+    )
     parser.add_argument(
         "--stages", nargs="+", choices=["timing", "sweep", "quality"], default=["timing", "sweep", "quality"]
     )
@@ -474,6 +586,8 @@ def main() -> None:
     if args.job:
         job(json.loads(args.job))
         return
+    if args.rounds < timing.MIN_ROUNDS:
+        parser.error(f"--rounds {args.rounds}: at least {timing.MIN_ROUNDS} measured rounds")
     WORK = args.work
     WORK.mkdir(parents=True, exist_ok=True)
     started = time.time()
