@@ -421,7 +421,9 @@ def run_job(s: dict) -> dict:
     return json.loads(out.read_text())
 
 
-def measure_timing(specs: dict[int, dict[str, dict]], rounds: int, max_load: float) -> list[dict]:
+def measure_timing(
+    specs: dict[int, dict[str, dict]], rounds: int, max_load: float, load=timing.load_average
+) -> list[dict]:
     """A warm-up round, then `rounds` interleaved rounds, each run to a scratch file; a row is stored in
     --work only when the 1-minute load stayed at or below `max_load`, else one line says it was refused."""
     results: dict[tuple[str, int], dict] = {}
@@ -438,7 +440,7 @@ def measure_timing(specs: dict[int, dict[str, dict]], rounds: int, max_load: flo
 
         return call
 
-    measured = timing.time_rounds({row: arm(row) for row in ROWS}, rounds)
+    measured = timing.time_rounds({row: arm(row) for row in ROWS}, rounds, load=load)
     print("timing order:", " ".join(measured.order()), flush=True)
     written = []
     for m in measured.rows:

@@ -134,3 +134,35 @@ def test_adalora_reuse_of_a_row_with_other_settings_stops(tmp_path):
         Path(s["out"]).write_text(json.dumps({"id": s["id"], "settings": {**s["settings"], "lr": 9.0}}))
     with pytest.raises(SystemExit, match="made with other settings"):
         adalora_bench.stored_timing_rows(specs, reuse=True)
+
+
+def test_adalora_timing_writes_quiet_rows_only(tmp_path, monkeypatch, capsys):
+    """measure_timing with each run's process replaced by its result: the warm-up round is not stored,
+    a row timed above --max-load is not written, the others are, with their loads."""
+    data = {"fit": {"path": "fit.jsonl", "sha256": "f"}, "validation": {"path": "v.jsonl", "sha256": "v"}}
+    monkeypatch.setattr(adalora_bench, "WORK", tmp_path / "work")
+    monkeypatch.setattr(adalora_bench, "RUNS", tmp_path / "scratch")
+    (tmp_path / "work").mkdir()  # main() makes --work before any stage runs
+    specs = {r: adalora_bench.timing_specs(r, 2, data, []) for r in range(-1, 3)}
+    ran = []
+
+    def run_job(s):  # the subprocess's part: one result per run
+        ran.append(s["id"])
+        return {**s, "s_per_step": 0.5 if s["stage"] == "timing-warmup" else 0.1, "date": "d", "commit": "c"}
+
+    monkeypatch.setattr(adalora_bench, "run_job", run_job)
+    n_arms = len(adalora_bench.ROWS)
+    # 2 readings per run; the first measured run (round 0, first arm) ends under load 9
+    readings = iter([0.1] * 2 * n_arms + [0.1, 9.0] + [0.1] * 2 * (3 * n_arms - 1))
+    written = adalora_bench.measure_timing(specs, 3, max_load=2.0, load=lambda: next(readings))
+
+    assert len(ran) == 4 * n_arms and all("warmup" in i for i in ran[:n_arms])
+    refused = specs[0]["lora_r2"]
+    assert f"{refused['id']}: not written" in capsys.readouterr().out
+    assert not Path(refused["out"]).exists()
+    assert len(written) == 3 * n_arms - 1 and all(r["s_per_step"] == 0.1 for r in written)
+    stored = sorted(p.name for p in (tmp_path / "work").iterdir())
+    assert len(stored) == 3 * n_arms - 1 and not any("warmup" in name for name in stored)
+    assert json.loads(Path(specs[1]["full"]["out"]).read_text())["load_1min"] == {"start": 0.1, "end": 0.1}
+    summary = adalora_bench.timing_summary(written)
+    assert summary["lora_r2"]["rounds"] == 2 and summary["full"]["rounds"] == 3
