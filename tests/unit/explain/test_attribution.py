@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from shortcut_task import LABELS, MARKER, shortcut_model, train_tiny_classifier  # noqa: F401 (a fixture)
+from shortcut_task import LABELS, MARKER, shortcut_model, train_smooth_model  # noqa: F401 (a fixture)
 
 from lmforge.errors import UserError
 from lmforge.explain.attribution import (
@@ -27,7 +27,7 @@ def explainer(shortcut_model):
 def smooth_explainer():
     """tiny-bert trained briefly on the shortcut task: p changes smoothly with the input, so gradients are
     not saturated (the shortcut model's are about 1e-8) and tests compare scores of ordinary size."""
-    model, tokenizer = train_tiny_classifier(512, epochs=1, lr=3e-3)
+    model, tokenizer = train_smooth_model()
     return Explainer(model, tokenizer, LABELS, batch_size=4)
 
 
@@ -80,7 +80,7 @@ def test_integrated_gradients_is_complete(smooth_explainer):
     trained briefly, so that p changes smoothly along the path (the shortcut model jumps from 0 to 1
     within a few percent of it, which no 50-step rule integrates)."""
     explainer = smooth_explainer
-    (a,) = explainer.explain(["a city of quiet charm and wit"], "ig")
+    (a,) = explainer.explain(["a city of quiet charm and wit"], "ig", ig_steps=50)
     baseline = [a.input_ids[0]] + [explainer.pad_id] * (len(a.input_ids) - 2) + [a.input_ids[-1]]
     gap = float(a.probabilities[a.target] - explainer.probabilities([baseline])[0, a.target])
     assert abs(gap) > 0.01
