@@ -124,17 +124,20 @@ def add_ig_options(p) -> None:
     )
     ig.add_argument(
         "--ig-tolerance",
+        metavar="ERROR",
         type=cli_number(float, min=0.0),
         help="relative completeness error at which a text stops refining (default: 0.05, the paper's 'within 5%%')",
     )
     ig.add_argument(
         "--ig-max-steps",
+        metavar="N",
         type=cli_number(int, min=8),
         help="most steps a text may use; refinement stops at the largest 8 x 2^k not above it (default: 256, "
         "inside the paper's 20-300)",
     )
     ig.add_argument(
         "--ig-steps",
+        metavar="N",
         type=AT_LEAST_ONE,
         help="fixed steps instead: N Gauss-Legendre steps for every text, Captum's IntegratedGradients exactly "
         "(the earlier behaviour at 50); for a causal LM the only IG option (default there: 50)",
