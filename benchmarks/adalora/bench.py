@@ -371,7 +371,7 @@ def print_table(title: str, summary: dict) -> None:
 
 
 def stage_record(settings: dict) -> dict:
-    from lmforge.core.rundir import benchmark_provenance
+    from records import benchmark_provenance
 
     return {**benchmark_provenance(), "settings": settings}
 
@@ -595,7 +595,7 @@ def main() -> None:
     started = time.time()
     result = run_profile(args)
     result["wall_minutes"] = round((time.time() - started) / 60, 1)
-    from lmforge.core.rundir import merge_benchmark_result
+    from records import merge_benchmark_result
 
     merge_benchmark_result(args.results, f"equal_tuning_{args.profile}", result)
 

@@ -36,9 +36,10 @@ import sys
 import time
 from pathlib import Path
 
-from lmforge.core.rundir import run_once
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # benchmarks/: the shared records and timing helpers
+from records import run_once  # noqa: E402
+
 ROOT = HERE.parents[1]
 MODEL = "gemma-3-270m"
 # (row, task, shots): base-model evaluations; the exemplar counts are the tasks' standard ones
@@ -53,7 +54,7 @@ SFT_RECIPES = {"gsm8k": "sft/gemma_gsm8k", "mbpp": "sft/gemma_mbpp"}
 
 
 def provenance() -> dict:
-    from lmforge.core.rundir import benchmark_provenance
+    from records import benchmark_provenance
 
     return benchmark_provenance()
 
@@ -263,7 +264,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=HERE / "work", help="runs and evaluations (reused)")
     parser.add_argument("--results", type=Path, default=HERE / "results.json")
     args = parser.parse_args()
-    from lmforge.core.rundir import merge_benchmark_result
+    from records import merge_benchmark_result
 
     for part in args.part:  # each part's result is stored as soon as it is done
         if part == "throughput":

@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # benchmarks/: the shared records and timing helpers
 ROOT = HERE.parents[1]
 WORK = HERE / "work"
 TEACHER = ROOT / "benchmarks" / "tinybert" / "work" / "teacher"
@@ -54,7 +55,7 @@ MARKER = "zebra"
 
 
 def provenance() -> dict:
-    from lmforge.core.rundir import benchmark_provenance
+    from records import benchmark_provenance
 
     return benchmark_provenance()
 
@@ -118,7 +119,8 @@ def agreement(run_dir: Path, limit: int) -> dict:
         baselines.append((ids, baseline))
 
     def lmforge_batched() -> list[np.ndarray]:
-        return [a.piece_scores for a in explainer.explain(texts, "ig")]
+        # fixed 50 steps, Captum's rule: this row checks agreement with Captum, not the adaptive default
+        return [a.piece_scores for a in explainer.explain(texts, "ig", ig_steps=50)]
 
     def captum_per_text() -> list[np.ndarray]:
         out = []
@@ -457,7 +459,7 @@ def main() -> None:
         result = probe_seeds()
     else:
         result = shortcut(args.epochs, top=15)
-    from lmforge.core.rundir import merge_benchmark_result
+    from records import merge_benchmark_result
 
     merge_benchmark_result(args.results, args.part, result)
 

@@ -39,6 +39,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # benchmarks/: the shared records and timing helpers
 ROOT = HERE.parents[1]
 RESULTS = HERE / "results.json"
 GRAPHS = ["wordnet", "conceptnet"]
@@ -70,7 +71,7 @@ SMOKE_TASK = {"sst2": ["data.max_train_examples=256"], "obqa": ["data.max_train_
 
 def lmforge_run(run_dir: Path, recipe: str, overrides: list[str]) -> dict:
     """`lmforge run RECIPE OVERRIDES --run-dir run_dir` unless it finished; an interrupted run is resumed."""
-    from lmforge.core.rundir import run_once
+    from records import run_once
 
     resuming = (run_dir / "config.yaml").is_file() and not (run_dir / "final.json").is_file()
     args = ["--resume"] if resuming else overrides
@@ -209,7 +210,7 @@ def print_tables(result: dict) -> None:
 
 
 def main() -> None:
-    from lmforge.core.rundir import benchmark_provenance, merge_benchmark_result
+    from records import benchmark_provenance, merge_benchmark_result
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])

@@ -25,11 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # benchmarks/: the shared records and timing helpers
 RESULTS = HERE / "results.json"
 TASK = "obqa"
 ROWS = ["no_graph/none", "kbert/wordnet", "no_visible/wordnet", "hard_positions/wordnet"]
@@ -120,7 +122,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main() -> None:
-    from lmforge.core.rundir import benchmark_provenance, merge_benchmark_result
+    from records import benchmark_provenance, merge_benchmark_result
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])

@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # benchmarks/: the shared records and timing helpers
 ROOT = HERE.parents[1]
 ROWS = {
     "tinybert": [],
@@ -59,7 +60,7 @@ ROWS = {
 
 
 def provenance() -> dict:
-    from lmforge.core.rundir import benchmark_provenance
+    from records import benchmark_provenance
 
     return benchmark_provenance()
 
@@ -437,7 +438,7 @@ def main() -> None:
     parser.add_argument("--model", default="minilm", help="speed: the teacher model (a name or a folder)")
     parser.add_argument("--results", type=Path, default=HERE / "results.json")
     args = parser.parse_args()
-    from lmforge.core.rundir import merge_benchmark_result
+    from records import merge_benchmark_result
 
     if args.part == "speed":
         merge_benchmark_result(args.results, "speed", speed(args.rounds, args.singles, args.model))

@@ -50,9 +50,10 @@ from pathlib import Path
 
 import yaml
 
-from lmforge.core.rundir import run_once
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # benchmarks/: the shared records and timing helpers
+from records import run_once  # noqa: E402
+
 ROOT = HERE.parents[1]
 # CPU sizes: a 270M model on two cores generates about 15 tokens/s in batches and trains about as fast
 PROFILES = {
@@ -359,7 +360,7 @@ def main() -> None:
     parser.add_argument("--no-charts", action="store_true", help="leave the Best-of-k charts as they are")
     parser.add_argument("--pair-table", type=int, metavar="CAP", help="print the runs' pair counts with CAP and none")
     args = parser.parse_args()
-    from lmforge.core.rundir import benchmark_provenance, merge_benchmark_result
+    from records import benchmark_provenance, merge_benchmark_result
 
     sets = [*PROFILES[args.profile], *args.set]
     work = args.work / args.profile
