@@ -55,7 +55,7 @@ from lmforge.core.loop import (
 )
 from lmforge.core.report import write_report
 from lmforge.core.result import RunResult
-from lmforge.core.rundir import RunDir, build_manifest
+from lmforge.core.rundir import RunDir, build_manifest, write_text_atomic
 from lmforge.errors import Interrupted, UserError, shown
 
 __all__ = ["RunResult", "TrainingRun", "open_run", "save_best", "scalar_metrics", "start_training"]
@@ -320,7 +320,7 @@ def open_run(
     if run.path.exists() and any(run.path.iterdir()):
         raise UserError(f"{run.path}: run folder already exists; add --resume to continue it or pick --run-dir")
     run.path.mkdir(parents=True, exist_ok=True)
-    run.config.write_text(cfg.to_yaml())
+    write_text_atomic(run.config, cfg.to_yaml())  # a crash never leaves a cut-short config.yaml
     run.write_json("manifest.json", {**build_manifest(cfg.train.seed, manifest_data), "recipe": cfg.recipe})
     return run, state, None
 
