@@ -54,3 +54,14 @@ def test_a_run_without_a_classifier_head_is_refused_by_the_commands_that_need_on
     assert main(["predict", str(run), "a fine film"]) == 2
     assert capsys.readouterr().err.startswith(f"lmforge: error: {run}: a tinybert run with no labels")
     load_finished_run(run, classifier_command="probe")
+
+
+def test_the_registry_loads_without_torch():
+    """`lmforge list` reads the registry: it must not pay torch's import (about a second) for that."""
+    import subprocess
+    import sys
+
+    code = "import sys, lmforge.registry; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
