@@ -261,9 +261,10 @@ def lime_variants(run_dir: Path, limit: int, samples: int) -> dict:
 
     import numpy as np
 
-    from lmforge.explain.attribution import mask_words, share_word_scores, text_seed, word_sums
+    from lmforge.explain.attribution import text_seed
     from lmforge.explain.faithfulness import faithfulness
     from lmforge.explain.lime import lime_distances, lime_kernel, lime_masks, weighted_ridge
+    from lmforge.explain.words import mask_words, share_word_scores, word_sums
 
     explainer = load_explainer(run_dir)
     texts = dev_texts(limit)

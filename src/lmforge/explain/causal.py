@@ -48,8 +48,9 @@ import torch
 from tqdm.auto import tqdm
 
 from lmforge.errors import UserError
-from lmforge.explain.attribution import require_captum, word_sums
+from lmforge.explain.attribution import require_captum
 from lmforge.explain.methods import CAUSAL_METHODS, REDUCTIONS
+from lmforge.explain.words import word_sums
 
 SPACE_MARKS = "Ġ▁ \t"  # a piece starting with one of these begins a word: GPT-2 byte-level, SentencePiece
 LINE_BREAKS = "Ċč\n\r"  # byte-level BPE writes \n as Ċ and \r as č; a line break also ends the word before it

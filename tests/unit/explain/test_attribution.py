@@ -9,11 +9,10 @@ from lmforge.explain.attribution import (
     SMOOTHGRAD_SAMPLES,
     Explainer,
     attention_rollout,
-    encode_text,
     text_seed,
-    word_sums,
 )
 from lmforge.explain.methods import METHODS, UNSIGNED_METHODS
+from lmforge.explain.words import encode_text, word_sums
 from lmforge.models.classifier import load_classifier, tiny_bert_tokenizer
 
 
