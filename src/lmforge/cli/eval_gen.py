@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from lmforge.errors import UserError
+from lmforge.models.precision import DTYPE_CHOICES
 
 # Sampling defaults when --n > 1: Chen et al. 2021 (section 2.1, figure 5) sampled with nucleus
 # top_p = 0.95, and found temperature 0.8 best for pass@100 (0.2 for pass@1); 0.8 also gives the
@@ -80,6 +81,12 @@ def add_eval_gen_parser(commands) -> None:
     p.add_argument("--seed", type=seed, default=0, help="seed of every sample's random generator (default: 0)")
     p.add_argument("--backend", default="hf", help="hf (local, default) or openai (an OpenAI-compatible server)")
     p.add_argument("--batch-size", type=positive, default=8, help="hf: sequences generated together (default: 8)")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="float32",
+        help="hf: the weights' type; auto = bfloat16 where this CPU has bfloat16 units (default: %(default)s)",
+    )
     p.add_argument("--base-url", help=f"openai: the server's API root (default: {DEFAULT_BASE_URL})")
     p.add_argument("--concurrency", type=int, default=8, help="openai: requests in flight (default: 8)")
     p.add_argument("--workers", type=int, default=2, help="code tasks: programs run at a time (default: 2)")
@@ -145,7 +152,7 @@ def cmd_eval_gen(args) -> int:
     problems = task.problems(split, limit=args.limit, **shots)
     if args.backend == "hf":
         check_model_folder(args.model)  # a damaged weights file named, not a safetensors traceback
-        generator = make_generator("hf", args.model, batch_size=args.batch_size)
+        generator = make_generator("hf", args.model, batch_size=args.batch_size, dtype=args.dtype)
     else:
         base_url = args.base_url or DEFAULT_BASE_URL
         generator = make_generator("openai", args.model, base_url=base_url, concurrency=args.concurrency)
@@ -178,6 +185,7 @@ def cmd_eval_gen(args) -> int:
             "limit": args.limit,
             **shots,
             "batch_size": args.batch_size if args.backend == "hf" else None,
+            "dtype": generator.dtype if args.backend == "hf" else None,
             "base_url": (args.base_url or DEFAULT_BASE_URL) if args.backend == "openai" else None,
             "concurrency": args.concurrency if args.backend == "openai" else None,
             "workers": args.workers if task.program_for is not None else None,

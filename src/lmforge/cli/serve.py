@@ -7,6 +7,7 @@ from pathlib import Path
 from lmforge.errors import UserError
 from lmforge.generation.serve import LOOPBACK, CompletionServer
 from lmforge.generation.serve_limits import add_limit_flags, limits_from_flags
+from lmforge.models.precision import DTYPE_CHOICES
 
 SERVE_DESCRIPTION = """\
 Serve a causal language model over HTTP with the OpenAI API, so that any OpenAI client, or
@@ -53,6 +54,12 @@ def add_serve_parser(commands) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0 picks a free one)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences generated together (default: %(default)s)")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="float32",
+        help="the weights' type; auto = bfloat16 where this CPU has bfloat16 units (default: %(default)s)",
+    )
     p.add_argument("--name", help="the model id clients see in /v1/models and answers (default: MODEL_OR_RUN_DIR)")
     p.add_argument("--quiet", action="store_true", help="do not log each request on stderr")
     add_limit_flags(p)
@@ -66,7 +73,7 @@ def cmd_serve(args) -> int:
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: expected 0 to 65535")
     limits = limits_from_flags(args)
-    generator = make_generator("hf", args.model, batch_size=args.batch_size)
+    generator = make_generator("hf", args.model, batch_size=args.batch_size, dtype=args.dtype)
     name = args.name or (Path(args.model).name if Path(args.model).is_dir() else args.model)
     try:
         server = CompletionServer((args.host, args.port), generator, name, quiet=args.quiet, limits=limits)

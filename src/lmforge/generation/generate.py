@@ -41,13 +41,16 @@ if TYPE_CHECKING:
 
 def make_generator(backend: str, model: str | Path, **kw) -> Generator:
     """A generator: `hf` loads `model` (a builtin name, a folder, a finished run) locally, with keyword
-    `batch_size` and `seed` (tiny-gpt2's weights); `openai` talks to the server at keyword `base_url`
+    `batch_size`, `seed` (tiny-gpt2's weights) and `dtype` (float32, bfloat16 or auto: see
+    models/precision.py); `openai` talks to the server at keyword `base_url`
     that serves `model`, with keywords `api_key`, `timeout`, `max_retries`, `concurrency`."""
     if backend == "hf":
         from lmforge.models.causal_lm import load_causal_lm
+        from lmforge.models.precision import resolve_dtype
 
         seed = kw.pop("seed", 0)
-        lm, tokenizer = load_causal_lm(str(model), seed=seed)
+        dtype = resolve_dtype(kw.pop("dtype", "float32"))
+        lm, tokenizer = load_causal_lm(str(model), seed=seed, dtype=dtype)
         return HFGenerator(lm, tokenizer, **kw)
     if backend == "openai":
         from lmforge.generation.openai_client import OpenAIGenerator
@@ -65,6 +68,7 @@ class HFGenerator:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.dtype = str(model.dtype).removeprefix("torch.")  # "float32", "bfloat16": what its weights hold
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         eos = model.generation_config.eos_token_id
@@ -180,11 +184,14 @@ class HFGenerator:
         return completions
 
     def _forward(self, input_ids, mask, positions, cache):
-        """Logits (B, V) of the last position, the new keys and values appended to `cache`; only the
-        last position goes through the output layer (a 262k-word vocabulary makes it the costliest)."""
+        """Logits (B, V) of the last position in the model's dtype, the new keys and values appended to
+        `cache`; only the last position goes through the output layer (a 262k-word vocabulary makes it
+        the costliest). Greedy takes the argmax of these as they are: widening bfloat16 to float32 is
+        exact, so it could not change the choice, and it would copy B x 262k floats a step; the
+        sampler widens them itself."""
         kwargs = {self.cache_keyword: cache, **({"logits_to_keep": 1} if self.keeps_last_logits else {})}
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
-        return out.logits[:, -1].float()
+        return out.logits[:, -1]
 
     def _has_stop(self, tokens: list[int], stop: Sequence[str]) -> bool:
         # The whole generated text each step: a stop string may span tokens; decoding a few hundred

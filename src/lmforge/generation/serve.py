@@ -118,7 +118,9 @@ class CompletionServer(ThreadingHTTPServer):
             with self.models_lock:
                 self.loaded.make_room(name)
             try:
-                generator = make_generator("hf", folder, batch_size=self.generator.batch_size)
+                generator = make_generator(
+                    "hf", folder, batch_size=self.generator.batch_size, dtype=self.generator.dtype
+                )
             except MemoryError:
                 raise busy(f"lora_path {path!r}: not enough memory to load it now") from None
             except UserError as e:

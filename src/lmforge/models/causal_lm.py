@@ -37,23 +37,29 @@ EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"
 
 
-def load_causal_lm(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A causal LM and its tokenizer (pad token set), in eval mode on the CPU.
+def load_causal_lm(name: str, seed: int = 0, dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM and its tokenizer (pad token set), in eval mode on the CPU, its weights in `dtype`
+    (`float32` or `bfloat16`, see models/precision.py).
 
     `seed` only matters for `tiny-gpt2`, whose weights are random: the same seed gives the same weights.
     """
-    import torch
     from transformers import AutoModelForCausalLM
 
+    from lmforge.models.precision import DTYPES, torch_dtype
+
+    if dtype not in DTYPES:
+        raise UserError(f"model {name!r}: dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     if name == TINY_GPT2:
-        return tiny_gpt2(seed)
+        model, tokenizer = tiny_gpt2(seed)
+        return model.to(torch_dtype(dtype)), tokenizer
     refuse_other_kinds(name)
     adapter = adapter_folder(name)
-    if adapter is not None:
-        return load_adapted_run(adapter)
+    if adapter is not None:  # merged in float32, then converted: the update is added before rounding
+        model, tokenizer = load_adapted_run(adapter)
+        return model.to(torch_dtype(dtype)), tokenizer
     path = causal_lm_path(name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype))
     except pickle.UnpicklingError:  # transformers reads pickled weights with torch.load(weights_only=True)
         raise UserError(
             f"model {name!r}: its pickled weights (pytorch_model.bin) hold more than tensors, which could run code "
