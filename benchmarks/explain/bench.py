@@ -1,12 +1,13 @@
 """Benchmark lmforge's explanations on the MiniLM SST-2 classifier (finetune/minilm_sst2).
 
---part agreement     integrated gradients: lmforge's batched path against Captum's
-                     LayerIntegratedGradients called directly, one text at a time, on the embedding layer
-                     (same baseline, steps, target): max absolute difference per piece, and throughput of
-                     the two, side by side in one process (texts per second, ratio)
---part faithfulness  every method plus random on the first --limit SST-2 dev sentences: ERASER
-                     comprehensiveness and sufficiency (AOPC, token deletion and [MASK] replacement),
-                     Kendall tau against leave-one-out occlusion, seconds per explanation
+--part agreement     integrated gradients on the same texts: Captum's IntegratedGradients called directly,
+                     one text at a time, at 50 steps and at each --captum-steps; lmforge's `ig` at 50 fixed
+                     steps and adaptive (--ig-tolerance, --ig-max-steps): texts per second (median and
+                     spread), mean and max completeness error, mean steps per text, ratios to Captum at 50
+                     steps and to the Captum arm of equal mean error, max absolute difference per piece
+--part faithfulness  every method plus random on the first --limit SST-2 dev sentences, IG at 50 fixed steps
+                     and adaptive: ERASER comprehensiveness and sufficiency (AOPC, token deletion and [MASK]
+                     replacement), Kendall tau against leave-one-out occlusion, seconds per explanation
 --part gradxinput    why input x gradient ranks no better than random in that table: the same
                      ERASER scores for its sign-flipped and absolute values, for x - x_pad instead of
                      x (one integrated-gradients step from the [PAD] baseline), and the gradient norm
@@ -25,10 +26,15 @@
                      corpus-level token importance (occlusion) of both models on the injected dev set, with the rank
                      of "zebra" among the positive label's words
 
+agreement and faithfulness time their arms by the rules of benchmarks/timing.py (timed_parts.py): a warm-up
+round apart, --rounds interleaved rounds, median and spread, the 1-minute load recorded and an arm timed
+above --max-load not written. They measure afresh unless given --reuse, which prints the stored result
+of the same settings with its date and commit instead.
+
 The classifier is --run-dir (default: the TinyBERT benchmark's teacher, the same recipe, when it
 exists; else one is trained into benchmarks/explain/work/classifier).
 
-  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/explain/bench.py --part agreement
+  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/explain/bench.py --part agreement --limit 64
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/explain/bench.py --part faithfulness --limit 200
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/explain/bench.py --part gradxinput --limit 200
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/explain/bench.py --part lime --limit 200
@@ -43,11 +49,13 @@ import json
 import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # benchmarks/: the shared records and timing helpers
+import timed_parts  # noqa: E402  (beside this file)
+import timing  # noqa: E402
+
 ROOT = HERE.parents[1]
 WORK = HERE / "work"
 TEACHER = ROOT / "benchmarks" / "tinybert" / "work" / "teacher"
@@ -57,7 +65,8 @@ MARKER = "zebra"
 def provenance() -> dict:
     from records import benchmark_provenance
 
-    return benchmark_provenance()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {**benchmark_provenance(), "commit": commit or None}
 
 
 def lmforge_run(run_dir: Path, *args: str) -> dict:
@@ -92,104 +101,6 @@ def dev_texts(limit: int) -> list[str]:
     from lmforge.data.files import load_examples
 
     return load_examples("sst2:dev").texts[:limit]
-
-
-# ---- agreement with Captum and throughput ---------------------------------------------------------
-
-
-def agreement(run_dir: Path, limit: int) -> dict:
-    import numpy as np
-    import torch
-    from captum.attr import LayerIntegratedGradients
-
-    explainer = load_explainer(run_dir)
-    model = explainer.model
-    texts = dev_texts(limit)
-
-    def probabilities(ids):
-        return torch.softmax(model(input_ids=ids).logits.float(), dim=-1)
-
-    direct = LayerIntegratedGradients(probabilities, model.get_input_embeddings())
-
-    baselines = []  # (1, T) per text: [CLS] and [SEP] kept, every other piece [PAD], as lmforge's ig
-    for text in texts:
-        ids = torch.tensor([explainer.tokenizer(text, truncation=True, max_length=explainer.max_length)["input_ids"]])
-        baseline = torch.full_like(ids, explainer.pad_id)
-        baseline[0, 0], baseline[0, -1] = ids[0, 0], ids[0, -1]
-        baselines.append((ids, baseline))
-
-    def lmforge_batched() -> list[np.ndarray]:
-        # fixed 50 steps, Captum's rule: this row checks agreement with Captum, not the adaptive default
-        return [a.piece_scores for a in explainer.explain(texts, "ig", ig_steps=50)]
-
-    def captum_per_text() -> list[np.ndarray]:
-        out = []
-        for (ids, baseline), target in zip(baselines, targets):
-            raw = direct.attribute(ids, baselines=baseline, target=target, n_steps=50, internal_batch_size=50)
-            scores = raw.sum(-1)[0].detach().numpy()
-            scores[[0, -1]] = 0.0
-            out.append(scores)
-        return out
-
-    targets = [a.target for a in explainer.explain(texts, "random")]  # the predicted labels
-    runs = {"lmforge_batched": lmforge_batched, "captum_per_text": captum_per_text}
-    timings: dict[str, list[float]] = {name: [] for name in runs}
-    scores = {}
-    for round_ in range(2):  # alternate the order; the first round also warms up
-        for name in list(runs)[:: 1 if round_ == 0 else -1]:
-            start = time.perf_counter()
-            scores[name] = runs[name]()
-            timings[name].append(time.perf_counter() - start)
-    ours, theirs = scores["lmforge_batched"], scores["captum_per_text"]
-    differences = [float(np.abs(a - b).max()) for a, b in zip(ours, theirs)]
-    scale = max(float(np.abs(a).max()) for a in ours)
-    best = {name: min(values) for name, values in timings.items()}
-    result = {
-        **provenance(),
-        "run_dir": str(run_dir),
-        "texts": len(texts),
-        "max_abs_difference": max(differences),
-        "largest_score": scale,
-        "seconds": best,
-        "texts_per_second": {name: len(texts) / s for name, s in best.items()},
-        "speedup_batched_over_per_text": best["captum_per_text"] / best["lmforge_batched"],
-    }
-    print(
-        f"IG on {len(texts)} SST-2 dev texts: max |lmforge - Captum| = {result['max_abs_difference']:.2e} "
-        f"(largest score {scale:.3f}); {result['texts_per_second']['lmforge_batched']:.2f} vs "
-        f"{result['texts_per_second']['captum_per_text']:.2f} texts/s: "
-        f"{result['speedup_batched_over_per_text']:.2f}x"
-    )
-    return result
-
-
-# ---- faithfulness table ---------------------------------------------------------------------------
-
-
-def faithfulness_table(run_dir: Path, limit: int, samples: int) -> dict:
-    from tqdm.auto import tqdm
-
-    from lmforge.cli.explain import DEFAULT_EVAL_METHODS, faithfulness_table_text
-    from lmforge.explain.faithfulness import faithfulness
-
-    explainer = load_explainer(run_dir)
-    texts = dev_texts(limit)
-    attributions, seconds = {}, {}
-    for method in tqdm(["occlusion", *[m for m in DEFAULT_EVAL_METHODS if m != "occlusion"], "random"]):
-        start = time.perf_counter()
-        attributions[method] = explainer.explain(texts, method, n_samples=samples)
-        seconds[method] = (time.perf_counter() - start) / len(texts)
-        print(f"{method}: {seconds[method]:.3f} s per text", flush=True)
-    tables = {}
-    for mode in ("delete", "mask"):
-        rows = [
-            {**faithfulness(explainer, a, mode, attributions["occlusion"]).to_dict(), "seconds_per_text": seconds[m]}
-            for m, a in attributions.items()
-        ]
-        rows.sort(key=lambda r: -r["comprehensiveness"])
-        tables[mode] = {"data": "sst2:dev", "texts": len(texts), "mode": mode, "rows": rows}
-        print(faithfulness_table_text(tables[mode]))
-    return {**provenance(), "run_dir": str(run_dir), "lime_shap_samples": samples, "tables": tables}
 
 
 # ---- why input x gradient ranks like random ---------------------------------------------------------
@@ -438,7 +349,51 @@ def shortcut(epochs: int, top: int) -> dict:
     return result
 
 
+# ---- the timed parts: agreement and faithfulness (timed_parts.py) ----------------------------------
+
+
+def timed_part(args) -> dict | None:
+    """The agreement or faithfulness result, measured afresh; with --reuse the stored one of the same
+    settings is printed with its date and commit instead, and None is returned (nothing to write)."""
+    run_dir = classifier_dir(args.run_dir)
+    settings = {
+        "run_dir": str(run_dir),
+        "texts": args.limit,
+        "ig_tolerance": args.ig_tolerance,
+        "ig_max_steps": args.ig_max_steps,
+        "rounds": args.rounds,
+        **({"captum_steps": args.captum_steps} if args.part == "agreement" else {"samples": args.samples}),
+    }
+    show = timed_parts.print_agreement if args.part == "agreement" else timed_parts.print_faithfulness
+    if args.reuse:
+        stored = json.loads(args.results.read_text()).get(args.part) if args.results.is_file() else None
+        if stored and stored.get("settings") == settings:
+            if args.part == "agreement":  # the timing rows written (an arm refused for load has none)
+                names = [name for name, arm in stored["arms"].items() if "seconds" in arm]
+            else:
+                names = [r["method"] for r in stored["tables"]["delete"]["rows"] if r["seconds_per_text"]]
+            records = [
+                {"id": f"{args.part}: {name}", "date": stored.get("date"), "commit": stored.get("commit")}
+                for name in names
+            ]
+            print(timing.reused_line(records), flush=True)
+            show(stored)
+            return None
+        print(f"--reuse: no stored {args.part} result with these settings in {args.results}; measuring afresh")
+    explainer, texts = load_explainer(run_dir), dev_texts(args.limit)
+    rules = {"rounds": args.rounds, "max_load": args.max_load}
+    ig = (args.ig_tolerance, args.ig_max_steps)
+    if args.part == "agreement":
+        measured = timed_parts.agreement(explainer, texts, args.captum_steps, *ig, **rules)
+    else:
+        measured = timed_parts.faithfulness_table(explainer, texts, args.samples, *ig, **rules)
+    show(measured)
+    return {**provenance(), "settings": settings, "max_load": args.max_load, **measured}
+
+
 def main() -> None:
+    from lmforge.explain.integrated_gradients import MAX_STEPS, TOLERANCE
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parts = ["agreement", "faithfulness", "gradxinput", "lime", "probe", "shortcut"]
     parser.add_argument("--part", choices=parts, required=True)
@@ -447,11 +402,19 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200, help="LIME / SHAP samples per text")
     parser.add_argument("--epochs", type=int, default=1, help="shortcut: fine-tuning epochs of both models")
     parser.add_argument("--results", type=Path, default=HERE / "results.json")
+    timed = parser.add_argument_group("agreement and faithfulness")
+    timed.add_argument("--ig-tolerance", type=float, default=TOLERANCE, help="adaptive IG's relative error")
+    timed.add_argument("--ig-max-steps", type=int, default=MAX_STEPS, help="adaptive IG's most steps per text")
+    # 24 and 40 between 16, 32 and 50: the arm of equal error then has at most 8 steps more than it needs
+    timed.add_argument("--captum-steps", type=int, nargs="+", default=[8, 16, 24, 32, 40], help="Captum beside 50")
+    timed.add_argument("--rounds", type=int, default=timing.MIN_ROUNDS, help="measured rounds (at least 3)")
+    timed.add_argument("--max-load", type=float, default=timing.default_max_load(), help="refuse rows above it")
+    timed.add_argument("--reuse", action="store_true", help="print the stored result instead of measuring")
     args = parser.parse_args()
-    if args.part == "agreement":
-        result = agreement(classifier_dir(args.run_dir), args.limit)
-    elif args.part == "faithfulness":
-        result = faithfulness_table(classifier_dir(args.run_dir), args.limit, args.samples)
+    if args.part in ("agreement", "faithfulness"):
+        result = timed_part(args)
+        if result is None:
+            return
     elif args.part == "gradxinput":
         result = input_gradient_variants(classifier_dir(args.run_dir), args.limit)
     elif args.part == "lime":
