@@ -1,19 +1,29 @@
 """Benchmark the causal-LM core on Gemma 3 270M (base): task scores before and after a short LoRA SFT,
 generation throughput batched vs one sequence at a time, and the sandbox's cost per program.
 
---part throughput  one process, the model loaded once: the same --throughput-prompts GSM8K dev prompts
-                   (zero-shot), greedy, --throughput-tokens new tokens at most and no stop strings,
-                   generated with batch size 1 and with --batch-size, in alternating rounds. Reports
-                   generated tokens per second of each (median over rounds), their ratio, and whether
-                   the batched completions equal the unbatched ones (left padding must not change
-                   greedy decoding).
+--part throughput  lmforge's decoding loop against transformers' `model.generate` on the same sorted
+                   batches of --throughput-prompts GSM8K dev prompts (zero-shot; batch 1 on the first
+                   --batch1-prompts), greedy, --throughput-tokens new tokens at most, no stop strings,
+                   at each of --throughput-sizes and each of --dtypes (one process per dtype): tokens/s,
+                   useful GFLOP/s against the machine's matmul peak in float32 and bfloat16, resident
+                   memory, and whether the outputs are identical (see throughput.py).
 --part batch_sizes the first 32 zero-shot GSM8K dev prompts sampled (temperature 0.7, seed 1, 32 new
                    tokens) by `HFGenerator` at each of --batch-sizes (8 16 32), one pass each, prefill
                    included: tokens per second of each.
 --part sandbox     `generation.sandbox.run_python` on an empty program against a bare `python -I -B -c pass`
-                   subprocess of the same interpreter (alternating, --sandbox-runs each): the overhead
-                   per program; then every MBPP test reference program of --limit problems through
-                   `run_many` (2 workers): programs per second, and all must pass.
+                   subprocess of the same interpreter: the overhead per program. Timed by
+                   `timing.time_rounds` (benchmarks/timing.py), afresh on every run: one warm-up call of
+                   each, never counted or stored, then --sandbox-runs rounds (at least 3) of one call each,
+                   the starting arm alternating; median, min-max and IQR per arm, the overhead as the
+                   difference of medians and the ratio of medians. The whole comparison takes seconds and
+                   the kernel updates the 1-minute load average every 5 s, so it is one timing row: the
+                   load is read before its first measured call and after its last, and above --max-load
+                   (default: the CPU count) the row is not written and one line says so. Then every MBPP
+                   test reference program of --limit problems through `run_many` (2 workers), one pass:
+                   it is a throughput figure and a check that all pass, not a comparison, so it runs once
+                   (no rounds); its load is read before and after too, and above --max-load its seconds
+                   are not written (the pass count is). If both timing rows are refused, the stored
+                   sandbox entry is left as it was.
 --part base        `lmforge eval-gen gemma-3-270m` on the first --limit problems: GSM8K dev (carved from
                    the training split) with 8 exemplars and with none, MBPP test with 3 exemplars and
                    with none. Greedy, pass@1.
@@ -38,7 +48,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # benchmarks/: the shared records and timing helpers
+import timing  # noqa: E402
 from records import run_once  # noqa: E402
+from timing import default_max_load  # noqa: E402
 
 ROOT = HERE.parents[1]
 MODEL = "gemma-3-270m"
@@ -127,52 +139,12 @@ def sft(work: Path, limit: int, sets: list[str]) -> dict:
 # ---- throughput ----------------------------------------------------------------------------------
 
 
-def throughput(n_prompts: int, max_new_tokens: int, batch_size: int, rounds: int) -> dict:
-    from lmforge.generation.generate import HFGenerator
-    from lmforge.generation.sampling import SamplingParams
-    from lmforge.models.causal_lm import load_causal_lm
-    from lmforge.tasks import load_task
+def throughput(args) -> dict:
+    from throughput import sweep
 
-    model, tokenizer = load_causal_lm(MODEL)
-    prompts = [p.prompt for p in load_task("gsm8k").problems("dev", limit=n_prompts, shots=0)]
-    params = SamplingParams(max_new_tokens=max_new_tokens)  # greedy, no stop strings: only EOS ends early
-    generators = {
-        "unbatched": HFGenerator(model, tokenizer, batch_size=1),
-        "batched": HFGenerator(model, tokenizer, batch_size=batch_size),
-    }
-    generators["batched"].generate(prompts[:batch_size], SamplingParams(max_new_tokens=4))  # warm up
-    speeds: dict[str, list[float]] = {name: [] for name in generators}
-    outputs = {}
-    for r in range(rounds):
-        for name in list(generators) if r % 2 == 0 else list(generators)[::-1]:
-            started = time.perf_counter()
-            completions = generators[name].generate(prompts, params, progress=True)
-            seconds = time.perf_counter() - started
-            tokens = sum(c[0].tokens for c in completions)
-            speeds[name].append(tokens / seconds)
-            outputs[name] = [c[0].text for c in completions]
-            print(
-                f"round {r + 1} {name}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.2f} tokens/s",
-                flush=True,
-            )
-    same = sum(a == b for a, b in zip(outputs["unbatched"], outputs["batched"]))
-    out = {
-        "prompts": n_prompts,
-        "max_new_tokens": max_new_tokens,
-        "batch_size": batch_size,
-        "rounds": rounds,
-        "tokens_per_second": {name: statistics.median(v) for name, v in speeds.items()},
-        "tokens_per_second_each_round": speeds,
-        "identical_completions": same,
-    }
-    out["batched_over_unbatched"] = out["tokens_per_second"]["batched"] / out["tokens_per_second"]["unbatched"]
-    print(
-        f"\nthroughput, {n_prompts} GSM8K prompts, greedy, up to {max_new_tokens} new tokens: "
-        f"batch 1 {out['tokens_per_second']['unbatched']:.2f} tokens/s, batch {batch_size} "
-        f"{out['tokens_per_second']['batched']:.2f} tokens/s, ratio {out['batched_over_unbatched']:.2f}x; "
-        f"{same}/{n_prompts} completions identical"
-    )
-    return {**provenance(), **out}
+    sizes, dtypes = args.throughput_sizes, args.dtypes
+    rows = sweep(dtypes, args.throughput_prompts, args.batch1_prompts, args.throughput_tokens, sizes, args.max_load)
+    return {**provenance(), **rows}
 
 
 def batch_sizes(n_prompts: int, max_new_tokens: int, sizes: list[int]) -> dict:
@@ -202,50 +174,67 @@ def batch_sizes(n_prompts: int, max_new_tokens: int, sizes: list[int]) -> dict:
 # ---- sandbox -------------------------------------------------------------------------------------
 
 
-def sandbox(runs: int, limit: int) -> dict:
+def sandbox(runs: int, limit: int, max_load: float) -> dict | None:
+    """The empty program's cost in the sandbox and bare, then the MBPP references; None when both refused."""
     from dataclasses import asdict
 
     from lmforge.generation.sandbox import isolation, run_many, run_python
     from lmforge.tasks import load_task
 
     iso = isolation()
-    times: dict[str, list[float]] = {"sandbox": [], "bare_subprocess": []}
-    for i in range(runs):
-        for name in ("sandbox", "bare_subprocess") if i % 2 == 0 else ("bare_subprocess", "sandbox"):
-            started = time.perf_counter()
-            if name == "sandbox":
-                result = run_python("pass")
-                assert result.passed, result
-            else:
-                subprocess.run([iso.python, "-I", "-B", "-c", "pass"], check=True)
-            times[name].append(time.perf_counter() - started)
-    median = {name: 1000 * statistics.median(v) for name, v in times.items()}
+
+    def in_sandbox() -> None:
+        result = run_python("pass")
+        assert result.passed, result
+
+    def bare() -> None:
+        subprocess.run([iso.python, "-I", "-B", "-c", "pass"], check=True)
+
+    timed = timing.time_rounds({"sandbox": in_sandbox, "bare_subprocess": bare}, runs)
+    load = {"start": timed.rows[0].load_start, "end": timed.rows[-1].load_end}  # the row's first and last
+    refusal = timing.load_refusal("sandbox empty program", load["start"], load["end"], max_load)
+    empty: dict = {"runs": runs, "warmup_rounds": 1, "load_1min": load, "order": timed.order()}
+    if refusal:
+        print(refusal, flush=True)
+        empty["refused"] = refusal
+    else:
+        summary = timing.summarize(timed.seconds())
+        empty["seconds"] = summary  # per arm: rounds, median, min, max, q1, q3, iqr
+        empty["empty_program_ms"] = {arm: 1000 * s["median"] for arm, s in summary.items()}
+        empty["overhead_ms"] = empty["empty_program_ms"]["sandbox"] - empty["empty_program_ms"]["bare_subprocess"]
+        ratios = timing.median_ratios(summary, [("sandbox", "bare_subprocess")])
+        empty["sandbox_over_bare"] = ratios["sandbox / bare_subprocess"]
+        print("\n".join(timing.format_summary(summary, unit=1e-3, unit_name="ms")))
+
     task = load_task("mbpp")
     problems = task.problems(task.eval_split, limit=limit, shots=0)
     programs = [task.program_for(p, p.reference) for p in problems]
-    started = time.perf_counter()
+    load_start, started = timing.load_average(), time.perf_counter()
     results = run_many(programs, workers=2, progress=True)
-    seconds = time.perf_counter() - started
-    out = {
-        "isolation": asdict(iso),
-        "runs": runs,
-        "empty_program_ms": median,
-        "overhead_ms": median["sandbox"] - median["bare_subprocess"],
-        "mbpp_references": {
-            "programs": len(programs),
-            "passed": sum(r.passed for r in results),
-            "seconds": seconds,
-            "programs_per_second": len(programs) / seconds,
-            "median_program_seconds": statistics.median(r.seconds for r in results),
-        },
-    }
-    print(
-        f"\nsandbox ({'own uid' if iso.own_user else 'same user'}, network {'cut' if iso.network_cut else 'kept'}): "
-        f"empty program {median['sandbox']:.1f} ms against {median['bare_subprocess']:.1f} ms for a bare "
-        f"subprocess: {out['overhead_ms']:.1f} ms overhead per program; {len(programs)} MBPP reference programs "
-        f"in {seconds:.1f} s with 2 workers ({out['mbpp_references']['programs_per_second']:.1f}/s), "
-        f"{out['mbpp_references']['passed']} passed"
-    )
+    seconds, load_end = time.perf_counter() - started, timing.load_average()
+    references: dict = {"programs": len(programs), "passed": sum(r.passed for r in results), "passes": 1}
+    references["load_1min"] = {"start": load_start, "end": load_end}
+    references_refusal = timing.load_refusal("sandbox MBPP references", load_start, load_end, max_load)
+    if references_refusal:
+        print(references_refusal, flush=True)
+        references["refused"] = references_refusal
+    else:
+        references["seconds"] = seconds
+        references["programs_per_second"] = len(programs) / seconds
+        references["median_program_seconds"] = statistics.median(r.seconds for r in results)
+    if refusal and references_refusal:
+        return None
+
+    print(f"\nsandbox ({'own uid' if iso.own_user else 'same user'}, network {'cut' if iso.network_cut else 'kept'}):")
+    if not refusal:
+        ms = empty["empty_program_ms"]
+        print(
+            f"  empty program {ms['sandbox']:.1f} ms against {ms['bare_subprocess']:.1f} ms for a bare subprocess "
+            f"(medians over {runs} rounds): {empty['overhead_ms']:.1f} ms overhead per program"
+        )
+    speed = "" if references_refusal else f" in {seconds:.1f} s ({references['programs_per_second']:.1f}/s)"
+    print(f"  {len(programs)} MBPP reference programs{speed} with 2 workers, one pass: {references['passed']} passed")
+    out = {"isolation": asdict(iso), "max_load": max_load, **empty, "mbpp_references": references}
     return {**provenance(), **out}
 
 
@@ -255,24 +244,36 @@ def main() -> None:
     parser.add_argument("--part", nargs="+", choices=parts, required=True)
     parser.add_argument("--limit", type=int, default=50, help="problems of each task (default: %(default)s)")
     parser.add_argument("--sft-set", nargs="*", default=[], help="key=value overrides of both SFT recipes")
-    parser.add_argument("--throughput-prompts", type=int, default=16)
-    parser.add_argument("--throughput-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=8, help="throughput: the batched generator's")
-    parser.add_argument("--rounds", type=int, default=2, help="throughput rounds")
+    parser.add_argument("--throughput-prompts", type=int, default=32)
+    parser.add_argument("--batch1-prompts", type=int, default=8, help="throughput: prompts at batch size 1")
+    parser.add_argument("--throughput-tokens", type=int, default=32)
+    parser.add_argument("--throughput-sizes", type=int, nargs="+", default=[1, 8, 16, 32])
+    parser.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16"], default=["float32", "bfloat16"])
+    parser.add_argument(
+        "--max-load",
+        type=float,
+        default=default_max_load(),
+        help="throughput, sandbox: a row timed above this 1-minute load average is not written (default: the CPUs)",
+    )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32], help="batch_sizes: the sizes")
-    parser.add_argument("--sandbox-runs", type=int, default=40)
+    parser.add_argument("--sandbox-runs", type=int, default=40, help="sandbox: measured rounds (at least 3)")
     parser.add_argument("--work", type=Path, default=HERE / "work", help="runs and evaluations (reused)")
     parser.add_argument("--results", type=Path, default=HERE / "results.json")
     args = parser.parse_args()
+    if "sandbox" in args.part and args.sandbox_runs < timing.MIN_ROUNDS:
+        parser.error(f"--sandbox-runs {args.sandbox_runs}: at least {timing.MIN_ROUNDS} measured rounds")
     from records import merge_benchmark_result
 
     for part in args.part:  # each part's result is stored as soon as it is done
         if part == "throughput":
-            result = throughput(args.throughput_prompts, args.throughput_tokens, args.batch_size, args.rounds)
+            result = throughput(args)
         elif part == "batch_sizes":
             result = batch_sizes(32, 32, args.batch_sizes)
         elif part == "sandbox":
-            result = sandbox(args.sandbox_runs, args.limit)
+            result = sandbox(args.sandbox_runs, args.limit, args.max_load)
+            if result is None:
+                print("sandbox: both timing rows refused for load; the stored sandbox entry is left as it was")
+                continue
         elif part == "base":
             result = base(args.work, args.limit)
         else:
