@@ -12,12 +12,14 @@ import os
 import platform
 import subprocess
 import time
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
 import torch
 
 import lmforge
+from lmforge.core.hardware import cpu_support
 from lmforge.errors import UserError
 
 PACKAGES = ["torch", "transformers", "accelerate", "peft", "numpy", "safetensors", "tokenizers"]
@@ -112,6 +114,7 @@ def build_manifest(seed: int, data: dict) -> dict:
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "cpu_bfloat16": asdict(cpu_support()),  # whether bfloat16 runs on dedicated units here
         },
         "packages": {name: _version(name) for name in PACKAGES},
         "data": data,

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from lmforge.cli.main import main
+from lmforge.core.hardware import cpu_support
 from lmforge.errors import UserError
 from lmforge.generation.generate import HFGenerator, make_generator
 from lmforge.generation.sampling import SamplingParams
 from lmforge.models.causal_lm import load_causal_lm
-from lmforge.models.precision import cpu_support, resolve_dtype
+from lmforge.models.precision import resolve_dtype
 
 
 def test_explicit_dtypes_are_kept_and_auto_follows_the_cpu():
@@ -53,3 +54,13 @@ def test_eval_gen_records_the_dtype(tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["parameters"]["dtype"] == "bfloat16"
     assert main([*args, "--dtype", "half", "--out", str(tmp_path / "bad")]) != 0
     assert "invalid choice: 'half'" in capsys.readouterr().err
+
+
+def test_the_manifest_records_the_cpus_bfloat16_units():
+    from dataclasses import asdict
+
+    from lmforge.core.rundir import build_manifest
+
+    hardware = build_manifest(0, {})["hardware"]
+    assert hardware["cpu_bfloat16"] == asdict(cpu_support())
+    assert set(hardware["cpu_bfloat16"]) == {"avx512_bf16", "amx"}
