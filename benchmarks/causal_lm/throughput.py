@@ -237,7 +237,47 @@ def sweep(
             for size in full
             if "texts" in full[size] and "texts" in half.get(size, {})
         }
+    print(table(out))
     return out
+
+
+def table(out: dict) -> str:
+    """The markdown table of a sweep, each number straight from `out` (RESULTS.md shows this table)."""
+    lines = [
+        "| dtype | batch | prompts | tokens | lmforge tokens/s (min-max) | generate tokens/s | lmforge / generate "
+        "| identical rows | useful GFLOP/s | of float32 peak | of own dtype's peak |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for dtype, worker in out["dtypes"].items():
+        peak = {d: statistics.median(v.values()) for d, v in worker["matmul_gflops"].items()}
+        rows = [(size, row) for size, row in worker["batches"].items()]
+        early = worker["early_stop"]
+        rows.append((f"{early['batch_size']}, stop", early))
+        for size, row in rows:
+            if "refused" in row:
+                lines.append(f"| {dtype} | {size} | refused: load above --max-load |" + " |" * 8)
+                continue
+            ours, theirs = row["arms"]["ours"], row["arms"]["generate"]
+            tokens = row["generated_tokens"]
+            spread = f"{tokens / ours['max']:.1f}-{tokens / ours['min']:.1f}"
+            flops = ours["gflops_per_second"]
+            lines.append(
+                f"| {dtype} | {size} | {row['prompts']} | {tokens} | {ours['tokens_per_second']:.1f} ({spread}) | "
+                f"{theirs['tokens_per_second']:.1f} | {row['ours_over_generate']:.2f} | "
+                f"{row['identical_rows']}/{row['prompts']} | {flops:.1f} | {flops / peak['float32']:.0%} | "
+                f"{flops / peak[dtype]:.0%} |"
+            )
+    for dtype, worker in out["dtypes"].items():
+        peaks = ", ".join(f"{d} {v['start']:.0f} / {v['end']:.0f}" for d, v in worker["matmul_gflops"].items())
+        loaded, peak_mb = worker["resident_mb_after_load"], worker["resident_mb_peak_generating"]
+        lines.append(
+            f"\n{dtype} process: matmul peak GFLOP/s at start / end: {peaks}; resident after loading "
+            f"{loaded:.0f} MB, peak while generating {peak_mb:.0f} MB"
+        )
+    if "bfloat16_rows_equal_to_float32" in out:
+        same = ", ".join(f"batch {k}: {v}" for k, v in out["bfloat16_rows_equal_to_float32"].items())
+        lines.append(f"\nbfloat16 completions equal to float32 ones: {same}")
+    return "\n".join(lines)
 
 
 def main() -> None:
