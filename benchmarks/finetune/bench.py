@@ -5,23 +5,33 @@
                  noise hits both. Reports accuracy (mean, sample std, min, max), macro-F1, parameter
                  counts, steps and seconds per optimizer step (`train_seconds` of final.json: forward,
                  backward and optimizer only), the LoRA-minus-full accuracy gap and the step-time ratio.
---part overhead  MiniLM full fine-tuning, same model init and the same batches, timed over --steps
-                 optimizer steps after --warmup untimed ones, in --rounds rounds with a rotating order:
+--part overhead  MiniLM full fine-tuning, same model init and the same batches, each run --warmup untimed
+                 optimizer steps and then --steps timed ones:
                    lmforge      the real recipe; (train_seconds of a run of warmup+steps steps minus that of a
                                 run of warmup steps) / steps
                    handwritten  a minimal PyTorch loop (collate, forward, cross-entropy, backward, clip,
                                 AdamW, LambdaLR, zero_grad), perf_counter around the timed steps
                    trainer      transformers.Trainer with a sequential sampler over the same examples; time
                                 between the on_step_end callbacks of step `warmup` and of the last step
-                 Reports the median s/step per implementation and lmforge/handwritten (target <= 1.05)
-                 and lmforge/Trainer. Runs on the default device (CPU here; CUDA_VISIBLE_DEVICES= forces CPU).
+                 How it times (benchmarks/timing.py): every run is measured afresh (nothing is reused).
+                 `timing.time_rounds` runs one warm-up round of all three implementations, never counted
+                 or stored, then --rounds (at least 3) measured rounds, the starting implementation
+                 rotating from round to round; each run reports its own s/step (the clocks above, which
+                 leave out model loading). The 1-minute load average is read at the start and end of every
+                 run; a run above --max-load (default: the number of CPUs) is not written, and one line
+                 says so. Reports the median s/step per implementation with min-max and interquartile
+                 range over the written runs, and the ratios of medians lmforge/handwritten (target
+                 <= 1.05) and lmforge/Trainer. If every run is refused, the stored overhead entry is left
+                 as it was. Runs on the default device (CPU here; CUDA_VISIBLE_DEVICES= forces CPU).
 
-Results are merged into benchmarks/finetune/results.json (the other part's entry is kept).
+Results are merged into benchmarks/finetune/results.json, or --results (the other part's entry is kept).
 
 Full benchmark, from the repository root:
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/finetune/bench.py --part all
-Quick check:
+Quick checks:
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/finetune/bench.py --part quality --seeds 1 --set train.epochs=1
+  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/finetune/bench.py --part overhead --steps 2 --warmup 1 \
+      --results /tmp/finetune-overhead.json
 """
 
 from __future__ import annotations
@@ -44,6 +54,9 @@ from lmforge.cli.main import find_recipe, load_run_config
 from lmforge.registry import METHODS, resolve
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # benchmarks/: the shared timing rules
+import timing  # noqa: E402
+
 WORK = HERE / "work"
 RESULTS = HERE / "results.json"
 QUALITY_RECIPES = ["finetune/minilm_sst2", "lora/minilm_sst2"]
@@ -272,23 +285,46 @@ def time_trainer(w: Workload, warmup: int, steps: int) -> float:
     return (clock.ends[warmup + steps - 1] - clock.ends[warmup - 1]) / steps
 
 
-def overhead(warmup: int, steps: int, rounds: int) -> dict:
+def overhead(warmup: int, steps: int, rounds: int, max_load: float) -> dict | None:
+    """The three implementations timed by timing.time_rounds; None when every run was refused for load."""
     if warmup < 1 or steps < 1:
         raise SystemExit("--warmup and --steps must be at least 1")
     w = Workload(warmup + steps)
     timers = {"lmforge": time_lmforge, "handwritten": time_handwritten, "trainer": time_trainer}
-    rows = []
-    for r in range(rounds):
-        for name in IMPLEMENTATIONS[r % 3 :] + IMPLEMENTATIONS[: r % 3]:
-            s_per_step = timers[name](w, warmup, steps)
+
+    def arm(name: str):
+        def call() -> float:
+            s_per_step = timers[name](w, warmup, steps)  # the run's own clock: model loading left out
             gc.collect()
-            rows.append({"round": r + 1, "implementation": name, "s_per_step": s_per_step})
-            print(f"overhead round {r + 1}: {name:<11} {s_per_step:.4f} s/step", flush=True)
-    median = {n: statistics.median([x["s_per_step"] for x in rows if x["implementation"] == n]) for n in timers}
+            print(f"overhead: {name:<11} {s_per_step:.4f} s/step", flush=True)
+            return s_per_step
+
+        return call
+
+    timed = timing.time_rounds({name: arm(name) for name in IMPLEMENTATIONS}, rounds)
+    print("overhead order:", " ".join(timed.order()), flush=True)
+    rows, refused = [], []
+    for r in timed.rows:
+        line = timing.load_refusal(f"overhead round {r.round + 1} {r.arm}", r.load_start, r.load_end, max_load)
+        if line:
+            print(line, flush=True)
+            refused.append(line)
+            continue
+        load = {"start": r.load_start, "end": r.load_end}
+        rows.append({"round": r.round + 1, "implementation": r.arm, "s_per_step": r.seconds, "load_1min": load})
+    if not rows:
+        return None
+    spread = timing.summarize(timed.seconds(max_load))
+    for name in IMPLEMENTATIONS:
+        kept = spread.get(name, {}).get("rounds", 0)
+        if kept < timing.MIN_ROUNDS:
+            print(f"overhead: {name} has {kept} written run(s), fewer than {timing.MIN_ROUNDS}", flush=True)
+    ratios = timing.median_ratios(spread, [("lmforge", "handwritten"), ("lmforge", "trainer")])
     summary = {
-        "median_s_per_step": median,
-        "lmforge_over_handwritten": median["lmforge"] / median["handwritten"],
-        "lmforge_over_trainer": median["lmforge"] / median["trainer"],
+        "median_s_per_step": {name: s["median"] for name, s in spread.items()},
+        "spread_s_per_step": spread,  # per implementation: rounds, median, min, max, q1, q3, iqr
+        "lmforge_over_handwritten": ratios.get("lmforge / handwritten"),
+        "lmforge_over_trainer": ratios.get("lmforge / trainer"),
         "target_lmforge_over_handwritten": 1.05,
     }
     return {
@@ -296,8 +332,12 @@ def overhead(warmup: int, steps: int, rounds: int) -> dict:
         "warmup": warmup,
         "steps": steps,
         "rounds": rounds,
+        "warmup_rounds": 1,
+        "max_load": max_load,
         "device_used": w.device,
+        "order": timed.order(),
         "runs": rows,
+        "refused": refused,
         "summary": summary,
     }
 
@@ -306,13 +346,15 @@ def print_overhead(o: dict) -> None:
     s = o["summary"]
     print(
         f"\noverhead: MiniLM full fine-tuning on {o['device_used']} ({o['machine']['device']}), "
-        f"{o['steps']} steps after {o['warmup']} warmup, {o['rounds']} rounds"
+        f"{o['steps']} steps after {o['warmup']} warmup, {o['rounds']} rounds after a warm-up round"
     )
-    for name, value in s["median_s_per_step"].items():
-        print(f"  {name:<11} median {value:.4f} s/step")
-    verdict = "ok" if s["lmforge_over_handwritten"] <= s["target_lmforge_over_handwritten"] else "over target"
-    print(f"  lmforge / handwritten: {s['lmforge_over_handwritten']:.3f} (target <= 1.05: {verdict})")
-    print(f"  lmforge / Trainer:     {s['lmforge_over_trainer']:.3f}")
+    print("\n".join("  " + line for line in timing.format_summary(s["spread_s_per_step"], unit_name="s/step")))
+    ratio = s["lmforge_over_handwritten"]
+    if ratio is not None:
+        verdict = "ok" if ratio <= s["target_lmforge_over_handwritten"] else "over target"
+        print(f"  lmforge / handwritten: {ratio:.3f} (ratio of medians; target <= 1.05: {verdict})")
+    if s["lmforge_over_trainer"] is not None:
+        print(f"  lmforge / Trainer:     {s['lmforge_over_trainer']:.3f} (ratio of medians)")
 
 
 def main() -> None:
@@ -333,24 +375,44 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=40, help="overhead: timed optimizer steps (default 40)")
     parser.add_argument("--warmup", type=int, default=5, help="overhead: untimed steps first (default 5)")
-    parser.add_argument("--rounds", type=int, default=3, help="overhead: rounds of the three loops (default 3)")
+    parser.add_argument(
+        "--rounds", type=int, default=timing.MIN_ROUNDS, help="overhead: measured rounds after the warm-up (>= 3)"
+    )
+    parser.add_argument(
+        "--max-load",
+        type=float,
+        default=timing.default_max_load(),
+        help="overhead: a run timed above this 1-minute load average is not written (default: the CPU count)",
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the results JSON (default: %(default)s)")
     args = parser.parse_args()
+    if args.rounds < timing.MIN_ROUNDS:
+        parser.error(f"--rounds {args.rounds}: at least {timing.MIN_ROUNDS} measured rounds")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results = json.loads(args.results.read_text()) if args.results.exists() else {}
+    written = False
     if args.part in ("quality", "all"):
         results["quality"] = quality([int(s) for s in args.seeds.split(",")], args.sets)
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        args.results.write_text(json.dumps(results, indent=2) + "\n")
+        written = True
+    measured = None
     if args.part in ("overhead", "all"):
-        results["overhead"] = overhead(args.warmup, args.steps, args.rounds)
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        measured = overhead(args.warmup, args.steps, args.rounds, args.max_load)
+        if measured is None:
+            print("overhead: every run refused for load; the stored overhead entry is left as it was")
+        else:
+            results["overhead"] = measured
+            args.results.write_text(json.dumps(results, indent=2) + "\n")
+            written = True
     if "quality" in results and args.part != "overhead":
         print_quality(results["quality"])
-    if "overhead" in results and args.part != "quality":
-        print_overhead(results["overhead"])
-    print(f"\nwritten: {RESULTS}")
+    if measured is not None:  # only figures measured now, never a stored entry
+        print_overhead(measured)
+    if written:
+        print(f"\nwritten: {args.results}")
 
 
 if __name__ == "__main__":
