@@ -1,9 +1,18 @@
 """Benchmark TinyBERT (Jiao et al. 2020) on SST-2 dev: teacher vs student, and the paper's ablations.
 
 --part speed    teacher (MiniLM classifier, 22.7 M parameters) and student (the recipe's 3 layers x 192
-                hidden) side by side in one process, rounds alternating: latency at batch 1 (median over
-                single dev sentences) and throughput at batch 32 (dev sentences per second). Weights do
-                not change the speed, so no training is needed. CPU unless CUDA is visible.
+                hidden) side by side in one process: latency at batch 1 (the median over --singles single
+                dev sentences, each timed alone) and throughput at batch 32 (all dev sentences, sorted by
+                length, in batches of 32: sentences per second). Weights do not change the speed, so no
+                training is needed. CPU unless CUDA is visible.
+                How it times (benchmarks/timing.py): afresh on every run. `timing.time_rounds` runs four
+                arms (teacher and student at batch 1 and 32): a warm-up round, never counted or stored,
+                then --rounds (at least 3) rounds, the starting arm rotating. A batch-1 arm's seconds in a
+                round are the median of its single-sentence latencies, a batch-32 arm's its pass over the
+                dev set. The 1-minute load average is read at the start and end of every call; a call
+                above --max-load (default: the CPU count) is not written, and one line says so (if every
+                one is, the stored entry stays). Reported: median, min-max and IQR over rounds per arm;
+                student/teacher throughput and teacher/student latency are ratios of medians.
 --part quality  a chain of stages, each a real `lmforge run` in its own process:
                   teacher          finetune/minilm_sst2
                   general          tinybert/general_minilm (the student's general distillation)
@@ -33,6 +42,8 @@ not reused, and the settings compared are those of the run's own config.yaml, re
 --set STAGE:KEY=VALUE only that stage's, STAGE one of teacher, general, student.
 
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/tinybert/bench.py --part speed
+  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/tinybert/bench.py --part speed --rounds 3 --singles 2 \
+      --results /tmp/tinybert-speed.json    (the quickest check)
   HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/tinybert/bench.py --part quality
 """
 
@@ -50,6 +61,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # benchmarks/: the shared records and timing helpers
+import timing  # noqa: E402
+
 ROOT = HERE.parents[1]
 ROWS = {
     "tinybert": [],
@@ -68,7 +81,11 @@ def provenance() -> dict:
 # ---- speed --------------------------------------------------------------------------------------
 
 
-def speed(rounds: int, singles: int, model_name: str) -> dict:
+ARMS = ["teacher batch 1", "student batch 1", "teacher batch 32", "student batch 32"]
+
+
+def speed(rounds: int, singles: int, model_name: str, max_load: float) -> dict | None:
+    """Teacher and student timed by timing.time_rounds; None when every call was refused for load."""
     import torch
 
     from lmforge.core.loop import count_parameters
@@ -87,46 +104,76 @@ def speed(rounds: int, singles: int, model_name: str) -> dict:
     ordered = sorted(ids, key=len)
     batches = [collate(ordered[i : i + 32], pad, device) for i in range(0, len(ordered), 32)]
     singles_in = [collate([x], pad, device) for x in ids[:singles]]
-    timings: dict[str, dict[str, list[float]]] = {name: {"latency": [], "throughput": []} for name in models}
 
-    def sync():
+    def clock() -> float:
         if device == "cuda":
             torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def arm(name: str):
+        model = models[name.split()[0]]
+
+        def batch1() -> float:  # the median latency of the single sentences, each timed alone
+            latencies = []
+            for inputs in singles_in:
+                started = clock()
+                model(**inputs)
+                latencies.append(clock() - started)
+            return statistics.median(latencies)
+
+        def batch32() -> float:  # one pass over the dev set in batches of 32
+            started = clock()
+            for inputs in batches:
+                model(**inputs)
+            return clock() - started
+
+        return batch1 if name.endswith(" 1") else batch32
 
     with torch.inference_mode():
-        for model in models.values():  # warm up
-            model(**batches[0])
-        for r in range(rounds):
-            for name in list(models) if r % 2 == 0 else list(models)[::-1]:
-                model = models[name]
-                for inputs in singles_in:
-                    sync()
-                    start = time.perf_counter()
-                    model(**inputs)
-                    sync()
-                    timings[name]["latency"].append(time.perf_counter() - start)
-                sync()
-                start = time.perf_counter()
-                for inputs in batches:
-                    model(**inputs)
-                sync()
-                timings[name]["throughput"].append(len(ids) / (time.perf_counter() - start))
-    out = {}
+        timed = timing.time_rounds({name: arm(name) for name in ARMS}, rounds)
+    refused = []
+    for r in timed.rows:
+        line = timing.load_refusal(f"speed round {r.round + 1} {r.arm}", r.load_start, r.load_end, max_load)
+        if line:
+            print(line, flush=True)
+            refused.append(line)
+    summary = timing.summarize(timed.seconds(max_load))
+    if not summary:
+        return None
+    out: dict = {"device_used": device, "sentences": len(ids), "singles": len(singles_in)}
     for name, model in models.items():
-        out[name] = {
-            "parameters": count_parameters(model)[1],
-            "latency_ms_batch1": 1000 * statistics.median(timings[name]["latency"]),
-            "throughput_per_s_batch32": statistics.median(timings[name]["throughput"]),
-        }
-    out["throughput_ratio"] = out["student"]["throughput_per_s_batch32"] / out["teacher"]["throughput_per_s_batch32"]
-    out["latency_ratio"] = out["teacher"]["latency_ms_batch1"] / out["student"]["latency_ms_batch1"]
-    print(f"\nspeed on {device}, {len(ids)} SST-2 dev sentences, {rounds} rounds")
+        row: dict = {"parameters": count_parameters(model)[1]}
+        if f"{name} batch 1" in summary:
+            row["latency_ms_batch1"] = 1000 * summary[f"{name} batch 1"]["median"]
+        if f"{name} batch 32" in summary:
+            row["throughput_per_s_batch32"] = len(ids) / summary[f"{name} batch 32"]["median"]
+        out[name] = row
+    # student / teacher throughput = teacher seconds / student seconds over the same sentences
+    ratios = timing.median_ratios(summary, [(f"teacher batch {n}", f"student batch {n}") for n in (32, 1)])
+    out["throughput_ratio"] = ratios.get("teacher batch 32 / student batch 32")
+    out["latency_ratio"] = ratios.get("teacher batch 1 / student batch 1")
+    out["timing"] = {
+        "rounds": rounds,
+        "warmup_rounds": 1,
+        "max_load": max_load,
+        "seconds": summary,  # per arm: rounds, median, min, max, q1, q3, iqr (batch 1: per sentence)
+        "order": timed.order(),
+        "loads": [{"round": r.round + 1, "arm": r.arm, "start": r.load_start, "end": r.load_end} for r in timed.rows],
+        "refused": refused,
+    }
+    print(f"\nspeed on {device}, {len(ids)} SST-2 dev sentences, {rounds} rounds after a warm-up round")
+    print("\n".join(timing.format_summary(summary, unit=1e-3, unit_name="ms")))
     print("| model | parameters | latency, batch 1 (ms) | throughput, batch 32 (sentences/s) |")
     print("|---|---|---|---|")
     for name in models:
-        s = out[name]
-        print(f"| {name} | {s['parameters']:,} | {s['latency_ms_batch1']:.2f} | {s['throughput_per_s_batch32']:.0f} |")
-    print(f"student / teacher throughput {out['throughput_ratio']:.2f}x; latency {out['latency_ratio']:.2f}x lower")
+        latency, throughput = out[name].get("latency_ms_batch1"), out[name].get("throughput_per_s_batch32")
+        latency_text = f"{latency:.2f}" if latency else "refused"
+        throughput_text = f"{throughput:.0f}" if throughput else "refused"
+        print(f"| {name} | {out[name]['parameters']:,} | {latency_text} | {throughput_text} |")
+    named = {"student / teacher throughput": "throughput_ratio", "teacher / student latency": "latency_ratio"}
+    for what, key in named.items():
+        if out[key] is not None:
+            print(f"{what}: {out[key]:.2f}x (ratio of medians)")
     return {**provenance(), **out}
 
 
@@ -429,7 +476,8 @@ def main() -> None:
     parser.add_argument("--lrs", nargs="+", type=float, default=[5e-5, 1.6e-4, 5e-4], help="quality: the grid")
     parser.add_argument("--tune-seed", type=int, default=1, help="quality: the seed of the learning-rate runs")
     parser.add_argument("--val-size", type=int, default=872, help="quality: validation sentences carved from train")
-    parser.add_argument("--rounds", type=int, default=4, help="speed: alternating rounds")
+    parser.add_argument("--rounds", type=int, default=4, help="speed: measured rounds after the warm-up (>= 3)")
+    parser.add_argument("--max-load", type=float, default=timing.default_max_load(), help="speed: see above")
     parser.add_argument("--singles", type=int, default=200, help="speed: sentences timed at batch 1 per round")
     parser.add_argument("--work", type=Path, default=HERE / "work", help="quality: the runs' folders")
     parser.add_argument(
@@ -441,7 +489,13 @@ def main() -> None:
     from records import merge_benchmark_result
 
     if args.part == "speed":
-        merge_benchmark_result(args.results, "speed", speed(args.rounds, args.singles, args.model))
+        if args.rounds < timing.MIN_ROUNDS:
+            parser.error(f"--rounds {args.rounds}: at least {timing.MIN_ROUNDS} measured rounds")
+        result = speed(args.rounds, args.singles, args.model, args.max_load)
+        if result is None:
+            print("speed: every call refused for load; the stored speed entry is left as it was")
+        else:
+            merge_benchmark_result(args.results, "speed", result)
         return
     sets = [*PROFILES[args.profile], *args.set]
     check_sets(sets)
