@@ -153,7 +153,7 @@ class HFGenerator:
             raise GenerationStopped()
         logits = self._forward(enc["input_ids"], mask, positions, cache)  # (B, V), the last position's
         for step in range(params.max_new_tokens):
-            tokens = choose(logits, active) if choose else logits.argmax(-1)  # (B_active,)
+            tokens = choose(logits, active) if choose else greedy_choice(logits)  # (B_active,)
             still = []
             for k, (row, token) in enumerate(zip(active, tokens.tolist(), strict=True)):
                 generated[row].append(token)
@@ -186,9 +186,7 @@ class HFGenerator:
     def _forward(self, input_ids, mask, positions, cache):
         """Logits (B, V) of the last position in the model's dtype, the new keys and values appended to
         `cache`; only the last position goes through the output layer (a 262k-word vocabulary makes it
-        the costliest). Greedy takes the argmax of these as they are: widening bfloat16 to float32 is
-        exact, so it could not change the choice, and it would copy B x 262k floats a step; the
-        sampler widens them itself."""
+        the costliest). The sampler widens them to float32 itself; greedy does not need to."""
         kwargs = {self.cache_keyword: cache, **({"logits_to_keep": 1} if self.keeps_last_logits else {})}
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
         return out.logits[:, -1]
@@ -198,6 +196,16 @@ class HFGenerator:
         # tokens costs microseconds next to a forward pass.
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return any(s in text for s in stop)
+
+
+def greedy_choice(logits: torch.Tensor) -> torch.Tensor:
+    """The highest-scoring token of each row of `logits` (B, V), the first one on a tie, as argmax.
+
+    `max(-1).indices` rather than `argmax`: on the CPU, torch 2.13's argmax over bfloat16 has no fast
+    kernel (13 ms for 32 x 262k logits, against 2.4 ms for max; widening to float32 first, as
+    transformers' generate does, costs 12 ms), while both take about 2.5 ms on float32. Widening is exact,
+    so it could not change the choice anyway."""
+    return logits.max(dim=-1).indices
 
 
 class SeededSampler:

@@ -64,3 +64,13 @@ def test_the_manifest_records_the_cpus_bfloat16_units():
     hardware = build_manifest(0, {})["hardware"]
     assert hardware["cpu_bfloat16"] == asdict(cpu_support())
     assert set(hardware["cpu_bfloat16"]) == {"avx512_bf16", "amx"}
+
+
+def test_greedy_choice_is_argmax_and_takes_the_first_of_a_tie():
+    from lmforge.generation.generate import greedy_choice
+
+    tied = torch.tensor([[1.0, 3.0, 3.0, 0.0], [5.0, 5.0, 1.0, 1.0]]).bfloat16()
+    assert greedy_choice(tied).tolist() == [1, 0]
+    logits = torch.randn(64, 5000, generator=torch.Generator().manual_seed(0)).bfloat16()  # many ties in 8 bits
+    assert torch.equal(greedy_choice(logits), logits.float().argmax(-1))
+    assert torch.equal(greedy_choice(logits.float()), logits.float().argmax(-1))
