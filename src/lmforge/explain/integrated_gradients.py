@@ -22,10 +22,11 @@ evaluations), for two reasons:
 It is Captum's `riemann_trapezoid` on the same n + 1 points times (n + 1) / n: Captum weights them 1 / (n + 1)
 (half at the ends), which sums to n / (n + 1) of the path, where the trapezoid rule's 1 / n sums to 1 (tested).
 Simpson's rule, (4 T(n) - T(n / 2)) / 3 on the same points, is fourth-order and costs no more; it was tried
-and lost in a one-off probe (2026-12-07; not offered as an option, so no benchmark row measures it): on 16 SST-2 dev sentences with the MiniLM classifier (benchmarks/explain)
-it used 27.5 gradients per text for a mean completeness error of 0.017, where the trapezoid rule used
-19.5 for 0.010 (Captum's 50 Gauss-Legendre steps: 50 for 0.0014). Those paths are not smooth enough
-at 8-32 steps for its order to pay.
+and lost in a one-off probe (2026-12-07; not offered as an option, so no benchmark row measures it):
+on 16 SST-2 dev sentences with the MiniLM classifier (benchmarks/explain) it used 27.5 gradients per
+text for a mean completeness error of 0.017, where the trapezoid rule used 19.5 for 0.010 (Captum's 50
+Gauss-Legendre steps: 50 for 0.0014). Those paths are not smooth enough at 8-32 steps for its order
+to pay.
 
 TOLERANCE = 0.05 is the paper's own target ("within 5%"). MAX_STEPS = 256 is the largest doubling of 8
 inside the paper's 20-300 range: a text whose path is not integrated within 5% by then (a model that
