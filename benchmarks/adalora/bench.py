@@ -443,7 +443,7 @@ def main() -> None:
         "--max-load",
         type=float,
         default=timing.default_max_load(),
-        help="timing: refuse a row timed with the 1-minute load average above this (default: the CPU count)",
+        help="timing: refuse a row timed with the 1-minute load average above this (default: CPUs + 0.5)",
     )
     parser.add_argument(
         "--stages", nargs="+", choices=["timing", "sweep", "quality"], default=["timing", "sweep", "quality"]

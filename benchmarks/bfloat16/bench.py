@@ -22,7 +22,7 @@ subprocess, the same recipe in both precisions and nothing else changed.
                  `timing.time_rounds` runs one warm-up call of each arm, never counted or stored, then
                  --rounds (at least 3) rounds with the starting arm alternating. The 1-minute load
                  average is read at the start and end of every call; a call above --max-load (default:
-                 the CPU count) is not written and one line says so (if every call of a workload is, its
+                 the CPU count plus one half) is not written and one line says so (if every call of a workload is, its
                  stored entry stays). Reported per arm: median, min-max and IQR; per workload the
                  speed-up fp32/bf16 (ratio of medians). Beside them, the 2048 x 2048 matmul peak in
                  float32 and bfloat16 (GFLOP/s, at the start and at the end of the part, each refused

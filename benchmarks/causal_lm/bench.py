@@ -18,7 +18,7 @@ generation throughput batched vs one sequence at a time, and the sandbox's cost 
                    difference of medians and the ratio of medians. The whole comparison takes seconds and
                    the kernel updates the 1-minute load average every 5 s, so it is one timing row: the
                    load is read before its first measured call and after its last, and above --max-load
-                   (default: the CPU count) the row is not written and one line says so. Then every MBPP
+                   (default: the CPU count plus one half) the row is not written and one line says so. Then every MBPP
                    test reference program of --limit problems through `run_many` (2 workers), one pass:
                    it is a throughput figure and a check that all pass, not a comparison, so it runs once
                    (no rounds); its load is read before and after too, and above --max-load its seconds
@@ -253,7 +253,7 @@ def main() -> None:
         "--max-load",
         type=float,
         default=default_max_load(),
-        help="throughput, sandbox: a row timed above this 1-minute load average is not written (default: the CPUs)",
+        help="throughput, sandbox: a row timed above this 1-minute load average is not written (default: CPUs + 0.5)",
     )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32], help="batch_sizes: the sizes")
     parser.add_argument("--sandbox-runs", type=int, default=40, help="sandbox: measured rounds (at least 3)")

@@ -18,7 +18,7 @@
                  or stored, then --rounds (at least 3) measured rounds, the starting implementation
                  rotating from round to round; each run reports its own s/step (the clocks above, which
                  leave out model loading). The 1-minute load average is read at the start and end of every
-                 run; a run above --max-load (default: the number of CPUs) is not written, and one line
+                 run; a run above --max-load (default: the number of CPUs plus one half) is not written, and one line
                  says so. Reports the median s/step per implementation with min-max and interquartile
                  range over the written runs, and the ratios of medians lmforge/handwritten (target
                  <= 1.05) and lmforge/Trainer. If every run is refused, the stored overhead entry is left
@@ -382,7 +382,7 @@ def main() -> None:
         "--max-load",
         type=float,
         default=timing.default_max_load(),
-        help="overhead: a run timed above this 1-minute load average is not written (default: the CPU count)",
+        help="overhead: a run timed above this 1-minute load average is not written (default: CPUs + 0.5)",
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="the results JSON (default: %(default)s)")
     args = parser.parse_args()

@@ -10,7 +10,7 @@
                 then --rounds (at least 3) rounds, the starting arm rotating. A batch-1 arm's seconds in a
                 round are the median of its single-sentence latencies, a batch-32 arm's its pass over the
                 dev set. The 1-minute load average is read at the start and end of every call; a call
-                above --max-load (default: the CPU count) is not written, and one line says so (if every
+                above --max-load (default: the CPU count plus one half) is not written, and one line says so (if every
                 one is, the stored entry stays). Reported: median, min-max and IQR over rounds per arm;
                 student/teacher throughput and teacher/student latency are ratios of medians.
 --part quality  a chain of stages, each a real `lmforge run` in its own process:

@@ -78,10 +78,10 @@ def test_load_is_read_at_start_and_end_and_a_loaded_row_is_refused():
     assert timing.load_refusal("timing0-a", 1.0, 2.0, 2.0) is None  # at the threshold: written
 
 
-def test_default_threshold_is_the_cpu_count():
+def test_default_threshold_is_the_cpu_count_plus_a_half():
     import os
 
-    assert timing.default_max_load() == float(os.cpu_count())
+    assert timing.default_max_load() == float(os.cpu_count()) + 0.5
 
 
 def test_median_spread_and_ratios_on_known_values():
