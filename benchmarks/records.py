@@ -16,7 +16,7 @@ from lmforge.core.rundir import write_text_atomic
 
 
 def benchmark_provenance() -> dict:
-    """Device, torch version, date and command line, recorded beside every benchmark result."""
+    """Device, torch version, date, command line and commit, recorded beside every benchmark result."""
     import os
     import platform
     import sys
@@ -30,7 +30,23 @@ def benchmark_provenance() -> dict:
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M %z"),
         "command": "python " + " ".join(sys.argv),
+        "commit": source_commit(),
     }
+
+
+def source_commit() -> str | None:
+    """The checked-out commit, with "+changes" when src/ or benchmarks/ differ from it (None outside git)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True, text=True)
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src", "benchmarks"], cwd=root, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
 
 
 def run_once(command: list[str], done_marker: Path, log: Path, cwd: Path) -> None:

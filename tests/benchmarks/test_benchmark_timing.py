@@ -166,3 +166,20 @@ def test_adalora_timing_writes_quiet_rows_only(tmp_path, monkeypatch, capsys):
     assert json.loads(Path(specs[1]["full"]["out"]).read_text())["load_1min"] == {"start": 0.1, "end": 0.1}
     summary = adalora_bench.timing_summary(written)
     assert summary["lora_r2"]["rounds"] == 2 and summary["full"]["rounds"] == 3
+
+
+def test_provenance_names_the_commit_and_whether_the_tree_differs(tmp_path):
+    import subprocess
+
+    records = load("records", BENCHMARKS / "records.py")
+    head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=BENCHMARKS, capture_output=True, text=True)
+    commit = records.benchmark_provenance()["commit"]
+    assert commit is not None and commit.split("+")[0] == head.stdout.strip()
+    assert commit.endswith("+changes") == bool(
+        subprocess.run(
+            ["git", "status", "--porcelain", "--", "src", "benchmarks"],
+            cwd=BENCHMARKS.parent,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
