@@ -103,12 +103,6 @@ ACCURACY_RECIPE = "finetune/minilm_sst2"
 # ---- records shared by both parts ---------------------------------------------------------------
 
 
-def git_commit() -> str:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True, text=True)
-    return (head or "unknown") + (" + uncommitted changes in src/" if dirty.stdout.strip() else "")
-
-
 def provenance() -> dict:
     import torch
     from records import benchmark_provenance
@@ -117,8 +111,7 @@ def provenance() -> dict:
 
     support = cpu_support()
     return {
-        **benchmark_provenance(),
-        "commit": git_commit(),
+        **benchmark_provenance(),  # its commit says "+changes" when src/ or benchmarks/ differ from it
         "cpu_bfloat16": {**dataclasses.asdict(support), "fast_bfloat16": support.fast_bfloat16},
         "torch_threads": torch.get_num_threads(),
     }

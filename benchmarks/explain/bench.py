@@ -65,8 +65,7 @@ MARKER = "zebra"
 def provenance() -> dict:
     from records import benchmark_provenance
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return {**benchmark_provenance(), "commit": commit or None}
+    return benchmark_provenance()
 
 
 def lmforge_run(run_dir: Path, *args: str) -> dict:
