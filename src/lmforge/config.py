@@ -74,7 +74,11 @@ class TrainConfig:
     eval_every: int = option(0, "evaluate every N optimizer steps (0 = once per epoch)", min=0)
     save_every: int = option(0, "checkpoint every N optimizer steps (0 = once per epoch)", min=0)
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep", min=1)
-    metric: str = option("accuracy", "metric for early stopping and the best model", choices=["accuracy", "macro_f1"])
+    metric: str = option(
+        "accuracy",
+        "metric for early stopping and the best model",
+        choices=["accuracy", "macro_f1", "balanced_accuracy"],
+    )
     early_stopping_patience: int = option(0, "stop after N evaluations without improvement (0 = off)", min=0)
     mixed_precision: str = option("no", "Accelerate mixed precision", choices=["no", "fp16", "bf16"])
     log_every: int = option(10, "write the training loss to metrics.jsonl every N steps", min=1)
@@ -326,8 +330,11 @@ def _check_value(name: str, value: Any, hint: Any, meta: typing.Mapping, where: 
             fail(f"a value > {meta['min']}")
         if value < meta["min"]:
             fail(f"a value >= {meta['min']}")
-    if "max" in meta and value is not None and value > meta["max"]:
-        fail(f"a value <= {meta['max']}")
+    if "max" in meta and value is not None:
+        if meta.get("exclusive_max") and value >= meta["max"]:
+            fail(f"a value < {meta['max']}")
+        if value > meta["max"]:
+            fail(f"a value <= {meta['max']}")
     return value
 
 

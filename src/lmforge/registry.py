@@ -25,6 +25,7 @@ from typing import Literal, get_args
 from lmforge.config import RunConfig, apply_overrides, build_config, read_yaml
 from lmforge.errors import UserError
 from lmforge.methods.adalora import config as adalora_config
+from lmforge.methods.crest import config as crest_config
 from lmforge.methods.finetune import config as finetune_config
 from lmforge.methods.kbert import config as kbert_config
 from lmforge.methods.lora import config as lora_config
@@ -118,6 +119,15 @@ METHODS = {
         vstar_config.VstarConfig,
         "lmforge.methods.vstar.recipe:run",
         "lmforge.methods.vstar.recipe:load_trained",
+    ),
+    "crest": Method(
+        "crest",
+        "classifier",
+        "class-rebalancing self-training on FixMatch for long-tailed labels; CReST+ aligns pseudo-labels",
+        "Wei et al. 2021 (CReST)",
+        crest_config.CrestConfig,
+        "lmforge.methods.crest.recipe:run",
+        "lmforge.methods.crest.recipe:load_trained",
     ),
 }
 

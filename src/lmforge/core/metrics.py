@@ -1,6 +1,8 @@
 """Metrics.
 
-- Classification: accuracy, macro-F1, confusion matrix (rows: true label, columns: predicted).
+- Classification: accuracy, macro-F1, balanced accuracy (the mean of the per-class recalls, the metric
+  of long-tailed classification, e.g. CReST, Wei et al. 2021, section 5), confusion matrix (rows: true
+  label, columns: predicted).
 - Generation: the unbiased pass@k estimator of Chen et al. 2021 ("Evaluating Large Language Models
   Trained on Code", section 2.1 and its figure 3), and the majority vote of self-consistency
   (Wang et al. 2023, "Self-Consistency Improves Chain of Thought Reasoning in Language Models").
@@ -34,11 +36,25 @@ def macro_f1(matrix: np.ndarray) -> float:
     return float(f1[present].mean()) if present.any() else 0.0
 
 
+def per_class_recall(matrix: np.ndarray) -> list[float | None]:
+    """Recall of each label (None for a label with no gold example)."""
+    matrix = np.asarray(matrix)
+    actual = matrix.sum(axis=1)
+    return [float(matrix[c, c] / actual[c]) if actual[c] else None for c in range(len(matrix))]
+
+
+def balanced_accuracy(matrix: np.ndarray) -> float:
+    """Mean recall over the labels present in the gold data (scikit-learn's balanced_accuracy_score)."""
+    recalls = [r for r in per_class_recall(matrix) if r is not None]
+    return float(np.mean(recalls)) if recalls else 0.0
+
+
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> dict:
     matrix = confusion_matrix(y_true, y_pred, n_labels)
     return {
         "accuracy": float(np.trace(matrix) / max(1, matrix.sum())),
         "macro_f1": macro_f1(matrix),
+        "balanced_accuracy": balanced_accuracy(matrix),
         "confusion": matrix.tolist(),
     }
 

@@ -4,7 +4,13 @@ import math
 import numpy as np
 import pytest
 
-from lmforge.core.metrics import classification_metrics, majority_vote, mean_pass_at_k, pass_at_k
+from lmforge.core.metrics import (
+    classification_metrics,
+    majority_vote,
+    mean_pass_at_k,
+    pass_at_k,
+    per_class_recall,
+)
 from lmforge.errors import UserError
 
 
@@ -16,6 +22,22 @@ def test_metrics_against_a_hand_count():
     assert m["accuracy"] == 3 / 5
     # F1 per class: 0 -> 2*1/(2+2)=0.5; 1 -> 2*2/(3+2)=0.8; 2 -> 0
     assert abs(m["macro_f1"] - (0.5 + 0.8 + 0.0) / 3) < 1e-12
+    # recall per class: 1/2, 2/2, 0/1
+    assert per_class_recall(np.array(m["confusion"])) == [0.5, 1.0, 0.0]
+    assert m["balanced_accuracy"] == pytest.approx(0.5)
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_balanced_accuracy_equals_scikit_learn_and_skips_labels_without_gold_examples():
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y_true = rng.choice(4, size=30, p=[0.7, 0.2, 0.1, 0.0])  # label 3 never gold, sometimes predicted
+        y_pred = rng.integers(0, 4, size=30)
+        ours = classification_metrics(y_true, y_pred, 4)["balanced_accuracy"]
+        assert ours == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+    assert per_class_recall(np.array([[1, 0], [0, 0]])) == [1.0, None]
 
 
 def brute_force_pass_at_k(n: int, c: int, k: int) -> float:

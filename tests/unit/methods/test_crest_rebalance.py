@@ -64,9 +64,10 @@ def test_the_most_confident_fraction_of_each_predicted_class_is_chosen():
         ]
     )
     # class 0: floor(4 * 0.5) = 2 -> samples 0 and 2; class 1: floor(2 * 1.0) = 2 -> samples 4 and 5
-    assert select_pseudo_labels(probs, np.array([0.5, 1.0])) == [(0, 0), (2, 0), (4, 1), (5, 1)]
+    predicted, confidence = probs.argmax(1), probs.max(1)
+    assert select_pseudo_labels(predicted, confidence, np.array([0.5, 1.0])) == [(0, 0), (2, 0), (4, 1), (5, 1)]
     # floor, not round: 4 * 0.74 = 2.96 keeps 2
-    assert [i for i, _ in select_pseudo_labels(probs, np.array([0.74, 0.0]))] == [0, 2]
+    assert [i for i, _ in select_pseudo_labels(predicted, confidence, np.array([0.74, 0.0]))] == [0, 2]
 
 
 def test_alignment_temperature_falls_linearly_to_its_floor():
@@ -89,11 +90,18 @@ def test_alignment_against_hand_computed_values():
     assert alignment_target([80, 20], 1.0).tolist() == pytest.approx([0.8, 0.2])
 
 
-def test_the_running_distribution_moves_toward_the_batches():
+def test_the_running_distribution_starts_at_the_first_batch_and_moves_toward_the_next():
     running = RunningDistribution(2, momentum=0.5)
-    assert running.value.tolist() == [0.5, 0.5]
-    running.update(torch.tensor([[1.0, 0.0], [0.8, 0.2]]))  # batch mean (0.9, 0.1)
+    assert running.value is None
+    running.update(torch.tensor([[1.0, 0.0], [0.8, 0.2]]))  # first batch: its mean (0.9, 0.1), as USB's hook
+    assert running.value.tolist() == pytest.approx([0.9, 0.1])
+    running.update(torch.tensor([[0.5, 0.5], [0.5, 0.5]]))  # 0.5 * (0.9, 0.1) + 0.5 * (0.5, 0.5)
     assert running.value.tolist() == pytest.approx([0.7, 0.3])
+    restored = RunningDistribution(2, momentum=0.5)
+    restored.load_state_dict(running.state_dict())
+    assert restored.value.tolist() == pytest.approx([0.7, 0.3])
+    with pytest.raises(ValueError, match="3 classes"):
+        restored.load_state_dict({"running_distribution": [0.2, 0.3, 0.5]})
 
 
 def test_long_tail_counts_follow_the_exponential_profile():

@@ -60,15 +60,13 @@ def selection_rates(labeled_counts: Sequence[int], alpha: float) -> np.ndarray:
     return rates
 
 
-def select_pseudo_labels(probs: np.ndarray, rates: np.ndarray) -> list[tuple[int, int]]:
+def select_pseudo_labels(predicted: np.ndarray, confidence: np.ndarray, rates: np.ndarray) -> list[tuple[int, int]]:
     """(unlabeled index, predicted class) of the samples that join the labeled set.
 
-    probs (N, L): the model's class probabilities on the unlabeled set. For each class, the samples
-    predicted as it are sorted by confidence (highest first, ties by index) and the first
-    floor(count * mu) are kept, as the official code and USB do.
+    predicted, confidence (N,): the model's class (argmax) and its probability on each unlabeled sample.
+    For each class, the samples predicted as it are sorted by confidence (highest first, ties by index)
+    and the first floor(count * mu) are kept, as the official code and USB do.
     """
-    predicted = probs.argmax(axis=1)
-    confidence = probs.max(axis=1)
     chosen = []
     for c, rate in enumerate(rates):
         members = np.flatnonzero(predicted == c)
@@ -104,16 +102,28 @@ def align(probs: torch.Tensor, target: torch.Tensor, running: torch.Tensor) -> t
 class RunningDistribution:
     """The moving average of the model's predicted class distribution on unlabeled batches.
 
-    Starts uniform; each batch moves it by (1 - momentum) toward the batch's mean prediction (USB's
-    momentum, 0.999; ReMixMatch averaged the last 128 batches). Its state is one tensor, saved with a
-    checkpoint so that a resumed run aligns as the uninterrupted one would.
+    The first batch's mean prediction starts it; each later batch moves it by (1 - momentum) toward that
+    batch's mean (USB's DistAlignEMAHook, momentum 0.999; ReMixMatch averaged the last 128 batches). Its
+    state is one tensor, saved with every checkpoint so that a resumed run aligns as an uninterrupted one.
     """
 
     def __init__(self, n_classes: int, momentum: float = 0.999):
-        self.momentum = momentum
-        self.value = torch.full((n_classes,), 1.0 / n_classes)
+        self.n_classes, self.momentum = n_classes, momentum
+        self.value: torch.Tensor | None = None  # (L,) once a batch was seen
 
     def update(self, probs: torch.Tensor) -> torch.Tensor:
-        batch_mean = probs.detach().float().mean(dim=0).to(self.value.device)
-        self.value = self.momentum * self.value + (1 - self.momentum) * batch_mean
+        batch_mean = probs.detach().float().mean(dim=0).cpu()
+        if self.value is None:
+            self.value = batch_mean
+        else:
+            self.value = self.momentum * self.value + (1 - self.momentum) * batch_mean
         return self.value
+
+    def state_dict(self) -> dict:
+        return {"running_distribution": None if self.value is None else self.value.tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        value = state["running_distribution"]
+        if value is not None and len(value) != self.n_classes:
+            raise ValueError(f"running_distribution has {len(value)} classes, this run {self.n_classes}")
+        self.value = None if value is None else torch.tensor(value, dtype=torch.float32)

@@ -1,0 +1,108 @@
+"""CReST and CReST+ (Wei, Sohn, Mellina, Yuille, Yang, CVPR 2021, "CReST: A Class-Rebalancing Self-Training
+Framework for Imbalanced Semi-Supervised Learning", Algorithm 1 and sections 3.2-3.3):
+
+    L_1 <- L
+    for g = 1..G:
+        model_g <- FixMatch(pretrained model, L_g, U)       (fresh model and optimizer; CReST+: aligned
+                                                             pseudo-labels at temperature t_g)
+        predict U with model_g
+        L_{g+1} <- L + for each class l, the most confident mu_l of the samples predicted as l
+                   (mu_l = (N_{L+1-l} / N_1) ** alpha: the rarer the class, the more it keeps)
+    the model of generation G is the result
+
+Each generation is a child run in stages/generation-<g>/ (a whole training run: config, checkpoints,
+metrics, final/, report), each pseudo-labeling a stage (stages/predictions-<g>.json): `--resume` after
+`kill -9` anywhere goes on at the first unfinished piece. The pieces: rebalance.py (selection and
+alignment), fixmatch.py (the unlabeled loss), augment.py (the views), generation.py (the loop),
+data.py (L, U and the long tail), report.py (final.json's generations and report.html).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from lmforge.config import RunConfig
+from lmforge.core.console import say
+from lmforge.core.result import RunResult
+from lmforge.core.rundir import RunDir, build_manifest, write_text_atomic
+from lmforge.core.stages import FINISHED, child_run
+from lmforge.core.training_run import scalar_metrics
+from lmforge.errors import UserError
+from lmforge.methods.crest.data import generation_labeled_set, load_crest_data
+from lmforge.methods.crest.generation import predictions_stage, train_generation
+from lmforge.methods.crest.rebalance import select_pseudo_labels, selection_rates
+from lmforge.methods.crest.report import generation_summary, write_crest_report
+from lmforge.models.classifier import load_saved_classifier
+
+
+def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
+    c = cfg.options
+    data = load_crest_data(cfg)  # every input checked before the run folder is written
+    rates = selection_rates(data.labeled_counts, c.alpha)
+    run = RunDir(run_dir)
+    stages = run.path / "stages"
+    if not resume:
+        if run.path.exists() and any(run.path.iterdir()):
+            raise UserError(f"{run.path}: run folder already exists; add --resume to continue it or pick --run-dir")
+        stages.mkdir(parents=True)
+        write_text_atomic(run.manifest, json.dumps(build_manifest(cfg.train.seed, data.manifest()), indent=1) + "\n")
+        write_text_atomic(run.config, cfg.to_yaml())
+    elif not run.config.is_file():
+        raise UserError(f"{run.path}: not a CReST run folder (no config.yaml); nothing to resume")
+    elif (run.path / "final.json").is_file():
+        raise UserError(f"{run.path}: this run already finished; nothing to resume")
+
+    labeled, generations = data.task.train, []
+    for g in range(c.generations):
+        child = child_run(stages, f"generation-{g + 1}")
+        if child.state == FINISHED:
+            say(f"generation {g + 1}: finished earlier ({child.folder})")
+            final = json.loads((child.folder / "final.json").read_text())
+        else:
+            say(f"generation {g + 1} of {c.generations}: FixMatch on {len(labeled):,} labeled and "
+                f"{len(data.unlabeled):,} unlabeled examples")  # fmt: skip
+            train_generation(cfg, child.folder, child.resume, data, labeled, g)
+            final = json.loads((child.folder / "final.json").read_text())
+        record = {"generation": g + 1, "labeled": len(labeled), "final": final}
+        if g + 1 < c.generations:  # the last model's pseudo-labels would feed no generation
+            predictions = predictions_stage(stages, g, child.folder / "final", data, cfg)
+            predicted, confidence = np.asarray(predictions["predicted"]), np.asarray(predictions["confidence"])
+            chosen = select_pseudo_labels(predicted, confidence, rates)
+            record["predictions"], record["chosen"] = predictions, chosen
+            labeled = generation_labeled_set(data, chosen)
+            say(f"generation {g + 1}: {len(chosen):,} pseudo-labeled samples join the labeled set "
+                f"({predictions['examples_per_second']:,.0f} unlabeled examples/s)")  # fmt: skip
+        generations.append(record)
+
+    last = stages / f"generation-{c.generations}"
+    summary = generation_summary(data, rates, generations)
+    publish_final(last / "final", run.final)
+    metrics = scalar_metrics(summary["generations"][-1]["metrics"])
+    run.write_json("final.json", {"metrics": metrics, **summary})  # written last: it marks a finished run
+    write_crest_report(run.path, json.loads((run.path / "final.json").read_text()))
+    return RunResult(run_dir, metrics, ("balanced_accuracy", metrics["balanced_accuracy"]))
+
+
+def publish_final(source: Path, target: Path) -> None:
+    """The last generation's model as the run's final/ (hard links where the file system allows them)."""
+    tmp = target.with_name("final.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp, copy_function=_link_or_copy)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def load_trained(run_dir: Path, cfg: RunConfig):
+    return load_saved_classifier(Path(run_dir) / "final")
