@@ -25,6 +25,7 @@ from typing import Literal, get_args
 from lmforge.config import RunConfig, apply_overrides, build_config, read_yaml
 from lmforge.errors import UserError
 from lmforge.methods.adalora import config as adalora_config
+from lmforge.methods.continual import config as continual_config
 from lmforge.methods.crest import config as crest_config
 from lmforge.methods.finetune import config as finetune_config
 from lmforge.methods.kbert import config as kbert_config
@@ -128,6 +129,15 @@ METHODS = {
         crest_config.CrestConfig,
         "lmforge.methods.crest.recipe:run",
         "lmforge.methods.crest.recipe:load_trained",
+    ),
+    "continual": Method(
+        "continual",
+        "classifier",
+        "a stream of tasks learned one after another: replay, EWC, LwF against forgetting; the R matrix",
+        "Wu et al. 2024 (continual learning survey)",
+        continual_config.ContinualConfig,
+        "lmforge.methods.continual.recipe:run",
+        "lmforge.methods.continual.recipe:load_trained",
     ),
 }
 

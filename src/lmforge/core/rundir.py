@@ -68,6 +68,24 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def publish_folder(source: Path, target: Path) -> None:
+    """Make `target` a copy of the folder `source` (a child run's final/ as its parent's), with hard links
+    where the file system allows them; built beside `target` and renamed into place."""
+    import shutil
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp, copy_function=link_or_copy)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+
+
 def check_output_folder(path: Path, flag: str) -> None:
     """Refuse, before any work, an output folder that cannot be made: `path` or a folder above it is a
     file (found only at the end of a long evaluation otherwise). Missing folders are made later."""

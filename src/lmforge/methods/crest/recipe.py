@@ -20,8 +20,6 @@ data.py (L, U and the long tail), report.py (final.json's generations and report
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,7 @@ import numpy as np
 from lmforge.config import RunConfig
 from lmforge.core.console import say
 from lmforge.core.result import RunResult
-from lmforge.core.rundir import RunDir, build_manifest, write_text_atomic
+from lmforge.core.rundir import RunDir, build_manifest, publish_folder, write_text_atomic
 from lmforge.core.stages import FINISHED, child_run
 from lmforge.core.training_run import scalar_metrics
 from lmforge.errors import UserError
@@ -81,27 +79,11 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
 
     last = stages / f"generation-{c.generations}"
     summary = generation_summary(data, rates, generations)
-    publish_final(last / "final", run.final)
+    publish_folder(last / "final", run.final)
     metrics = scalar_metrics(summary["generations"][-1]["metrics"])
     run.write_json("final.json", {"metrics": metrics, **summary})  # written last: it marks a finished run
     write_crest_report(run.path, json.loads((run.path / "final.json").read_text()))
     return RunResult(run_dir, metrics, ("balanced_accuracy", metrics["balanced_accuracy"]))
-
-
-def publish_final(source: Path, target: Path) -> None:
-    """The last generation's model as the run's final/ (hard links where the file system allows them)."""
-    tmp = target.with_name("final.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp, copy_function=_link_or_copy)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def load_trained(run_dir: Path, cfg: RunConfig):

@@ -1,0 +1,37 @@
+"""report.html of a stream: the accuracy matrix as a heat map (row: after training on a task; column: the
+task scored), each task's accuracy over the stream as curves, and the stream's metrics."""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+
+from lmforge.core.report import line_chart_svg, write_report
+from lmforge.methods.continual.metrics import matrix_html
+
+
+def _pct(x) -> str:
+    return "not defined (one task)" if x is None else f"{100 * x:+.1f} points" if x < 0 else f"{100 * x:.1f}"
+
+
+def write_stream_report(run_dir: Path, final: dict) -> Path:
+    names, matrix = final["tasks"], final["matrix"]
+    curves = {
+        name: [(0, final["before"][j])] + [(i + 1, row[j]) for i, row in enumerate(matrix)]
+        for j, name in enumerate(names)
+    }
+    chart = line_chart_svg(curves, "Accuracy of each task over the stream", "tasks trained (0 = before)",
+                           "accuracy", y_from_zero=True)  # fmt: skip
+    m = final["stream"]
+    summary = (
+        f"<p>{escape(final['strategy'])}, {escape(final['setting'])}-incremental, {len(names)} tasks: "
+        f"average accuracy {_pct(m['average_accuracy'])}, backward transfer {_pct(m['backward_transfer'])}, "
+        f"forward transfer {_pct(m['forward_transfer'])}, forgetting {_pct(m['forgetting'])} "
+        "(Lopez-Paz and Ranzato 2017; Chaudhry et al. 2018).</p>"
+    )
+    sections = [
+        ("Stream", summary),
+        ("Accuracy matrix", matrix_html(matrix, names, final["before"])),
+        ("Each task over the stream", chart),
+    ]
+    return write_report(run_dir, sections)
