@@ -10,8 +10,8 @@ from lmforge.core.report import line_chart_svg, write_report
 from lmforge.methods.continual.metrics import matrix_html
 
 
-def _pct(x) -> str:
-    return "not defined (one task)" if x is None else f"{100 * x:+.1f} points" if x < 0 else f"{100 * x:.1f}"
+def _points(x) -> str:
+    return "not defined (one task)" if x is None else f"{100 * x:+.1f} points"
 
 
 def write_stream_report(run_dir: Path, final: dict) -> Path:
@@ -25,8 +25,8 @@ def write_stream_report(run_dir: Path, final: dict) -> Path:
     m = final["stream"]
     summary = (
         f"<p>{escape(final['strategy'])}, {escape(final['setting'])}-incremental, {len(names)} tasks: "
-        f"average accuracy {_pct(m['average_accuracy'])}, backward transfer {_pct(m['backward_transfer'])}, "
-        f"forward transfer {_pct(m['forward_transfer'])}, forgetting {_pct(m['forgetting'])} "
+        f"average accuracy {100 * m['average_accuracy']:.1f}%, backward transfer {_points(m['backward_transfer'])}, "
+        f"forward transfer {_points(m['forward_transfer'])}, forgetting {_points(m['forgetting'])} "
         "(Lopez-Paz and Ranzato 2017; Chaudhry et al. 2018).</p>"
     )
     sections = [
