@@ -37,8 +37,9 @@ class's recall, and each generation's balanced accuracy for CReST and CReST+.
 
     nice -n 10 .venv/bin/python benchmarks/crest/digits.py            # writes benchmarks/crest/digits_results.json
 
-The full run (gamma 10 and 50, seeds 1-3, grid included) took 5.7 minutes on 2 AMD EPYC cores shared with
-another job (load average about 3; one torch thread, the default --threads 1). A wider grid, as a check:
+The full run (gamma 10 and 50, seeds 1-3, grid included) took 5.2 and 5.7 minutes (two runs, identical
+numbers) on 2 AMD EPYC cores shared with another job (load average 2.5-4.2; one torch thread, the default
+--threads 1). A wider grid, as a check (9.9 minutes, load average 4.2-5.6):
 
     nice -n 10 .venv/bin/python benchmarks/crest/digits.py --lr-grid 1e-3 3e-3 1e-2 \\
         --steps-grid 250 500 1000 2000 4000 --out benchmarks/crest/digits_results_wide_grid.json
