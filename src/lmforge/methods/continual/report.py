@@ -6,7 +6,7 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
-from lmforge.core.report import line_chart_svg, write_report
+from lmforge.core.report import heatmap_html, line_chart_svg, write_report
 from lmforge.methods.continual.metrics import matrix_html
 
 
@@ -16,6 +16,15 @@ def _points(x) -> str:
 
 def write_stream_report(run_dir: Path, final: dict) -> Path:
     names, matrix = final["tasks"], final["matrix"]
+    if matrix is None:  # joint training: one model after every task
+        row = [final["scores"][-1][name]["accuracy"] for name in names]
+        table = heatmap_html(["before training", "after joint training"], names,
+                             [[round(100 * x, 1) for x in final["before"]], [round(100 * x, 1) for x in row]],
+                             100.0, "score %")  # fmt: skip
+        accuracy = 100 * final["stream"]["average_accuracy"]
+        summary = (f"<p>joint training on every task at once ({escape(final['setting'])}-incremental): average "
+                   f"accuracy {accuracy:.1f}%, the upper bound of the stream.</p>")  # fmt: skip
+        return write_report(run_dir, [("Stream", summary), ("Scores", table)])
     curves = {
         name: [(0, final["before"][j])] + [(i + 1, row[j]) for i, row in enumerate(matrix)]
         for j, name in enumerate(names)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lmforge.adapters.lora import inject_lora, lora_layers, remove_lora
 from lmforge.config import RunConfig
 from lmforge.core.loop import StopSignal, seed_everything
 from lmforge.core.metrics import classification_metrics
@@ -33,6 +34,7 @@ from lmforge.data.classify import collate, predict_logits
 from lmforge.methods.continual.ewc import EwcAnchor, diagonal_fisher
 from lmforge.methods.continual.labels import StreamLabels
 from lmforge.methods.continual.lwf import distillation_loss
+from lmforge.methods.continual.olora import frozen_copy, lora_A_matrices
 from lmforge.methods.continual.stream import StreamTask
 from lmforge.models.classifier import load_classifier, load_saved_classifier
 
@@ -84,31 +86,42 @@ def train_task(
     tokenizer,
 ) -> dict:
     """Train task `i` in `folder` from the model in `start` (None: the pretrained model with a fresh head
-    over the stream's labels); returns the final metrics on task i's held-out split."""
+    over the stream's labels); returns the final metrics on task i's held-out split. `joint` trains tasks
+    0..i at once (the recipe passes the last task) and is evaluated on their mean."""
     train, c = cfg.train, cfg.options
     seed_everything(train.seed + i)
     if start is None:
         model, _ = load_classifier(cfg.model.name, space.labels, train.seed, cfg.model.dropout)
     else:
         model, _ = load_saved_classifier(start)
-    examples = [(i, n) for n in range(len(tasks[i].train_ids))]
+    if c.strategy in ("adapters", "olora"):  # a fresh LoRA for this task; the head's rows train in full
+        torch.manual_seed(train.seed + 1000 * (i + 1))
+        inject_lora(model, list(c.target_modules), c.lora_r, c.lora_alpha, 0.0, ["classifier"])
+    trained = range(i + 1) if c.strategy == "joint" else [i]
+    examples = [(k, n) for k in trained for n in range(len(tasks[k].train_ids))]
     lengths = [len(tasks[k].train_ids[n]) for k, n in examples]
-    manifest = {"task": tasks[i].name, "index": i, "replayed_from": len(earlier.replay)}
+    name = "joint" if c.strategy == "joint" else tasks[i].name
+    manifest = {"task": name, "index": i, "replayed_from": len(earlier.replay)}
     t = start_training(cfg, folder, resume, model, tokenizer, lengths, manifest, select_metric=train.metric)
     pad_id, device = tokenizer.pad_token_id, t.accelerator.device
-    own_mask = space.mask(i, i)
-    t.evaluator = lambda: evaluate_task(t.model, tasks[i], own_mask, pad_id, train.eval_batch_size, device)
+
+    def evaluator() -> dict:  # the trained tasks' held-out metrics (their mean when joint)
+        scores = [evaluate_task(t.model, tasks[k], space.mask(i, k), pad_id, train.eval_batch_size, device)
+                  for k in trained]  # fmt: skip
+        return {key: float(np.mean([s[key] for s in scores])) for key in scores[0]}
+
+    t.evaluator = evaluator
     teacher = None
     if earlier.teacher is not None:
         teacher, _ = load_saved_classifier(earlier.teacher)
         teacher.to(device).eval().requires_grad_(False)
     inputs = TaskInputs(t.model, tasks, space, i, examples, pad_id, device, c, teacher)
     replay_n = (c.replay_batch_size or train.batch_size) if c.strategy == "replay" else 0
-    penalty = {}  # the step's EWC penalty, for the metrics line
+    penalty = {}  # the step's EWC or O-LoRA penalty, for the metrics line
 
     def regularizer() -> torch.Tensor:
         value = earlier.regularizer(t.unwrapped)
-        penalty["ewc_penalty"] = value.item()
+        penalty[f"{c.strategy}_penalty"] = value.item()
         return value
 
     with StopSignal() as stop:
@@ -121,7 +134,8 @@ def train_task(
             t.optimizer_step(batch)
             t.optimizer.zero_grad(set_to_none=True)
             t.end_step(loss, started, stop, log={**{f"loss_{k}": v for k, v in t.step_losses.items()}, **penalty})
-    return t.finish(save_pretrained, lambda final: {"task": tasks[i].name, "eval_data": tasks[i].task.eval.source})
+    summary = {"task": name, "eval_data": [tasks[k].task.eval.source for k in trained]}
+    return t.finish(partial(save_task_model, c.strategy), lambda final: summary)
 
 
 @dataclass
@@ -194,6 +208,48 @@ def ewc_anchor(model_folder: Path, task: StreamTask, i: int, space: StreamLabels
     return EwcAnchor.from_model(model, diagonal_fisher(model, batches, per_example_loss))
 
 
-def save_pretrained(model, tokenizer, folder: Path) -> None:
+TASK_ADAPTER = "task_adapter.safetensors"  # adapters: the task's LoRA, beside the model without it
+LORA_A = "lora_A.safetensors"  # olora: the task's A matrices, which later tasks keep orthogonal to
+
+
+def save_task_model(strategy: str, model, tokenizer, folder: Path) -> None:
+    """final/ of a task: a plain classifier folder. adapters: the base and head without the task's LoRA
+    (saved beside it, chosen by task id at test time); olora: the LoRA merged into the base (every task's
+    update stays in the forward, as O-LoRA's frozen adapters do), its A matrices saved beside it."""
+    from safetensors.torch import save_file
+
+    extra = {}
+    if strategy == "adapters":
+        extra[TASK_ADAPTER] = lora_tensors(model)
+        for layer in lora_layers(model).values():
+            with torch.no_grad():
+                layer.lora_B.zero_()  # so that taking the LoRA out leaves the base as it was
+    elif strategy == "olora":
+        extra[LORA_A] = {name: a.detach().contiguous() for name, a in frozen_copy(lora_A_matrices(model)).items()}
+    remove_lora(model)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    for file, tensors in extra.items():
+        save_file(tensors, str(folder / file))
+
+
+def lora_tensors(model) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, layer in lora_layers(model).items():
+        out[f"{name}.lora_A"] = layer.lora_A.detach().contiguous()
+        out[f"{name}.lora_B"] = layer.lora_B.detach().contiguous()
+    return out
+
+
+def with_task_adapter(model, adapter_file: Path, c) -> torch.nn.Module:
+    """`model` (a plain classifier) with the LoRA of one task, read from `adapter_file`: task-incremental
+    inference of the adapters strategy."""
+    from safetensors.torch import load_file
+
+    inject_lora(model, list(c.target_modules), c.lora_r, c.lora_alpha, 0.0, ["classifier"])
+    saved = load_file(str(adapter_file))
+    with torch.no_grad():
+        for name, layer in lora_layers(model).items():
+            layer.lora_A.copy_(saved[f"{name}.lora_A"])
+            layer.lora_B.copy_(saved[f"{name}.lora_B"])
+    return model
