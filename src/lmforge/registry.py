@@ -139,6 +139,15 @@ METHODS = {
         "lmforge.methods.continual.recipe:run",
         "lmforge.methods.continual.recipe:load_trained",
     ),
+    "continual_lm": Method(
+        "continual_lm",
+        "causal_lm",
+        "continual pretraining of a causal LM: one domain after another by SFT, with or without replay",
+        "Wu et al. 2024 (continual learning survey)",
+        continual_config.ContinualLmConfig,
+        "lmforge.methods.continual.lm_stream:run",
+        "lmforge.methods.continual.lm_stream:load_trained",
+    ),
 }
 
 

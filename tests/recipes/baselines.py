@@ -104,6 +104,20 @@ COMMANDS: dict[str, list[str]] = {
         "continual.fisher_examples=16",
         *SEED,
     ],
+    # GSM8K then MBPP, 3 full fine-tuning steps each, 8 GSM8K pairs replayed during MBPP
+    "continual_lm/gemma_gsm8k_mbpp": [
+        "continual_lm/gemma_gsm8k_mbpp",
+        "model.name=tiny-gpt2",
+        "model.max_length=512",
+        "train.max_steps=3",
+        "train.eval_every=3",
+        "train.log_every=1",
+        "data.max_train_examples=24",
+        "continual_lm.held_out=8",
+        "continual_lm.strategy=replay",
+        "continual_lm.replay_size=8",
+        *SEED,
+    ],
     # two generations of 4 steps on a long tail drawn from 600 TREC questions; every pseudo-label counts
     "crest/minilm_trec6": [
         "crest/minilm_trec6",

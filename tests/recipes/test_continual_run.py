@@ -148,3 +148,27 @@ def test_bad_streams_are_refused_in_one_line_before_anything_is_written(tmp_path
     result = run_cli("run", *STREAM, *overrides, "--run-dir", str(run_dir))
     assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
     assert not run_dir.exists()
+
+
+def test_a_causal_lm_stream_measures_each_domain_after_each_and_replays(tmp_path):
+    run_dir = tmp_path / "lm"
+    args = ["continual_lm/gemma_gsm8k_mbpp", "model.name=tiny-gpt2", "model.max_length=512", "train.max_steps=3",
+            "train.eval_every=3", "data.max_train_examples=24", "continual_lm.held_out=8",
+            "continual_lm.strategy=replay", "continual_lm.replay_size=8"]  # fmt: skip
+    result = run_cli("run", *args, "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = final(run_dir)
+    assert out["tasks"] == ["gsm8k", "mbpp"] and len(out["loss_matrix"]) == 2 and len(out["before"]) == 2
+    matrix = out["loss_matrix"]
+    assert out["loss_rise_per_task"] == [pytest.approx(matrix[1][0] - matrix[0][0])]
+    assert out["metrics"]["average_final_loss"] == pytest.approx(sum(matrix[1]) / 2)
+    assert matrix[0][0] < out["before"][0]  # training on GSM8K lowered GSM8K's held-out loss
+    # MBPP's training data holds its own pairs and 8 replayed GSM8K pairs
+    rows = [json.loads(line) for line in (run_dir / "stages" / "train-2.jsonl").read_text().splitlines()]
+    gsm8k = {json.loads(line)["prompt"] for line in (run_dir / "stages" / "train-1.jsonl").read_text().splitlines()}
+    assert sum(r["prompt"] in gsm8k for r in rows) == 8 and out["replayed"] == 8
+    # the stream's model continues: task 2 started from task 1's final model
+    config = (run_dir / "stages" / "task-2-mbpp" / "config.yaml").read_text()
+    assert str(run_dir / "stages" / "task-1-gsm8k" / "final") in config
+    assert (run_dir / "final" / "config.json").is_file()
+    assert "Held-out loss matrix" in (run_dir / "report.html").read_text()

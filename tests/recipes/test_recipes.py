@@ -41,7 +41,8 @@ def test_recipe_loads_and_validates(name, path):
 
 
 CHAINED = {"tinybert"}  # recipes that need other finished runs: tests/recipes/test_tinybert_run.py chains them
-CAUSAL = {"sft", "vstar"}  # causal-LM recipes: test_sft_run.py and test_vstar_run.py run them on tiny-gpt2
+# causal-LM recipes: test_sft_run.py, test_vstar_run.py and test_continual_run.py run them on tiny-gpt2
+CAUSAL = {"sft", "vstar", "continual_lm"}
 # K-BERT recipes: test_kbert_run.py runs them on tiny-bert (TREC-50's 50 labels need more than 64 examples);
 # CReST and continual runs are parents of child runs: test_crest_run.py and test_continual_run.py run them
 OWN_RUN_TESTS = {"kbert", "crest", "continual"}

@@ -44,3 +44,24 @@ def write_stream_report(run_dir: Path, final: dict) -> Path:
         ("Each task over the stream", chart),
     ]
     return write_report(run_dir, sections)
+
+
+def write_loss_report(run_dir: Path, final: dict) -> Path:
+    """report.html of a causal-LM stream: the held-out loss matrix (lower is better) and each task's loss
+    over the stream."""
+    names, matrix = final["tasks"], final["loss_matrix"]
+    rows = [final["before"], *matrix]
+    table = heatmap_html(["before training", *[f"after {n}" for n in names]], names,
+                         [[round(x, 3) for x in row] for row in rows], max(max(row) for row in rows),
+                         "held-out loss (row: after training on)")  # fmt: skip
+    curves = {name: [(i, row[j]) for i, row in enumerate(rows)] for j, name in enumerate(names)}
+    chart = line_chart_svg(curves, "Held-out loss of each task over the stream", "tasks trained (0 = before)",
+                           "loss per completion token")  # fmt: skip
+    m = final["metrics"]
+    summary = (
+        f"<p>{escape(final['strategy'])}, {len(names)} tasks: mean final held-out loss {m['average_final_loss']:.3f}"
+    )
+    if "forgetting" in m:
+        summary += f"; loss rise of the earlier tasks {m['loss_rise']:+.3f}, forgetting {m['forgetting']:+.3f}"
+    sections = [("Stream", summary + ".</p>"), ("Held-out loss matrix", table), ("Each task over the stream", chart)]
+    return write_report(run_dir, sections)
