@@ -26,6 +26,7 @@ from lmforge.config import RunConfig, apply_overrides, build_config, read_yaml
 from lmforge.errors import UserError
 from lmforge.methods.adalora import config as adalora_config
 from lmforge.methods.continual import config as continual_config
+from lmforge.methods.continual_lm import config as continual_lm_config
 from lmforge.methods.crest import config as crest_config
 from lmforge.methods.finetune import config as finetune_config
 from lmforge.methods.kbert import config as kbert_config
@@ -144,9 +145,9 @@ METHODS = {
         "causal_lm",
         "continual pretraining of a causal LM: one domain after another by SFT, with or without replay",
         "Wu et al. 2024 (continual learning survey)",
-        continual_config.ContinualLmConfig,
-        "lmforge.methods.continual.lm_stream:run",
-        "lmforge.methods.continual.lm_stream:load_trained",
+        continual_lm_config.ContinualLmConfig,
+        "lmforge.methods.continual_lm.recipe:run",
+        "lmforge.methods.continual_lm.recipe:load_trained",
     ),
 }
 

@@ -17,7 +17,7 @@ def test_every_method_has_an_importable_recipe_loader_and_a_shipped_recipe():
     for method in METHODS.values():
         assert callable(resolve(method.recipe)) and callable(resolve(method.loader))
         assert method.name in recipes
-        assert method.options.__name__.lower() == f"{method.name}config"
+        assert method.options.__name__.lower() == f"{method.name.replace('_', '')}config"  # continual_lm: ContinualLm
 
 
 def test_cli_runs_every_registered_method_through_one_command():

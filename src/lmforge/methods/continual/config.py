@@ -57,26 +57,3 @@ class ContinualConfig:
         "(Wang et al. 2023: 0.5)", min=0.0,
     )  # fmt: skip
     olora_lambda2: float = option(0.0, "olora: weight of the L2 penalty on this task's LoRA weights", min=0.0)
-
-
-@dataclass
-class ContinualLmConfig:
-    """Continual pretraining / instruction tuning of a causal LM (the survey's section 3): one domain after
-    another, each by the `sft` method from the model the previous one finished with (full fine-tuning)."""
-
-    tasks: list[str] = option(
-        ["gsm8k", "mbpp"],
-        "the stream, in order: generation tasks (their training split) or .jsonl/.csv/.tsv files of (prompt, "
-        "completion) pairs",
-    )
-    strategy: str = option(
-        "sequential",
-        "sequential (one domain after another) or replay (each later task's training data mixed with a "
-        "reservoir sample of earlier tasks' pairs)",
-        choices=["sequential", "replay"],
-    )
-    replay_size: int = option(100, "replay: earlier tasks' pairs mixed into each later task's training data", min=1)
-    held_out: int = option(50, "pairs held out of each task's training data: the loss measured after each task",
-                           min=1)  # fmt: skip
-    prompt_column: str = option("prompt", "column holding the prompt in a .jsonl/.csv/.tsv file")
-    completion_column: str = option("completion", "column holding the completion in a .jsonl/.csv/.tsv file")
