@@ -68,6 +68,25 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def open_parent_run(run_dir: Path, config_yaml: str, seed: int, manifest_data: dict, resume: bool) -> RunDir:
+    """The folder of a run made of stages and child runs (CReST's generations, a stream's tasks): created
+    with config.yaml, manifest.json (`manifest_data` under "data") and stages/, or, with `resume`, the
+    existing one; a folder in the way, or one already finished, is a UserError. Call it after every input
+    is checked."""
+    run = RunDir(run_dir)
+    if not resume:
+        if run.path.exists() and any(run.path.iterdir()):
+            raise UserError(f"{run.path}: run folder already exists; add --resume to continue it or pick --run-dir")
+        (run.path / "stages").mkdir(parents=True)
+        write_text_atomic(run.manifest, json.dumps(build_manifest(seed, manifest_data), indent=1) + "\n")
+        write_text_atomic(run.config, config_yaml)  # last: a folder with a config.yaml is resumable
+    elif not run.config.is_file():
+        raise UserError(f"{run.path}: no config.yaml here, so nothing to resume")
+    elif (run.path / "final.json").is_file():
+        raise UserError(f"{run.path}: this run already finished; nothing to resume")
+    return run
+
+
 def publish_folder(source: Path, target: Path) -> None:
     """Make `target` a copy of the folder `source` (a child run's final/ as its parent's), with hard links
     where the file system allows them; built beside `target` and renamed into place."""

@@ -27,7 +27,7 @@ from lmforge.adapters.lora import lora_layers
 from lmforge.config import RunConfig
 from lmforge.core.console import say
 from lmforge.core.result import RunResult
-from lmforge.core.rundir import RunDir, build_manifest, publish_folder, write_text_atomic
+from lmforge.core.rundir import open_parent_run, publish_folder
 from lmforge.core.stages import FINISHED, child_run, finished_stage, make_stage
 from lmforge.errors import UserError
 from lmforge.methods.continual.ewc import EwcAnchor, ewc_penalty
@@ -57,17 +57,8 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
                         f"continual.setting: task, not {space.setting}")  # fmt: skip
     tokenizer = load_tokenizer(cfg.model.name)
     encode_stream(tokenizer, tasks, space, cfg.model.max_length)
-    run = RunDir(run_dir)
+    run = open_parent_run(run_dir, cfg.to_yaml(), cfg.train.seed, stream_manifest(tasks, space), resume)
     stages = run.path / "stages"
-    if not resume:
-        if run.path.exists() and any(run.path.iterdir()):
-            raise UserError(f"{run.path}: run folder already exists; add --resume to continue it or pick --run-dir")
-        stages.mkdir(parents=True)
-        manifest = build_manifest(cfg.train.seed, stream_manifest(tasks, space))
-        write_text_atomic(run.manifest, json.dumps(manifest, indent=1) + "\n")
-        write_text_atomic(run.config, cfg.to_yaml())
-    elif (run.path / "final.json").is_file():
-        raise UserError(f"{run.path}: this run already finished; nothing to resume")
 
     before = scores_stage(stages, 0, None, cfg, tasks, space, [])
     if c.strategy == "joint":

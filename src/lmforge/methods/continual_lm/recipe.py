@@ -20,7 +20,7 @@ import torch
 from lmforge.config import DataConfig, ModelConfig, RunConfig
 from lmforge.core.console import say
 from lmforge.core.result import RunResult
-from lmforge.core.rundir import RunDir, build_manifest, publish_folder, write_text_atomic
+from lmforge.core.rundir import fingerprint, open_parent_run, publish_folder
 from lmforge.core.stages import FINISHED, child_run, finished_stage, make_stage
 from lmforge.data.pairs import Pair, Pairs, carve_dev, encode_pairs, load_pairs
 from lmforge.errors import UserError
@@ -33,18 +33,10 @@ from lmforge.models.causal_lm import load_causal_lm
 def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
     c = cfg.options
     streams = load_lm_stream(cfg)  # [(name, training pairs, held-out pairs)], checked before anything is written
-    run = RunDir(run_dir)
+    data = {"tasks": [{"name": n, "train": t.examples().source, "train_pairs": len(t), "held_out": len(h)}
+                      for n, t, h in streams]}  # fmt: skip
+    run = open_parent_run(run_dir, cfg.to_yaml(), cfg.train.seed, data, resume)
     stages = run.path / "stages"
-    if not resume:
-        if run.path.exists() and any(run.path.iterdir()):
-            raise UserError(f"{run.path}: run folder already exists; add --resume to continue it or pick --run-dir")
-        stages.mkdir(parents=True)
-        data = {"tasks": [{"name": n, "train": t.examples().source, "train_pairs": len(t), "held_out": len(h)}
-                          for n, t, h in streams]}  # fmt: skip
-        write_text_atomic(run.manifest, json.dumps(build_manifest(cfg.train.seed, data), indent=1) + "\n")
-        write_text_atomic(run.config, cfg.to_yaml())
-    elif (run.path / "final.json").is_file():
-        raise UserError(f"{run.path}: this run already finished; nothing to resume")
     held_out_files = [pairs_stage(stages, f"held-out-{i + 1}.jsonl", h) for i, (_, _, h) in enumerate(streams)]
 
     before = loss_stage(stages, 0, cfg.model.name, cfg, streams)
@@ -110,8 +102,6 @@ def load_lm_stream(cfg: RunConfig) -> list[tuple[str, Pairs, Pairs]]:
 
 def pairs_stage(stages: Path, name: str, pairs: Pairs) -> Path:
     """`pairs` as a prompt/completion .jsonl file the sft method reads, kept as a stage."""
-    from lmforge.core.rundir import fingerprint
-
     rows = [{"prompt": p.prompt, "completion": p.completion} for p in pairs.pairs]
     settings = {
         "pairs": len(rows),

@@ -27,10 +27,9 @@ import numpy as np
 from lmforge.config import RunConfig
 from lmforge.core.console import say
 from lmforge.core.result import RunResult
-from lmforge.core.rundir import RunDir, build_manifest, publish_folder, write_text_atomic
+from lmforge.core.rundir import open_parent_run, publish_folder
 from lmforge.core.stages import FINISHED, child_run
 from lmforge.core.training_run import scalar_metrics
-from lmforge.errors import UserError
 from lmforge.methods.crest.data import generation_labeled_set, load_crest_data
 from lmforge.methods.crest.generation import predictions_stage, train_generation
 from lmforge.methods.crest.rebalance import select_pseudo_labels, selection_rates
@@ -42,18 +41,8 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
     c = cfg.options
     data = load_crest_data(cfg)  # every input checked before the run folder is written
     rates = selection_rates(data.labeled_counts, c.alpha)
-    run = RunDir(run_dir)
+    run = open_parent_run(run_dir, cfg.to_yaml(), cfg.train.seed, data.manifest(), resume)
     stages = run.path / "stages"
-    if not resume:
-        if run.path.exists() and any(run.path.iterdir()):
-            raise UserError(f"{run.path}: run folder already exists; add --resume to continue it or pick --run-dir")
-        stages.mkdir(parents=True)
-        write_text_atomic(run.manifest, json.dumps(build_manifest(cfg.train.seed, data.manifest()), indent=1) + "\n")
-        write_text_atomic(run.config, cfg.to_yaml())
-    elif not run.config.is_file():
-        raise UserError(f"{run.path}: not a CReST run folder (no config.yaml); nothing to resume")
-    elif (run.path / "final.json").is_file():
-        raise UserError(f"{run.path}: this run already finished; nothing to resume")
 
     labeled, generations = data.task.train, []
     for g in range(c.generations):
