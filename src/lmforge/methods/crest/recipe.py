@@ -49,12 +49,11 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
         child = child_run(stages, f"generation-{g + 1}")
         if child.state == FINISHED:
             say(f"generation {g + 1}: finished earlier ({child.folder})")
-            final = json.loads((child.folder / "final.json").read_text())
         else:
             say(f"generation {g + 1} of {c.generations}: FixMatch on {len(labeled):,} labeled and "
                 f"{len(data.unlabeled):,} unlabeled examples")  # fmt: skip
             train_generation(cfg, child.folder, child.resume, data, labeled, g)
-            final = json.loads((child.folder / "final.json").read_text())
+        final = json.loads((child.folder / "final.json").read_text())
         record = {"generation": g + 1, "labeled": len(labeled), "final": final}
         if g + 1 < c.generations:  # the last model's pseudo-labels would feed no generation
             predictions = predictions_stage(stages, g, child.folder / "final", data, cfg)
