@@ -24,7 +24,16 @@ def finished_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "lora"
     result = run_cli("run", "lora/minilm_sst2", *TINY, "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stderr[-2000:]
+    (run_dir / "stderr.log").write_text(result.stderr)
     return run_dir
+
+
+def test_a_log_gets_plain_progress_lines_and_the_version_is_printed(cli, finished_run):
+    # the module's run wrote its stderr to a pipe, as nohup, CI and SLURM do: no carriage-return redraws
+    log = (finished_run / "stderr.log").read_text()
+    assert "\r" not in log and "train: 4/4 step (100%)" in log
+    result = cli("--version")
+    assert result.returncode == 0 and result.stdout.strip().startswith("lmforge 0.")
 
 
 def test_list_shows_datasets_with_sizes_and_licenses(cli):

@@ -21,6 +21,13 @@ def finished_run(tmp_path_factory):
     return run_dir
 
 
+def test_no_color_prints_the_heat_map_as_plain_words(cli, finished_run, monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    result = cli("explain", str(finished_run), "a gorgeous , witty film", "--method", "occlusion")
+    assert result.returncode == 0, result.stderr
+    assert "\x1b[" not in result.stdout and "gorgeous" in result.stdout and "occlusion: explaining" in result.stdout
+
+
 def test_explain_prints_a_heat_map_and_writes_a_page(cli, finished_run, tmp_path):
     page = tmp_path / "page.html"
     result = cli("explain", str(finished_run), "a gorgeous , witty film", "--method", "occlusion", "--html", str(page))

@@ -275,8 +275,7 @@ def explain_prompts(args, prompts: list[str]) -> int:
 
 
 def cmd_explain_eval(args) -> int:
-    from tqdm.auto import tqdm
-
+    from lmforge.core.console import progress_bar
     from lmforge.core.rundir import check_output_folder
     from lmforge.explain.faithfulness import faithfulness
 
@@ -290,7 +289,7 @@ def cmd_explain_eval(args) -> int:
     print(f"{source}: {len(texts)} texts, methods {', '.join(methods)}", file=sys.stderr)
     reference = None
     rows = []
-    for method in tqdm(["occlusion", *[m for m in methods if m != "occlusion"]], desc="methods"):
+    for method in progress_bar(["occlusion", *[m for m in methods if m != "occlusion"]], desc="methods"):
         started = time.perf_counter()
         attributions = explainer.explain(texts, method, n_samples=args.samples, progress=True)
         seconds = (time.perf_counter() - started) / len(texts)

@@ -17,6 +17,7 @@ import sys
 import traceback
 from pathlib import Path
 
+import lmforge
 from lmforge.cli.eval_gen import add_eval_gen_parser
 from lmforge.cli.explain import add_all as add_explanation_commands
 from lmforge.cli.recipes import add_recipe_parser, find_recipe, first_comment, is_local, list_recipes
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Adapt pre-trained language models with "
         "published methods: recipes, evaluation, prediction and run reports.",
     )
+    parser.add_argument("--version", action="version", version=f"lmforge {lmforge.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("list", help="list methods, recipes, models or datasets")

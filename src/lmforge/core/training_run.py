@@ -31,12 +31,11 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from lmforge.config import RunConfig
 from lmforge.core import checkpoint as ckpt
 from lmforge.core.checkpoint import read_weights
-from lmforge.core.console import say
+from lmforge.core.console import progress_bar, say
 from lmforge.core.loop import (
     OptimizerBatch,
     StopSignal,
@@ -269,7 +268,9 @@ def start_training(
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     batches = optimizer_batches(lengths, train, state, accelerator.process_index, accelerator.num_processes)
-    bar = tqdm(total=n_steps, initial=state.step, desc="train", unit="step", disable=not main, dynamic_ncols=True)
+    bar = progress_bar(
+        total=n_steps, initial=state.step, desc="train", unit="step", disable=not main, dynamic_ncols=True
+    )
     return TrainingRun(
         cfg=cfg,
         model=model,

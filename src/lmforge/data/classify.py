@@ -19,10 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from lmforge.config import DataConfig
-from lmforge.core.console import say
+from lmforge.core.console import progress_bar, say
 from lmforge.core.metrics import classification_metrics
 from lmforge.data.files import Task, describe, load_task
 
@@ -107,7 +106,7 @@ def predict_logits(
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = [None] * len(ids)
     starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=desc, leave=False, disable=desc is None):
+    for start in progress_bar(starts, desc=desc, leave=False, disable=desc is None):
         chunk = order[start : start + batch_size]
         logits = model(**collate([ids[i] for i in chunk], pad_id, device)).logits.float().cpu()
         for i, row in zip(chunk, logits, strict=False):

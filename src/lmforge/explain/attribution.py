@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from lmforge.core.console import progress_bar
 from lmforge.errors import UserError
 from lmforge.explain.integrated_gradients import (
     MAX_STEPS,
@@ -228,7 +228,7 @@ class Explainer:
             scores = [np.zeros(0)] * len(encoded)
             by_length = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))  # little padding
             starts = range(0, len(by_length), self.batch_size)
-            for start in tqdm(starts, desc=f"explain ({method})", disable=not progress, leave=False):
+            for start in progress_bar(starts, desc=f"explain ({method})", disable=not progress, leave=False):
                 chosen = by_length[start : start + self.batch_size]
                 chunk, chunk_targets = [encoded[i] for i in chosen], [targets[i] for i in chosen]
                 if method == "ig":

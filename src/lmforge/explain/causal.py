@@ -45,8 +45,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from lmforge.core.console import progress_bar
 from lmforge.errors import UserError
 from lmforge.explain.attribution import require_captum
 from lmforge.explain.methods import CAUSAL_METHODS, REDUCTIONS
@@ -295,13 +295,13 @@ class PromptExplainer:
         log_probs = self.answer_log_probs([e.prompt_ids for e in encoded], [e.answer_ids for e in encoded])
         results: list[tuple[np.ndarray, np.ndarray | None]] = [(np.zeros(0), None)] * len(encoded)
         if method == "occlusion":
-            for i, e in enumerate(tqdm(encoded, desc="explain (occlusion)", disable=not progress, leave=False)):
+            for i, e in enumerate(progress_bar(encoded, desc="explain (occlusion)", disable=not progress, leave=False)):
                 token_scores = self._occlusion(e)
                 results[i] = (self._reduce_rows(token_scores, reduction), token_scores)
         else:
             by_length = sorted(range(len(encoded)), key=lambda i: len(encoded[i].prompt_ids))  # little padding
             starts = range(0, len(by_length), self.batch_size)
-            for start in tqdm(starts, desc=f"explain ({method})", disable=not progress, leave=False):
+            for start in progress_bar(starts, desc=f"explain ({method})", disable=not progress, leave=False):
                 chosen = by_length[start : start + self.batch_size]
                 got = self._gradient_scores(method, [encoded[i] for i in chosen], reduction, per_token, n_steps)
                 for i, pair in zip(chosen, got):

@@ -1,5 +1,6 @@
-"""Show attributions: a coloured heat map in the terminal (24-bit ANSI background per word) and a
-self-contained HTML page (words shaded, the raw per-piece values in a table below each text).
+"""Show attributions: a coloured heat map in the terminal (24-bit ANSI background per word; plain words
+when NO_COLOR is set) and a self-contained HTML page (words shaded, the raw per-piece values in a table
+below each text).
 
 Colours follow Captum's convention: green supports the explained label (for a causal LM: makes the
 answer more likely), red speaks against it; the shade is the score over the largest absolute score
@@ -12,6 +13,7 @@ from html import escape
 
 import numpy as np
 
+from lmforge.core.console import use_color
 from lmforge.explain.attribution import Attribution
 from lmforge.explain.causal import PromptAttribution
 
@@ -29,13 +31,17 @@ def _rgb(share: float) -> tuple[int, int, int]:
     return tuple(round(255 + (t - 255) * s) for t in target)
 
 
+def _on_colour(word: str, share: float) -> str:
+    """`word` on its shade (24-bit ANSI background), or plain when NO_COLOR is set."""
+    if not use_color():
+        return word
+    r, g, b = _rgb(share)
+    return f"\x1b[48;2;{r};{g};{b}m\x1b[38;2;0;0;0m{word}\x1b[0m"
+
+
 def terminal_heatmap(a: Attribution) -> str:
     """One line of words on coloured backgrounds, then the prediction and the top words."""
-    shares = _shares(a.word_scores)
-    words = []
-    for word, share in zip(a.words, shares):
-        r, g, b = _rgb(share)
-        words.append(f"\x1b[48;2;{r};{g};{b}m\x1b[38;2;0;0;0m{word}\x1b[0m")
+    words = [_on_colour(word, share) for word, share in zip(a.words, _shares(a.word_scores))]
     top = np.argsort(-a.word_scores)[:5]  # the words that support the label most
     ranked = ", ".join(f"{a.words[i]} {a.word_scores[i]:+.4f}" for i in top)
     p = a.probabilities[a.target]
@@ -80,16 +86,10 @@ def _explained(a: PromptAttribution) -> str:
 
 def prompt_terminal_heatmap(a: PromptAttribution) -> str:
     """The prompt's words on coloured backgrounds, the answer in bold, then what is explained and the top words."""
-    shares = _shares(a.word_scores)
-    words = []
-    for word, share in zip(a.words, shares):
-        r, g, b = _rgb(share)
-        words.append(f"\x1b[48;2;{r};{g};{b}m\x1b[38;2;0;0;0m{word}\x1b[0m")
+    words = [_on_colour(word, share) for word, share in zip(a.words, _shares(a.word_scores))]
     answer = a.answer.replace("\n", "\\n")
-    return (
-        f"{' '.join(words)} \x1b[1m{answer}\x1b[0m\n  {a.method}: {_explained(a)}; "
-        f"top words: {_top_words(a.words, a.word_scores)}"
-    )
+    answer = f"\x1b[1m{answer}\x1b[0m" if use_color() else f"[{answer}]"
+    return f"{' '.join(words)} {answer}\n  {a.method}: {_explained(a)}; top words: {_top_words(a.words, a.word_scores)}"
 
 
 def prompt_attribution_html(a: PromptAttribution) -> str:

@@ -94,7 +94,8 @@ class HFGenerator:
         """For each prompt, its params.n completions. `should_stop` is asked before every forward pass;
         when it says True, GenerationStopped is raised (a server stops work nobody waits for)."""
         import torch
-        from tqdm.auto import tqdm
+
+        from lmforge.core.console import progress_bar
 
         if isinstance(prompts, str):
             raise UserError("generate: prompts must be a list of strings, not one string")
@@ -116,7 +117,7 @@ class HFGenerator:
         self.model.eval()
         # The decoding loop is ours (_generate_batch), so a folder's generation_config.json (repetition
         # penalty, top_k, ...) plays no part: the sampling parameters are the only ones. Its EOS ids count.
-        bar = tqdm(total=len(rows), desc="generate", unit="sample", disable=not progress)
+        bar = progress_bar(total=len(rows), desc="generate", unit="sample", disable=not progress)
         try:
             with torch.inference_mode():
                 for start in range(0, len(rows), self.batch_size):

@@ -63,11 +63,11 @@ class OpenAIGenerator:
     def generate(
         self, prompts: Sequence[str], params: SamplingParams, progress: bool = False
     ) -> list[list[Completion]]:
-        from tqdm.auto import tqdm
+        from lmforge.core.console import progress_bar
 
         if isinstance(prompts, str):
             raise UserError("generate: prompts must be a list of strings, not one string")
-        with tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
+        with progress_bar(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
 
             def one(prompt: str) -> list[Completion]:
                 result = self.complete(prompt, params)

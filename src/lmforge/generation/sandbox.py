@@ -156,14 +156,14 @@ def run_many(
     """`run_python` on each program, at most `workers` at a time; results in the order of `programs`."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    from tqdm.auto import tqdm  # here, so that the sandbox itself needs nothing outside the standard library
+    from lmforge.core.console import progress_bar  # here: the sandbox itself needs only the standard library
 
     programs = list(programs)
     _setup()  # probe once, before the threads start
     results: list[ExecResult | None] = [None] * len(programs)
     with (
         ThreadPoolExecutor(max_workers=workers) as pool,
-        tqdm(total=len(programs), desc="running programs", unit="program", disable=not progress) as bar,
+        progress_bar(total=len(programs), desc="running programs", unit="program", disable=not progress) as bar,
     ):
         futures = {pool.submit(run_python, program, **limits): i for i, program in enumerate(programs)}
         try:

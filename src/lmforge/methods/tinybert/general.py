@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from lmforge.config import RunConfig
 from lmforge.core import checkpoint as ckpt
-from lmforge.core.console import say
+from lmforge.core.console import progress_bar, say
 from lmforge.core.loop import (
     StopSignal,
     advance,
@@ -119,7 +118,9 @@ def run_general(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
 
         student.train()
         batches = optimizer_batches([len(x) for x in train_ids], train, state)
-        bar = tqdm(total=n_steps, initial=state.step, desc="general distillation", unit="step", dynamic_ncols=True)
+        bar = progress_bar(
+            total=n_steps, initial=state.step, desc="general distillation", unit="step", dynamic_ncols=True
+        )
         loss = None
         with StopSignal() as stop:
             while state.step < n_steps:
