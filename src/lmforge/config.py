@@ -66,9 +66,17 @@ class TrainConfig:
     batch_size: int = option(32, "examples per micro-batch", min=1)
     grad_accum: int = option(1, "micro-batches per optimizer step", min=1)
     group_by_length: bool = option(True, "batch examples of similar length together (less padding, faster)")
-    lr: float = option(5e-5, "peak learning rate of AdamW", min=0.0, exclusive_min=True)
+    lr: float = option(5e-5, "peak learning rate", min=0.0, exclusive_min=True)
+    optimizer: str = option(
+        "adamw", "adamw, adafactor (factored second moments: less memory) or sgd (momentum 0.9)",
+        choices=["adamw", "adafactor", "sgd"],
+    )  # fmt: skip
     weight_decay: float = option(0.01, "AdamW weight decay (never applied to biases and norms)", min=0.0)
-    warmup_ratio: float = option(0.06, "share of steps with linear warmup, then linear decay", min=0.0, max=1.0)
+    warmup_ratio: float = option(0.06, "share of steps with linear warmup, then the schedule", min=0.0, max=1.0)
+    scheduler: str = option(
+        "linear", "learning rate after the warmup: linear (decay to 0), cosine (to 0) or constant",
+        choices=["linear", "cosine", "constant"],
+    )  # fmt: skip
     max_grad_norm: float = option(1.0, "clip the gradient norm (0 = no clipping)", min=0.0)
     seed: int = option(42, "seed for weights, data order and dropout", **SEED_RANGE)
     eval_every: int = option(0, "evaluate every N optimizer steps (0 = once per epoch)", min=0)

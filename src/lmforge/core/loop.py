@@ -55,20 +55,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over trainable parameters; biases and normalisation weights (1-D tensors) get no decay."""
+OPTIMIZERS = ("adamw", "adafactor", "sgd")
+SCHEDULES = ("linear", "cosine", "constant")
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, name: str = "adamw") -> torch.optim.Optimizer:
+    """The optimizer over trainable parameters; biases and normalisation weights (1-D tensors) get no decay.
+
+    adamw: torch's AdamW (Loshchilov and Hutter 2019). adafactor: transformers' Adafactor (Shazeer and Stern
+    2018) at the given learning rate (relative_step and scale_parameter off: the schedule stays ours), for
+    its factored second moments (less optimizer memory). sgd: SGD with momentum 0.9."""
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    groups = [g for g in groups if g["params"]]
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=lr, relative_step=False, scale_parameter=False, warmup_init=False)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    raise ValueError(f"optimizer {name!r}: one of {', '.join(OPTIMIZERS)}")
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float, phases: list[int] | None = None
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup_ratio: float,
+    phases: list[int] | None = None,
+    shape: str = "linear",
 ):
-    """Linear warmup over `warmup_ratio` of the steps, then linear decay to zero.
+    """Linear warmup over `warmup_ratio` of the steps, then `shape`: linear decay to zero, cosine (half a
+    cosine down to zero, as transformers' get_cosine_schedule_with_warmup) or constant. The warmup starts
+    at 1 / (warmup + 1) of the peak rather than 0, so that no step is wasted at learning rate 0.
 
     `phases` (step counts summing to `total_steps`) restarts the schedule at each phase boundary:
     a recipe with stages trained one after the other (TinyBERT's intermediate layers, then its
@@ -82,7 +105,12 @@ def build_scheduler(
         warmup = int(round(warmup_ratio * length))
         if local < warmup:
             return (local + 1) / (warmup + 1)
-        return max(0.0, (length - local) / max(1, length - warmup))
+        if shape == "constant":
+            return 1.0
+        remaining = max(0.0, (length - local) / max(1, length - warmup))  # 1 -> 0 after the warmup
+        if shape == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * (1.0 - remaining)))
+        return remaining
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

@@ -256,9 +256,9 @@ def start_training(
     the best model follow (higher is better)."""
     train = cfg.train
     trainable, total = count_parameters(model)
-    optimizer = build_optimizer(model, train.lr, train.weight_decay)
+    optimizer = build_optimizer(model, train.lr, train.weight_decay, train.optimizer)
     n_steps = total_steps(len(lengths), train)
-    scheduler = build_scheduler(optimizer, n_steps, train.warmup_ratio, phases)
+    scheduler = build_scheduler(optimizer, n_steps, train.warmup_ratio, phases, train.scheduler)
     accelerator = make_accelerator(train)
     main = accelerator.is_main_process
     if accelerator.num_processes > 1:  # dropout differs per process; DDP broadcasts rank 0's weights

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from lmforge.config import TrainConfig
@@ -99,3 +100,48 @@ def test_early_stopping_counts_evaluations_without_gain():
     assert not update_early_stopping(state, 0.5, patience=2) and not state.stopped_early
     assert not update_early_stopping(state, 0.4, patience=2) and state.stopped_early
     assert state.best_metric == 0.5
+
+
+@pytest.mark.parametrize("shape", ["linear", "cosine", "constant"])
+def test_each_schedule_equals_transformers_after_the_warmup(shape):
+    from transformers import (
+        get_constant_schedule_with_warmup,
+        get_cosine_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
+
+    reference = {
+        "linear": get_linear_schedule_with_warmup,
+        "cosine": get_cosine_schedule_with_warmup,
+        "constant": lambda opt, warmup, total: get_constant_schedule_with_warmup(opt, warmup),
+    }[shape]
+    ours = build_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 50, 0.1, shape=shape)
+    theirs = reference(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 5, 50)
+    for step in range(5, 50):  # the warmup differs by design: ours starts at 1 / (warmup + 1), not 0
+        assert ours.lr_lambdas[0](step) == pytest.approx(theirs.lr_lambdas[0](step), abs=1e-12), step
+    assert ours.lr_lambdas[0](0) == pytest.approx(1 / 6)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adafactor", "sgd"])
+def test_each_optimizer_trains_and_its_state_survives_a_checkpoint(tmp_path, name):
+    from lmforge.core import checkpoint as ckpt
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 2))
+    x, y = torch.randn(64, 8), torch.randint(0, 2, (64,))
+    opt = build_optimizer(model, 1e-2, 0.01, name)
+    sched = build_scheduler(opt, 40, 0.0)
+    losses = []
+    for _ in range(20):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step(), sched.step(), opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    tensors = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    path = ckpt.save_checkpoint(tmp_path, 20, tensors, opt, sched, {"step": 20}, keep=1)
+    fresh = build_optimizer(model, 1e-2, 0.01, name)
+    ckpt.load_checkpoint(path, model, fresh, build_scheduler(fresh, 40, 0.0))
+    for a, b in zip(opt.state.values(), fresh.state.values(), strict=True):
+        for key in a:
+            assert torch.as_tensor(a[key]).equal(torch.as_tensor(b[key])), (name, key)

@@ -79,9 +79,9 @@ def run_general(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
     train_ids = encode(tokenizer, train_texts, cfg.model.max_length)
     held_ids = encode(tokenizer, held_texts, cfg.model.max_length)
 
-    optimizer = build_optimizer(student, train.lr, train.weight_decay)
+    optimizer = build_optimizer(student, train.lr, train.weight_decay, train.optimizer)
     n_steps, per_epoch = total_steps(len(train_ids), train), steps_per_epoch(len(train_ids), train)
-    scheduler = build_scheduler(optimizer, n_steps, train.warmup_ratio)
+    scheduler = build_scheduler(optimizer, n_steps, train.warmup_ratio, shape=train.scheduler)
     accelerator = make_accelerator(train)
     run, state, _ = open_run(run_dir, cfg, manifest, resume, student, optimizer, scheduler)
     student, optimizer = accelerator.prepare(student, optimizer)
