@@ -47,6 +47,9 @@ class ModelConfig:
     dropout: float | None = option(
         None, "override the model's dropout rates (null = the model's own)", min=0.0, max=0.9
     )
+    gradient_checkpointing: bool = option(
+        False, "recompute activations in the backward pass instead of keeping them: less memory, more time"
+    )
 
 
 @dataclass

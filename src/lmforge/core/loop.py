@@ -115,6 +115,21 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Keep only each layer's input in the forward pass and recompute the rest in the backward (Chen et al.
+    2016, "Training Deep Nets with Sublinear Memory Cost"), through transformers' own switch; non-reentrant,
+    so it works with frozen embeddings (LoRA) as well."""
+    from lmforge.errors import UserError
+
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UserError(f"model.gradient_checkpointing: {type(model).__name__} does not support it")
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name; the old one warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def steps_per_epoch(n_examples: int, train: TrainConfig) -> int:
     return math.ceil(n_examples / (train.batch_size * train.grad_accum))
 

@@ -44,6 +44,7 @@ from lmforge.core.loop import (
     build_optimizer,
     build_scheduler,
     count_parameters,
+    enable_gradient_checkpointing,
     is_due,
     make_accelerator,
     optimizer_batches,
@@ -265,6 +266,8 @@ def start_training(
         torch.manual_seed(train.seed + accelerator.process_index)
     run, state, resumed_from = open_run(run_dir, cfg, manifest_data, resume, model, optimizer, scheduler, write=main)
     accelerator.wait_for_everyone()
+    if cfg.model.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     batches = optimizer_batches(lengths, train, state, accelerator.process_index, accelerator.num_processes)

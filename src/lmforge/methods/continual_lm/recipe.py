@@ -11,13 +11,14 @@ data is mixed with a reservoir sample of earlier tasks' pairs (Chaudhry et al. 2
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
 
 import torch
 
-from lmforge.config import DataConfig, ModelConfig, RunConfig
+from lmforge.config import DataConfig, RunConfig
 from lmforge.core.console import say
 from lmforge.core.result import RunResult
 from lmforge.core.rundir import fingerprint, open_parent_run, publish_folder
@@ -120,7 +121,7 @@ def sft_child(cfg: RunConfig, child, start: str, train_file: Path, held_out_file
 
     sft_cfg = RunConfig(
         method="sft",
-        model=ModelConfig(name=start, max_length=cfg.model.max_length, dropout=cfg.model.dropout),
+        model=dataclasses.replace(cfg.model, name=start),
         data=DataConfig(train=str(train_file), eval=str(held_out_file)),
         train=cfg.train,
         options=SftConfig(lora=False),
