@@ -222,6 +222,25 @@ def test_export_merge_gives_a_plain_model_with_the_same_predictions(cli, finishe
     with torch.no_grad():
         assert torch.allclose(merged.eval()(**batch).logits, adapted(**batch).logits, atol=1e-5)
     assert "already exists" in one_clear_line(cli("export", str(finished_run), "--merge", str(out)))
+    line = one_clear_line(cli("export", str(finished_run), str(tmp_path / "plain")))
+    assert "its final/ is a LoRA adapter; add --merge" in line and not (tmp_path / "plain").exists()
+
+
+def test_export_of_a_fully_fine_tuned_run_needs_no_merge(cli, tmp_path):
+    import torch
+
+    from lmforge.models.classifier import load_saved_classifier
+
+    run_dir = tmp_path / "finetune"
+    assert cli("run", "finetune/minilm_sst2", *TINY, "--run-dir", str(run_dir)).returncode == 0
+    result = cli("export", str(run_dir), str(tmp_path / "model"))
+    assert result.returncode == 0, result.stderr
+    exported, tokenizer = load_saved_classifier(tmp_path / "model")
+    trained, _ = load_saved_classifier(run_dir / "final")
+    batch = tokenizer(["a gorgeous film"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(exported.eval()(**batch).logits, trained.eval()(**batch).logits)
+    assert "give the output folder once" in one_clear_line(cli("export", str(run_dir)))
 
 
 def test_manifest_names_the_recipe_that_resume_must_name_again(cli, finished_run):

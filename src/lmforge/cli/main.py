@@ -136,11 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("export", help="save a finished run as a plain Hugging Face model folder")
     p.add_argument("run_dir", type=Path)
     p.add_argument(
+        "out_dir", type=Path, nargs="?", help="where to save it (a run whose final/ is a LoRA adapter needs --merge)"
+    )
+    p.add_argument(
         "--merge",
         type=Path,
-        required=True,
         metavar="OUT_DIR",
-        help="merge the adapter into the base weights and save_pretrained the model here",
+        help="merge the adapter (LoRA, AdaLoRA) into the base weights and save_pretrained the model here",
     )
     p.set_defaults(handler=cmd_export)
 
@@ -326,14 +328,20 @@ def cmd_export(args) -> int:
     from lmforge.adapters.lora import remove_lora
     from lmforge.core.rundir import check_output_folder
 
-    check_output_folder(args.merge, "--merge")
-    if args.merge.exists() and any(args.merge.iterdir()):
-        raise UserError(f"{args.merge}: already exists and is not empty")
+    if (args.out_dir is None) == (args.merge is None):
+        raise UserError("lmforge export: give the output folder once: OUT_DIR, or --merge OUT_DIR for an adapter run")
+    out, flag = (args.merge, "--merge") if args.merge else (args.out_dir, "OUT_DIR")
+    check_output_folder(out, flag)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out}: already exists and is not empty")
+    if args.merge is None and (args.run_dir / "final" / "adapter_config.json").is_file():
+        raise UserError(f"{args.run_dir}: its final/ is a LoRA adapter; add --merge to fold it into the base weights "
+                        f"(lmforge export {args.run_dir} --merge {out}), or load final/ with peft")  # fmt: skip
     _, _, model, tokenizer = load_finished_run(args.run_dir)
-    model = remove_lora(model.cpu())
-    model.save_pretrained(args.merge)
-    tokenizer.save_pretrained(args.merge)
-    print(f"merged model: {args.merge}")
+    model = remove_lora(model.cpu())  # nothing to merge in a fully fine-tuned model
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    print(f"{'merged model' if args.merge else 'model'}: {out}")
     return 0
 
 
