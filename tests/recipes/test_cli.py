@@ -266,3 +266,29 @@ def test_labels_that_isdigit_takes_for_digits_train(cli, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((run_dir / "final.json").read_text())["labels"] == ["1", "²"]
+
+
+def cache_model(cache, repo_id):
+    """A tiny classifier saved into a Hugging Face cache under `repo_id`, laid out as the hub client
+    writes it (models--org--name/refs/main -> snapshots/<commit>/)."""
+    from lmforge.models.classifier import load_classifier
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    model, tokenizer = load_classifier("tiny-bert", ["negative", "positive"], seed=0)
+    model.save_pretrained(repo / "snapshots" / commit)
+    tokenizer.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+@pytest.mark.parametrize("repo_id", ["tiny-org/tiny-bert-sst2", "tiny-bert-sst2"])
+def test_a_hub_id_in_the_cache_loads_offline(cli, tmp_path, monkeypatch, repo_id):
+    cache = tmp_path / "hub"
+    cache_model(cache, repo_id)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    run_dir = tmp_path / "run"
+    result = cli("run", "finetune/minilm_sst2", *TINY, f"model.name={repo_id}", "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = one_clear_line(cli("run", "finetune/minilm_sst2", *TINY, "model.name=tiny-org/not-cached"))
+    assert "not-cached" in line and str(cache) in line and "HF_HUB_OFFLINE=1" in line

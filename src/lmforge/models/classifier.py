@@ -7,7 +7,8 @@ Builtin names work offline:
   bundled datasets: real tokenization, seconds per run; for tests of mechanics.
 - `gemma-3-270m`, `tiny-gpt2`: causal language models, loaded by models/causal_lm.py; Gemma's
   converted folder also serves here (a Gemma classifier), tiny-gpt2 exists only as a causal LM.
-Anything else is a local Hugging Face folder or, when the machine has network, a hub id.
+Anything else is a local Hugging Face folder or a hub id: downloaded when the machine has network, read
+from the Hugging Face cache (HF_HOME, HF_HUB_CACHE) with HF_HUB_OFFLINE=1.
 """
 
 from __future__ import annotations
@@ -186,14 +187,31 @@ def resolve_path(name: str) -> Path | str:
     if Path(name).expanduser().is_dir():
         check_weight_files(Path(name).expanduser())
         return Path(name).expanduser()
-    looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None
+    looks_like_hub_id = re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is not None  # org/name, or a bare bert-base-uncased
     if not looks_like_hub_id:
         raise UserError(
-            f"model {name!r}: not a builtin model ({', '.join(BUILTIN_MODELS)}), a local folder, or a hub id (org/name)"
+            f"model {name!r}: not a builtin model ({', '.join(BUILTIN_MODELS)}), a local folder, or a hub id"
         )
     if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise UserError(f"model {name!r}: no local folder of that name, and HF_HUB_OFFLINE=1 rules out the hub")
+        return cached_hub_model(name)
     return name
+
+
+def cached_hub_model(name: str) -> Path:
+    """The folder of hub model `name` in the Hugging Face cache (HF_HOME / HF_HUB_CACHE), as compute nodes
+    without network use it; a model that is not there is a UserError naming the cache."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(name, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        raise UserError(
+            f"model {name!r}: not a builtin model ({', '.join(BUILTIN_MODELS)}), nor a local folder, nor in the "
+            f"Hugging Face cache ({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE=1 rules out downloading it"
+        ) from None
+    check_weight_files(folder)
+    return folder
 
 
 def tiny_bert_tokenizer() -> PreTrainedTokenizerBase:
