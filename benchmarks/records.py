@@ -68,6 +68,21 @@ def run_once(command: list[str], done_marker: Path, log: Path, cwd: Path) -> Non
     print(f"finished in {time.perf_counter() - started:.0f} s", flush=True)
 
 
+def changed_settings(saved: str, wanted: str) -> list[str]:
+    """The dotted keys whose values differ between two config.yaml texts: a benchmark refuses to reuse a
+    run folder made with other settings and names these."""
+    import yaml
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+
+    a, b = flat(yaml.safe_load(saved) or {}), flat(yaml.safe_load(wanted) or {})
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
 def merge_benchmark_result(path: Path, key: str, result: dict) -> None:
     """Store `result` under `key` in the benchmark's results JSON, keeping the other keys."""
     merged = json.loads(path.read_text()) if path.is_file() else {}

@@ -154,24 +154,10 @@ def class_tasks(work: Path) -> list[str]:
     return specs
 
 
-def changed_settings(saved: str, wanted: str) -> list[str]:
-    """The dotted keys whose values differ between two config.yaml texts."""
-    import yaml
-
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-        return out
-
-    a, b = flat(yaml.safe_load(saved) or {}), flat(yaml.safe_load(wanted) or {})
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-
-
 def lmforge_run(recipe: str, run_dir: Path, sets: list[str]) -> dict:
     """`lmforge run RECIPE SETS --run-dir run_dir`: reused when finished with these settings, resumed when
     interrupted; a folder made with other settings stops the benchmark. Returns its final.json."""
-    from records import run_once
+    from records import changed_settings, run_once
 
     from lmforge.cli.recipes import find_recipe
     from lmforge.registry import load_run_config

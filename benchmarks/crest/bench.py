@@ -121,24 +121,10 @@ def overrides(profile: dict, dataset: str, gamma: float, seed: int, lr: float, p
     ]
 
 
-def changed_settings(saved: str, wanted: str) -> list[str]:
-    """The dotted keys whose values differ between two config.yaml texts."""
-    import yaml
-
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-        return out
-
-    a, b = flat(yaml.safe_load(saved) or {}), flat(yaml.safe_load(wanted) or {})
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-
-
 def lmforge_run(run_dir: Path, sets: list[str]) -> dict:
     """`lmforge run crest/minilm_trec6 SETS --run-dir run_dir`: reused when finished with these settings,
     resumed when interrupted; a folder made with other settings stops the benchmark."""
-    from records import run_once
+    from records import changed_settings, run_once
 
     from lmforge.cli.recipes import find_recipe
     from lmforge.registry import load_run_config
