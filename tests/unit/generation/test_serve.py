@@ -125,7 +125,7 @@ def test_serve_with_a_bad_model_exits_2_with_one_line(cli):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "lmforge: error: model './no/such/folder': not a builtin model (minilm, tiny-bert, gemma-3-270m, tiny-gpt2), "
-        "a local folder, or a hub id (org/name)"
+        "a local folder, or a hub id"
     ]
 
 
