@@ -46,6 +46,7 @@ from lmforge.methods.crest.augment import strong_view, weak_view
 from lmforge.methods.crest.data import CrestData
 from lmforge.methods.crest.fixmatch import unlabeled_loss
 from lmforge.methods.crest.rebalance import RunningDistribution, align, alignment_target, alignment_temperature
+from lmforge.methods.finetune.recipe import save_pretrained
 from lmforge.models.classifier import load_classifier, load_saved_classifier
 
 
@@ -141,11 +142,6 @@ def fixmatch_loss(
     stats["masked"] += out.mask.sum().item()
     # out.loss is the mean over this share: times its size over the step's mu B is its part of the step's mean
     return {"labeled": labeled, "unlabeled": c.unlabeled_weight * out.loss * len(u) / x.per_step}
-
-
-def save_pretrained(model, tokenizer, folder: Path) -> None:
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
 
 
 def predictions_stage(stages: Path, g: int, model_folder: Path, data: CrestData, cfg: RunConfig) -> dict:
