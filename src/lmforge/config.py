@@ -50,6 +50,12 @@ class ModelConfig:
     gradient_checkpointing: bool = option(
         False, "recompute activations in the backward pass instead of keeping them: less memory, more time"
     )
+    dtype: str = option(
+        "float32",
+        "weights' dtype while training: float32, or bfloat16 (half the memory; pure bfloat16 weights, "
+        "unlike train.mixed_precision, which keeps float32 weights and computes in half precision)",
+        choices=["float32", "bfloat16"],
+    )
 
 
 @dataclass
@@ -93,6 +99,11 @@ class TrainConfig:
     early_stopping_patience: int = option(0, "stop after N evaluations without improvement (0 = off)", min=0)
     mixed_precision: str = option("no", "Accelerate mixed precision", choices=["no", "fp16", "bf16"])
     log_every: int = option(10, "write the training loss to metrics.jsonl every N steps", min=1)
+    report_to: list[str] = option(
+        [],
+        "experiment trackers that also receive the logged metrics, through Accelerate: tensorboard, mlflow, "
+        "wandb (a list; empty = none; the run folder is written the same either way)",
+    )
     eval_batch_size: int = option(64, "examples per evaluation batch", min=1)
 
 
