@@ -12,7 +12,11 @@ defaults are the common ones, each with its source:
   of the authors' RoBERTa GLUE scripts (microsoft/LoRA, examples/NLU, `--lora_r 8 --lora_alpha 16`)
   and a common default since (alpha = 2r); QLoRA used dropout 0.1 for models up to 13B;
 - zero-shot prompts: the model is trained, and later evaluated (`lmforge eval-gen`), in the same
-  format, without few-shot exemplars taking up the context.
+  format, without few-shot exemplars taking up the context;
+- chat records (`messages_column`): the loss on every assistant turn, as TRL's `assistant_only_loss`
+  and axolotl's `roles_to_train: ["assistant"]` (data/chat.py);
+- packing off, so that a batch is a batch of examples as in every recipe; on, rows are filled by
+  best-fit decreasing as TRL's default `packing_strategy="bfd"` (data/packing.py).
 """
 
 from dataclasses import dataclass
@@ -47,6 +51,21 @@ class SftConfig:
     )
     prompt_column: str = option("prompt", "column holding the prompt in a .jsonl/.csv/.tsv file")
     completion_column: str = option("completion", "column holding the completion in a .jsonl/.csv/.tsv file")
+    messages_column: str = option(
+        "",
+        "column of a .jsonl file holding chat records, a list of {role: system|user|assistant, content} messages "
+        "trained on their assistant turns (e.g. messages); empty = prompt/completion pairs",
+    )
+    chat_template: str = option(
+        "",
+        "a Jinja chat template file to render chat records with (saved with the tokenizer in final/); empty = the "
+        "tokenizer's own, or `role: content` lines when it has none",
+    )
+    packing: bool = option(
+        False,
+        "pack several examples into each row of model.max_length tokens (examples do not attend to each other; "
+        "train.batch_size then counts rows); off as in TRL and torchtune",
+    )
     dev_size: int = option(
         100, "pairs held out of the training data for the evaluation loss when data.eval is empty", min=1
     )

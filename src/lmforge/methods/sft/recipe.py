@@ -11,6 +11,12 @@ Full fine-tuning (`sft.lora=false`) trains every weight and saves a Hugging Face
 `final/`; LoRA (`sft.lora=true`, `adapters/lora.py`) trains adapters on frozen weights and saves a
 PEFT adapter folder. `load_causal_lm(run_dir)` loads either (LoRA: the base model with the adapter
 merged), so `lmforge serve RUN_DIR` and `lmforge eval-gen RUN_DIR` take a finished run.
+
+Chat records (`sft.messages_column`, `data/chat.py`) train on their assistant turns; the loss is the
+same mean over the step's supervised tokens. Packing (`sft.packing`, `data/packing.py`) puts several
+examples in each row of `model.max_length` tokens, each attending to itself only (checked on the model
+before training, `check_isolation`); the loop then batches rows, and the loss, a mean over the step's
+supervised tokens, is the one the same examples would give unpacked. Evaluation is never packed.
 """
 
 from __future__ import annotations
@@ -30,12 +36,13 @@ from lmforge.core.console import say
 from lmforge.core.loop import StopSignal, count_parameters, seed_everything
 from lmforge.core.training_run import RunResult, start_training
 from lmforge.data.files import manifest_entry
-from lmforge.data.pairs import Encoded, collate, encode_pairs, load_train_dev
+from lmforge.data.packing import collate_packed, pack_rows
+from lmforge.data.pairs import Encoded, collate_examples, encode_pairs, load_train_dev
 from lmforge.errors import UserError
 from lmforge.methods.sft.report import DATA_FILE, data_summary, report_sections
 from lmforge.models.causal_lm import GEMMA, load_causal_lm, set_dropout
 from lmforge.models.gguf import CONVERSION_NOTE, MODIFICATIONS_FILE, gemma_path
-from lmforge.models.lm_logits import logits_at
+from lmforge.models.lm_logits import last_hidden_states, logits_at
 
 NOTICES = ("GEMMA_TERMS.html", "NOTICE.md", "LICENSE-NOTICE.txt")  # license files of the base model, passed on
 
@@ -43,10 +50,13 @@ NOTICES = ("GEMMA_TERMS.html", "NOTICE.md", "LICENSE-NOTICE.txt")  # license fil
 def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
     sft, train = cfg.options, cfg.train
     check_options(cfg)
+    template = read_chat_template(sft.chat_template)
     train_pairs, dev_pairs = load_train_dev(cfg.data, sft)
 
     seed_everything(train.seed)
     model, tokenizer = load_causal_lm(cfg.model.name, seed=train.seed)
+    if template:  # rendered with it here, and saved with the tokenizer in final/ for serving
+        tokenizer.chat_template = template
     if cfg.model.dropout is not None:
         set_dropout(model, cfg.model.dropout)
     if sft.lora:
@@ -62,19 +72,29 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
     say(f"held out: {dev_pairs.describe()}")
 
     manifest = {"train": manifest_entry(train_pairs.examples()), "eval": manifest_entry(dev_pairs.examples())}
-    lengths = [len(x) for x in train_data.ids]
+    rows = [[i] for i in range(len(train_data))]  # what the loop batches: one example per row, or packed rows
+    if sft.packing:
+        check_isolation(model, cfg.model.name)
+        rows = pack_rows([len(x) for x in train_data.ids], cfg.model.max_length)
+        say(f"packing: {len(train_data):,} examples in {len(rows):,} rows of at most {cfg.model.max_length} tokens")
+    lengths = [sum(len(train_data.ids[i]) for i in row) for row in rows]
     t = start_training(cfg, run_dir, resume, model, tokenizer, lengths, manifest)
     pad_id = tokenizer.pad_token_id
     if t.main:
-        t.run.write_json(DATA_FILE, data_summary(tokenizer, train_pairs, train_data, dev_pairs, dev_data))
+        summary = data_summary(tokenizer, train_pairs, train_data, dev_pairs, dev_data)
+        if sft.packing:
+            summary["packing"] = {"rows": len(rows), "tokens": sum(lengths), "max_length": cfg.model.max_length}
+        t.run.write_json(DATA_FILE, summary)
 
     def evaluate() -> dict:
         return held_out_loss(t.model, dev_data, pad_id, train.eval_batch_size, t.accelerator.device)
 
     def micro_loss(micro: list[int], step_tokens: int) -> dict[str, torch.Tensor]:
         """One micro-batch's summed completion-token loss, divided by the whole step's token count."""
-        ids, prompt_lengths = [train_data.ids[i] for i in micro], [train_data.prompt_lengths[i] for i in micro]
-        inputs = collate(ids, prompt_lengths, pad_id, t.accelerator.device)
+        if sft.packing:
+            inputs = collate_packed(train_data, [rows[r] for r in micro], pad_id, t.accelerator.device)
+        else:
+            inputs = collate_examples(train_data, micro, pad_id, t.accelerator.device)
         labels = inputs.pop("labels")
         return {"loss": completion_loss(t.model, inputs, labels)[0] / step_tokens}
 
@@ -82,7 +102,8 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
     with StopSignal() as stop:
         while t.running():
             batch, started = next(t.batches), time.perf_counter()
-            step_tokens = sum(train_data.targets(i) for i in batch.examples)  # every micro-batch and process
+            # the supervised tokens of every micro-batch and process (of every example of every row)
+            step_tokens = sum(train_data.targets(i) for r in batch.examples for i in rows[r])
             loss = t.accumulate(batch, partial(micro_loss, step_tokens=step_tokens))
             t.optimizer_step(batch)
             t.optimizer.zero_grad(set_to_none=True)
@@ -129,6 +150,54 @@ def check_options(cfg: RunConfig) -> None:
         raise UserError("train.early_stopping_patience: not available for sft (no accuracy to follow)")
     if data.text_column != "text" or data.label_column != "label":
         raise UserError("data.text_column / data.label_column: sft reads sft.prompt_column and sft.completion_column")
+    sft = cfg.options
+    if sft.chat_template and not sft.messages_column:
+        raise UserError("sft.chat_template: renders chat records; set sft.messages_column too")
+
+
+def read_chat_template(path: str) -> str:
+    """The text of a Jinja chat template file (empty when none is named)."""
+    if not path:
+        return ""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"sft.chat_template: {file}: file not found")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"sft.chat_template: {file}: not UTF-8 text") from None
+    if not text.strip():
+        raise UserError(f"sft.chat_template: {file}: the file is empty")
+    return text
+
+
+@torch.no_grad()
+def check_isolation(model, model_name: str) -> None:
+    """Refuse packing for a model whose attention lets packed examples see each other: in a row of two
+    examples, the second one's hidden states must not change when the first one's tokens do
+    (`data/packing.py` says how transformers isolates them)."""
+    first, other_first, last = [11, 12, 13, 14, 15], [21, 22, 23, 24, 25], [31, 32, 33]  # any ids of a vocabulary
+    positions = list(range(len(first))) + list(range(len(last)))
+    device = next(model.parameters()).device
+    inputs = {
+        "input_ids": torch.tensor([first + last, other_first + last], device=device),
+        "position_ids": torch.tensor([positions, positions], device=device),
+        "use_cache": False,
+    }
+    was_training = model.training
+    model.eval()
+    try:
+        hidden = last_hidden_states(model, inputs)[:, len(first) :].float()  # (2, len(last), H)
+    except (TypeError, ValueError) as e:  # a model that takes no position_ids
+        raise UserError(f"sft.packing: {model_name} cannot run packed rows ({e}); set sft.packing=false") from None
+    finally:
+        model.train(was_training)
+    moved = (hidden[0] - hidden[1]).abs().max().item()
+    if moved > 1e-3 * (1 + hidden.abs().max().item()):
+        raise UserError(
+            f"sft.packing: {model_name}'s attention lets packed examples see each other (its transformers class "
+            "does not read restarting position_ids as example boundaries); set sft.packing=false"
+        )
 
 
 def completion_loss(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -151,7 +220,7 @@ def held_out_loss(model, data: Encoded, pad_id: int, batch_size: int, device) ->
     total, count = 0.0, 0
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        inputs = collate([data.ids[i] for i in chunk], [data.prompt_lengths[i] for i in chunk], pad_id, device)
+        inputs = collate_examples(data, chunk, pad_id, device)
         labels = inputs.pop("labels")
         summed, n = completion_loss(model, inputs, labels)
         total, count = total + summed.item(), count + n

@@ -3,7 +3,8 @@
 `sft_data.json` (written when the run starts) holds the pair counts, token statistics and the
 first training pairs split into tokens, each marked as prompt (not trained on) or supervised; the
 report shows them so that the masking can be checked by eye: grey prompt tokens, green completion
-tokens, and the EOS that ends every completion.
+tokens, and the EOS that ends every completion (chats: grey system and user turns and template
+markup, green assistant turns). With packing it also holds the number of packed rows.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ KEYS = ["source", "pairs", "skipped", "prompt_tokens_mean", "completion_tokens_m
 
 def data_summary(tokenizer, train: Pairs, train_data: Encoded, dev: Pairs, dev_data: Encoded) -> dict:
     def split(pairs: Pairs, data: Encoded) -> dict:
-        prompts = data.prompt_lengths
         targets = [data.targets(i) for i in range(len(data))]
+        prompts = [len(ids) - n for ids, n in zip(data.ids, targets)]  # every token not trained on
         return {
             "source": pairs.source,
             "pairs": len(pairs),
@@ -35,13 +36,9 @@ def data_summary(tokenizer, train: Pairs, train_data: Encoded, dev: Pairs, dev_d
 
     examples = []
     for i in range(min(SHOWN, len(train_data))):
-        ids, prompt_length = train_data.ids[i], train_data.prompt_lengths[i]
-        examples.append(
-            {
-                "where": train.pairs[i].where,
-                "tokens": [[tokenizer.decode([token]), j >= prompt_length] for j, token in enumerate(ids)],
-            }
-        )
+        trained = [label != -100 for label in train_data.labels(i)]
+        tokens = [[tokenizer.decode([token]), supervised] for token, supervised in zip(train_data.ids[i], trained)]
+        examples.append({"where": train.pairs[i].where, "tokens": tokens})
     return {"train": split(train, train_data), "eval": split(dev, dev_data), "examples": examples}
 
 
