@@ -1,74 +1,48 @@
-"""`lmforge serve`: an OpenAI-compatible HTTP server over the `hf` generation backend.
+"""`lmforge serve`: an OpenAI-compatible HTTP server over the `hf` generation backend, on uvicorn and
+Starlette (uvicorn.dev, www.starlette.io).
 
-Endpoints: `POST /v1/completions`, `POST /v1/chat/completions`, `GET /v1/models` (and `GET /health`), and
-`POST /v1/load_lora_adapter` as vLLM has it (`{"lora_name": ..., "lora_path": ...}`): the folder (a LoRA
-run, its final/ folder, or any model lmforge loads) is loaded beside the served model, and requests whose
-`model` is that name go to it. Self-improvement loops (V-STaR) use it to sample from each new generator.
-The standard library's ThreadingHTTPServer answers requests on threads; generation itself runs one
-request at a time (a request's n samples and prompts are batched).
+The parts: `serve_app.py` (the endpoints, the checks of every request, OpenAI's error shape),
+`serve_http.py` (uvicorn's h11 protocol with the connection limits and the read deadline),
+`serve_worker.py` (one decoding thread batching the requests that wait in a bounded queue),
+`serve_completions.py` (what a completion or chat request computes), `serve_requests.py` (the fields
+read), `serve_openai.py` (the answers' shapes and server-sent events), `serve_limits.py` (the limits as
+plain functions) and `logprobs.py` (log-probabilities in one forward pass). This module holds the
+server itself: the models it serves (the one it started with, and those loaded with
+`/v1/load_lora_adapter`, as vLLM's runtime LoRA call, under `--max-adapters` and `--adapter-root`),
+the socket, and uvicorn run in this thread or another (`start_in_thread`).
 
-Limits (generation/serve_limits.py, `ServeLimits`; docs/security.md lists the attacks they answer): a body
-of at most 16 MB with a plain Content-Length; at most `max_request_tokens` token positions per request
-(n x, over its prompts, prompt tokens + max_tokens); `max_queue` requests waiting for the generation
-slot and `max_connections` connections (beyond them, 503 with Retry-After); `read_timeout` seconds to
-send headers and body; a request whose client disconnects stops between two decoding steps;
-`max_adapters` loaded models (least recently used unloaded), only from under `adapter_root`; Host
-must be this server's and a browser's Origin a page of it. Every fault of a request answers 4xx.
-
-Request fields, as OpenAI defines them: `prompt` (a string or a list of strings) or `messages`,
-`n`, `temperature` (default 1), `top_p` (default 1), `max_tokens` (default 16 for completions, as
-OpenAI, and 256 for chat), `stop` (a string or a list), `seed` (default: a fresh random seed per
-request; with a seed the answer is reproducible). `model` selects a model loaded with
-load_lora_adapter; any other name means the served model. `stream`, `logprobs` and `echo` are
-refused with 400; other fields are ignored.
-Each choice also carries `completion_tokens`, its own token count (an extension).
-
-Chat: messages are rendered with the tokenizer's chat template when it has one; otherwise as lines
-`role: content` followed by `assistant:`, and generation then also stops at "\\nuser:".
+A request's `model` must name a served model: the server's name (`--name`) or a loaded one; any other
+name is a 404 in OpenAI's shape (code `model_not_found`); a request without `model` gets the served one.
+The server listens on 127.0.0.1 unless told otherwise; with an API key (`--api-key` or LMFORGE_API_KEY)
+every request must carry it. See docs/serving.md.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import sys
+import logging
+import socket
 import threading
 import time
-import traceback
-import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from lmforge.errors import UserError
 from lmforge.generation.generate import HFGenerator
-from lmforge.generation.sampling import Completion, GenerationStopped, SamplingParams
 from lmforge.generation.serve_limits import (
     WILDCARD_ADDRESSES,
     ClientError,
-    ClientGone,
-    DeadlineReader,
-    GenerationQueue,
     LoadedModels,
     ServeLimits,
     adapter_folder,
     busy,
-    check_work,
-    client_gone,
-    content_length,
-    host_allowed,
     host_names,
-    origin_allowed,
-    refuse_connection,
 )
-from lmforge.generation.serve_requests import parse_json, render_chat, sampling_params
+from lmforge.generation.serve_worker import DecodingWorker
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-MAX_NAME_CHARS = 256
-MAX_PATH_CHARS = 4096
-DRAIN_BYTES = 1 << 20  # an unread body is read (up to this) before closing, so the client gets the answer, not a reset
+GRACEFUL_SHUTDOWN_SECONDS = 5  # answers in flight get this long to go out when the server stops
 
 
-class CompletionServer(ThreadingHTTPServer):
-    daemon_threads = True
+class CompletionServer:
+    """The server, bound to `address` at construction (port 0: a free one); `serve_forever` runs it."""
 
     def __init__(
         self,
@@ -77,31 +51,75 @@ class CompletionServer(ThreadingHTTPServer):
         model_name: str,
         quiet: bool = False,
         limits: ServeLimits | None = None,
+        api_key: str | None = None,
     ):
+        import uvicorn
+
+        from lmforge.generation.serve_app import build_app
+        from lmforge.generation.serve_http import limited_protocol
+
+        if api_key is not None and not api_key.strip():
+            raise UserError("the API key is empty: give a non-empty --api-key (or LMFORGE_API_KEY), or none")
         self.limits = limits or ServeLimits()
-        super().__init__(address, Handler)
         self.generator = generator
         self.model_name = model_name
         self.quiet = quiet
-        self.queue = GenerationQueue(self.limits.max_queue)
-        self.connections = threading.BoundedSemaphore(self.limits.max_connections)
+        self.api_key = api_key.strip() if api_key is not None else None
         self.loading = threading.Lock()  # one load_lora_adapter at a time: loads in parallel would pile up models
         self.models_lock = threading.Lock()
         self.loaded = LoadedModels(self.limits.max_adapters)  # lora_name -> its generator, least recently used first
         self.hosts = host_names(address[0], self.limits.allowed_hosts)
         self.any_ip = address[0] in WILDCARD_ADDRESSES
+        self.socket = bind(address)
+        self.server_address = self.socket.getsockname()[:2]
+        self.worker = DecodingWorker(self.limits.max_queue, generator.batch_size)
+        logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL if quiet else logging.WARNING)
+        config = uvicorn.Config(
+            build_app(self),
+            http=limited_protocol(self.limits),
+            lifespan="off",
+            log_config=None,  # uvicorn's warnings through Python's logging; the request lines are ours
+            access_log=False,
+            server_header=False,
+            timeout_keep_alive=min(5, self.limits.read_timeout),
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        )
+        self.uvicorn = uvicorn.Server(config)
+        self.stopped = threading.Event()
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
+        host, port = self.server_address
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}/v1"
 
-    def generator_for(self, model: object) -> HFGenerator:
-        """The generator loaded as `model`; the served one for any other name (404 for an unloaded one)."""
-        if not isinstance(model, str):
-            return self.generator
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self.uvicorn.server_state.connections)
+
+    # ---- the models -------------------------------------------------------------------------------
+
+    def model_names(self) -> list[str]:
         with self.models_lock:
-            return self.loaded.use(model) or self.generator
+            return [self.model_name, *self.loaded]
+
+    def generator_for(self, model: object) -> tuple[HFGenerator, str]:
+        """The generator and name of the model a request asks for; no `model`: the served one; a name
+        that is not served: 404 (answering with another model would be silently wrong)."""
+        if model is None:
+            return self.generator, self.model_name
+        if not isinstance(model, str):
+            raise UserError("'model' must be a string")
+        with self.models_lock:
+            loaded = self.loaded.use(model)  # 404 for a name unloaded to make room
+        if loaded is not None:
+            return loaded, model
+        if model == self.model_name:
+            return self.generator, self.model_name
+        served = ", ".join(map(repr, self.model_names()))
+        message = f"the model {model[:200]!r} does not exist here; this server serves {served}"
+        raise ClientError(404, message, param="model", code="model_not_found")
 
     def load(self, name: str, path: str) -> None:
         """Load the model of `path` (as `lmforge serve` would) under `name`; loading a name again replaces it.
@@ -134,263 +152,50 @@ class CompletionServer(ThreadingHTTPServer):
         finally:
             self.loading.release()
 
-    # ---- connections: at most max_connections threads --------------------------------------------
+    # ---- running ----------------------------------------------------------------------------------
 
-    def process_request(self, request, client_address) -> None:
-        if not self.connections.acquire(blocking=False):
-            refuse_connection(request, self.limits.max_connections)
-            self.shutdown_request(request)
-            return
+    def serve_forever(self) -> None:
+        """Serve until `shutdown` (or, in the main thread, SIGINT / SIGTERM: uvicorn stops gracefully)."""
+        self.worker.start()
         try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.connections.release()
-            raise
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
+            self.uvicorn.run(sockets=[self.socket])
         finally:
-            self.connections.release()
+            self.worker.close()
+            self.stopped.set()
 
-    def handle_error(self, request, client_address) -> None:
-        if not self.quiet:  # a connection that broke mid-request: one line, not a traceback
-            sys.stderr.write(f"lmforge serve: {client_address[0]}: connection failed: {sys.exc_info()[1]!r}\n")
+    def shutdown(self, timeout: float = 15.0) -> None:
+        """Stop serving (from another thread): decoding stops, answers in flight get a few seconds."""
+        self.uvicorn.should_exit = True
+        self.worker.close()
+        self.stopped.wait(timeout)
+
+    def server_close(self) -> None:
+        self.socket.close()
 
 
-def start_in_thread(server: CompletionServer) -> threading.Thread:
-    """Serve on a daemon thread (tests, notebooks); stop with server.shutdown()."""
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+def bind(address: tuple[str, int]) -> socket.socket:
+    """A listening TCP socket on `address` (OSError when it cannot be had)."""
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def start_in_thread(server: CompletionServer, timeout: float = 30.0) -> threading.Thread:
+    """Serve on a daemon thread (tests, notebooks) and return once it accepts; stop with server.shutdown()."""
+    thread = threading.Thread(target=server.serve_forever, name="lmforge-serve", daemon=True)
     thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.uvicorn.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not server.uvicorn.started:
+        raise RuntimeError("lmforge serve did not start")
     return thread
-
-
-class Handler(BaseHTTPRequestHandler):
-    server: CompletionServer
-
-    def setup(self) -> None:
-        super().setup()
-        limits = self.server.limits
-        # The headers and the body must all arrive within read_timeout of the connection, however slowly.
-        self.deadline: float | None = time.monotonic() + limits.read_timeout
-        self.body_read = False
-        self.rfile.close()
-        self.rfile = io.BufferedReader(DeadlineReader(self.connection, lambda: self.deadline, limits.read_timeout))
-
-    def finish(self) -> None:
-        if not self.body_read:
-            self._drain()
-        super().finish()
-
-    def __getattr__(self, name: str):
-        if name.startswith("do_"):  # any other method (PUT, OPTIONS, a made-up one): 405, not http.server's 501
-            return self._not_allowed
-        raise AttributeError(name)
-
-    def do_GET(self) -> None:
-        self._serve(self._get)
-
-    def do_POST(self) -> None:
-        self._serve(self._post)
-
-    def _not_allowed(self) -> None:
-        self._serve(self._refuse_method)
-
-    def _serve(self, handle) -> None:
-        """Answer with what `handle` returns; every fault of the request is a 4xx with one line."""
-        try:
-            self._check_host()
-            answer = handle()
-        except ClientGone:
-            self.close_connection = True
-            self.log_message("%s", "the client left; its generation stopped")
-            return
-        except ClientError as e:
-            self._error(e.status, str(e), headers=e.headers, kind="server_busy" if e.status == 503 else None)
-            return
-        except UserError as e:
-            self._error(400, str(e))
-            return
-        except Exception:  # noqa: BLE001 - a fault of the server: logged here, a short answer there
-            sys.stderr.write(f"lmforge serve: {self.requestline}\n{traceback.format_exc()}")
-            self._error(500, "the server failed on this request; its log says why", kind="server_error")
-            return
-        self._send(200, answer)
-
-    # ---- endpoints --------------------------------------------------------------------------------
-
-    def _get(self) -> dict:
-        self.body_read = True
-        path = self.path.rstrip("/")
-        if path == "/v1/models":
-            with self.server.models_lock:
-                names = [self.server.model_name, *self.server.loaded]
-            models = [{"id": name, "object": "model", "created": 0, "owned_by": "lmforge"} for name in names]
-            return {"object": "list", "data": models}
-        if path == "/health":
-            return {"status": "ok"}
-        raise ClientError(404, f"no such endpoint: GET {self.path[:200]}")
-
-    def _post(self) -> dict:
-        body = self._read_json()
-        endpoints = {
-            "/v1/completions": self._completions,
-            "/v1/chat/completions": self._chat,
-            "/v1/load_lora_adapter": self._load_lora_adapter,
-        }
-        endpoint = endpoints.get(self.path.rstrip("/"))
-        if endpoint is None:
-            raise ClientError(404, f"no such endpoint: POST {self.path[:200]}")
-        return endpoint(body)
-
-    def _refuse_method(self) -> dict:
-        raise ClientError(405, f"method {self.command[:20]!r} not allowed: GET or POST")
-
-    def _completions(self, body: dict) -> dict:
-        prompt = body.get("prompt")
-        if isinstance(prompt, str):
-            prompts = [prompt]
-        elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-            prompts = prompt
-        else:
-            raise UserError("'prompt' must be a string or a non-empty list of strings")
-        params = sampling_params(body, default_max_tokens=16, max_stop=self.server.limits.max_stop)
-        generator = self.server.generator_for(body.get("model"))
-        results, prompt_tokens = self._generate(generator, prompts, params)
-        choices = [
-            {
-                "index": i * params.n + j,
-                "text": c.text,
-                "finish_reason": c.finish_reason,
-                "logprobs": None,
-                "completion_tokens": c.tokens,
-            }
-            for i, completions in enumerate(results)
-            for j, c in enumerate(completions)
-        ]
-        return self._answer("cmpl", "text_completion", choices, prompt_tokens, results)
-
-    def _chat(self, body: dict) -> dict:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise UserError("'messages' must be a non-empty list of {role, content} objects")
-        generator = self.server.generator_for(body.get("model"))
-        prompt, extra_stop = render_chat(generator.tokenizer, messages)
-        params = sampling_params(
-            body, default_max_tokens=256, extra_stop=extra_stop, max_stop=self.server.limits.max_stop
-        )
-        results, prompt_tokens = self._generate(generator, [prompt], params)
-        choices = [
-            {
-                "index": j,
-                "message": {"role": "assistant", "content": c.text},
-                "finish_reason": c.finish_reason,
-                "completion_tokens": c.tokens,
-            }
-            for j, c in enumerate(results[0])
-        ]
-        return self._answer("chatcmpl", "chat.completion", choices, prompt_tokens, results)
-
-    def _load_lora_adapter(self, body: dict) -> dict:
-        name, path = body.get("lora_name"), body.get("lora_path")
-        if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
-            raise UserError("'lora_name' and 'lora_path' must be non-empty strings")
-        if len(name) > MAX_NAME_CHARS or len(path) > MAX_PATH_CHARS:
-            raise UserError(f"'lora_name' has at most {MAX_NAME_CHARS} characters, 'lora_path' {MAX_PATH_CHARS}")
-        self.server.load(name, path)  # a bad folder is a ClientError: 4xx with its message
-        return {"status": "ok", "lora_name": name, "lora_path": path}
-
-    def _generate(
-        self, generator: HFGenerator, prompts: list[str], params: SamplingParams
-    ) -> tuple[list[list[Completion]], int]:
-        """The completions, within the request budget, in the one generation slot, stopped if the client goes."""
-        prompt_tokens = [generator.count_tokens(p) for p in prompts]
-        check_work(prompt_tokens, params.n, params.max_new_tokens, self.server.limits.max_request_tokens)
-
-        def gone() -> bool:
-            return client_gone(self.connection)
-
-        with self.server.queue.turn(gone):
-            try:
-                return generator.generate(prompts, params, should_stop=gone), sum(prompt_tokens)
-            except GenerationStopped:
-                raise ClientGone() from None
-
-    def _answer(self, prefix: str, kind: str, choices: list, prompt_tokens: int, results) -> dict:
-        completion_tokens = sum(c.tokens for completions in results for c in completions)
-        return {
-            "id": f"{prefix}-{uuid.uuid4().hex}",
-            "object": kind,
-            "created": int(time.time()),
-            "model": self.server.model_name,
-            "choices": choices,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
-
-    # ---- plumbing ---------------------------------------------------------------------------------
-
-    def _check_host(self) -> None:
-        """Refuse a Host that is not this server's (DNS rebinding) and a cross-origin browser request."""
-        host, origin = self.headers.get("Host"), self.headers.get("Origin")
-        if host is None:
-            raise ClientError(400, "a Host header is required")
-        if not host_allowed(host, self.server.hosts, self.server.any_ip):
-            raise ClientError(403, f"Host {host[:100]!r} is not this server's (--allowed-hosts)")
-        if not origin_allowed(origin, self.server.hosts, self.server.limits.allowed_origins):
-            raise ClientError(403, f"requests from web pages of {origin[:100]!r} are not allowed (--allowed-origins)")
-
-    def _read_json(self) -> dict:
-        limits = self.server.limits
-        length = content_length(
-            self.headers.get_all("Content-Length") or [], self.headers.get("Transfer-Encoding"), limits.max_body_bytes
-        )
-        try:
-            data = self.rfile.read(length)
-        except TimeoutError:
-            message = f"the request did not arrive within {limits.read_timeout:g} s (--read-timeout)"
-            raise ClientError(408, message) from None
-        if len(data) < length:
-            raise ClientError(400, f"the body ended after {len(data):,} of its {length:,} bytes")
-        self.body_read = True
-        return parse_json(data)
-
-    def _drain(self) -> None:
-        """Read what the client sent and nobody read, briefly: closing on unread bytes resets the
-        connection, and the client would see the reset instead of the answer."""
-        try:
-            self.connection.settimeout(0.2)
-            left = DRAIN_BYTES
-            while left > 0:
-                chunk = self.connection.recv(min(65536, left))
-                if not chunk:
-                    break
-                left -= len(chunk)
-        except OSError:
-            pass
-
-    def _send(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
-        self.deadline = None
-        data = json.dumps(payload, ensure_ascii=False).encode()
-        try:
-            self.connection.settimeout(self.server.limits.read_timeout)  # a client that does not read: dropped
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError:  # the client left or stopped reading
-            self.close_connection = True
-
-    def _error(self, status: int, message: str, headers: dict[str, str] | None = None, kind: str | None = None) -> None:
-        error = {"message": message, "type": kind or "invalid_request_error", "param": None, "code": None}
-        self._send(status, {"error": error}, headers)
-
-    def log_message(self, format: str, *args) -> None:
-        if not self.server.quiet:
-            sys.stderr.write(f"lmforge serve: {self.address_string()} {format % args}\n")

@@ -1,4 +1,5 @@
-"""The limits of `lmforge serve`, apart from its HTTP stack so that another stack (ASGI) can reuse them.
+"""The limits of `lmforge serve` as plain functions, apart from its HTTP stack (uvicorn and Starlette,
+generation/serve_http.py and serve_app.py), which calls them.
 
 Each guards against one attack found on the loopback interface (docs/security.md, issue 23 item 7):
 
@@ -7,32 +8,26 @@ Each guards against one attack found on the loopback interface (docs/security.md
 - the work of one request: `request_work` counts the token positions it asks for (n x, over its prompts,
   prompt tokens + max_tokens) and `check_work` refuses more than the budget (n=3000 used to hold the
   one generation lock for minutes);
-- waiting: `GenerationQueue` runs one generation at a time, lets a bounded number of requests wait
-  (more get 503 with Retry-After) and drops a waiter whose client has gone; `client_gone` is what the
-  decoding loop asks between steps, so a request nobody waits for stops;
-- slow or idle clients: `DeadlineReader` gives a connection a fixed time to send its headers and body
-  (a socket timeout alone lets a client that sends a byte now and then hold a thread forever);
+- waiting: the decoding worker (generation/serve_worker.py) lets `max_queue` requests wait and answers
+  the next one `busy` (503 with Retry-After);
+- slow or idle clients: `read_timeout`, the time a connection has to send its headers and body
+  (enforced by the connection, generation/serve_http.py; a socket timeout alone lets a client that
+  sends a byte now and then hold a connection forever), and `max_connections`;
 - loaded models: `LoadedModels` keeps the most recently used few (40 loads used to keep 40 models), and
   `adapter_folder` loads only folders under an allowed root, with one answer for every path outside it;
 - the browser: `host_allowed` and `origin_allowed` refuse a Host that is not this server's (DNS
   rebinding) and a cross-origin page (a form or fetch from any web site).
 
-Every refusal is a `ClientError`: a UserError with an HTTP status (4xx, or 503 when busy) and headers.
+Every refusal is a `ClientError`: a UserError with an HTTP status (4xx, or 503 when busy), extra headers
+and OpenAI's `param` and `code`; `error_body` is OpenAI's error shape for it.
 """
 
 from __future__ import annotations
 
-import io
 import ipaddress
 import json
 import re
-import select
-import socket
-import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -46,16 +41,26 @@ FORGOTTEN_NAMES = 1024  # names of unloaded models remembered, so that asking fo
 
 
 class ClientError(UserError):
-    """A request refused with an HTTP `status` (and extra response `headers`)."""
+    """A request refused with an HTTP `status`, extra response `headers`, and OpenAI's `param` (the field at
+    fault) and `code` (a machine-readable reason, e.g. "model_not_found")."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.headers = headers or {}
+        self.param = param
+        self.code = code
 
 
 class ClientGone(Exception):
-    """The client closed its connection before its answer was ready."""
+    """The client closed its connection (or its read deadline passed) before its answer was ready."""
 
 
 @dataclass(frozen=True)
@@ -69,11 +74,13 @@ class ServeLimits:
     max_stop: int = 16
     """stop strings per request (each is searched for after every generated token)"""
     max_queue: int = 32
-    """requests that may wait while another generates; more get 503 with Retry-After"""
+    """requests that may wait while a batch decodes; more get 503 with Retry-After"""
     max_connections: int = 64
-    """connections (one thread each) served at once; more get 503 with Retry-After"""
+    """connections open at once; more get 503 with Retry-After"""
+    max_logprobs: int = 20
+    """top log-probabilities a completion request may ask for per token (`logprobs`), as vLLM's default"""
     read_timeout: float = 30.0
-    """seconds a connection has to send its headers and body; also the limit of each send"""
+    """seconds a connection has to send its headers and body; also the limit of each send of the answer"""
     max_adapters: int = 2
     """models loaded with load_lora_adapter kept at once, besides the served one (least recently used go)"""
     adapter_root: Path | None = None
@@ -88,7 +95,7 @@ class ServeLimits:
         for name, least in [("max_body_bytes", 1), ("max_request_tokens", 1), ("max_stop", 1), ("max_connections", 1)]:
             if getattr(self, name) < least:
                 raise UserError(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(self, name)}")
-        for name in ("max_queue", "max_adapters"):
+        for name in ("max_queue", "max_adapters", "max_logprobs"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(self, name)}")
         if not 0 < self.read_timeout < float("inf"):
@@ -99,19 +106,24 @@ def busy(message: str) -> ClientError:
     return ClientError(503, message, {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
-def refuse_connection(sock, max_connections: int) -> None:
-    """Answer 503 on a connection past the limit, from the accepting thread, without waiting on it."""
-    message = f"the server is serving {max_connections} connections (--max-connections); try again"
-    data = json.dumps({"error": {"message": message, "type": "server_busy", "param": None, "code": None}}).encode()
-    head = (
-        f"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: {RETRY_AFTER_SECONDS}\r\n"
-        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
-    )
-    try:
-        sock.settimeout(0.5)
-        sock.sendall(head.encode() + data)
-    except OSError:
-        pass
+ERROR_TYPES = {500: "server_error", 503: "server_busy"}  # every other status: OpenAI's "invalid_request_error"
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
+    kind = ERROR_TYPES.get(status, "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_bytes(status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> bytes:
+    """A whole HTTP/1.1 answer carrying `error_body`, closing the connection: for the connection layer, which
+    answers before (or instead of) the application."""
+    data = json.dumps(error_body(status, message)).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+        f"{head}Connection: close\r\n\r\n"
+    ).encode() + data
 
 
 # ---- the body --------------------------------------------------------------------------------------
@@ -137,37 +149,6 @@ def content_length(values: list[str], transfer_encoding: str | None, max_bytes: 
     return length
 
 
-class DeadlineReader(io.RawIOBase):
-    """A socket's input that ends in TimeoutError at `deadline()` (time.monotonic() seconds), however
-    slowly the bytes come; `None` means no deadline beyond the socket's own timeout."""
-
-    def __init__(self, sock: socket.socket, deadline: Callable[[], float | None], timeout: float):
-        self.sock, self.deadline, self.timeout = sock, deadline, timeout
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        deadline = self.deadline()
-        remaining = self.timeout if deadline is None else deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("the client took too long to send its request")
-        self.sock.settimeout(min(remaining, self.timeout))
-        return self.sock.recv_into(buffer)
-
-
-def client_gone(sock: socket.socket) -> bool:
-    """Whether the peer of `sock` has closed (or reset) the connection; never blocks. A client that has
-    sent its whole request sends nothing more until its answer, so a readable socket means the end."""
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-        if not readable:
-            return False
-        return sock.recv(1, socket.MSG_PEEK) == b""
-    except (OSError, ValueError):  # reset, or already closed
-        return True
-
-
 # ---- the work of a request -------------------------------------------------------------------------
 
 
@@ -186,37 +167,6 @@ def check_work(prompt_tokens: list[int], n: int, max_tokens: int, budget: int) -
             f"{sum(prompt_tokens):,} tokens in all, each + max_tokens={max_tokens}); this server allows at most "
             f"{budget:,} per request (--max-request-tokens): ask for fewer samples, prompts or tokens",
         )
-
-
-class GenerationQueue:
-    """One generation at a time; at most `max_waiting` requests wait for their turn."""
-
-    def __init__(self, max_waiting: int, poll_seconds: float = 0.1):
-        self.max_waiting = max_waiting
-        self.poll_seconds = poll_seconds
-        self.running = threading.Lock()
-        self.counter = threading.Lock()
-        self.waiting = 0
-
-    @contextmanager
-    def turn(self, gone: Callable[[], bool] = lambda: False) -> Iterator[None]:
-        """Hold the one generation slot; 503 when too many wait, ClientGone when `gone()` while waiting."""
-        if not self.running.acquire(blocking=False):
-            with self.counter:
-                if self.waiting >= self.max_waiting:
-                    raise busy(f"the server is busy: one request generating and {self.waiting} waiting (--max-queue)")
-                self.waiting += 1
-            try:
-                while not self.running.acquire(timeout=self.poll_seconds):
-                    if gone():
-                        raise ClientGone()
-            finally:
-                with self.counter:
-                    self.waiting -= 1
-        try:
-            yield
-        finally:
-            self.running.release()
 
 
 # ---- loaded models ---------------------------------------------------------------------------------
@@ -346,13 +296,16 @@ def add_limit_flags(p) -> None:
         "(default: %(default)s)",
     )
     group.add_argument(
-        "--max-queue", type=int, default=d.max_queue, help="requests waiting while one generates (default: %(default)s)"
+        "--max-queue",
+        type=int,
+        default=d.max_queue,
+        help="requests waiting while a batch decodes (default: %(default)s)",
     )
     group.add_argument(
         "--max-connections",
         type=int,
         default=d.max_connections,
-        help="connections (one thread each) served at once (default: %(default)s)",
+        help="connections open at once (default: %(default)s)",
     )
     group.add_argument(
         "--read-timeout",

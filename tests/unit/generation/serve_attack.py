@@ -4,7 +4,6 @@ a socket (any header, any framing), and servers over the shared tiny-gpt2 genera
 
 import json
 import socket
-import threading
 import time
 
 import pytest
@@ -40,10 +39,12 @@ def request_bytes(
     server, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None
 ) -> bytes:
     """An HTTP/1.1 request with a correct Host and Content-Length unless `headers` says otherwise
-    (a header whose value is None is left out)."""
+    (a header whose value is None is left out), asking the server to close the connection after its
+    answer (read_answer reads until it does)."""
     data = json.dumps(body).encode() if isinstance(body, dict) else (body or b"")
     host, port = address(server)
     fields = {"Host": f"{host}:{port}", "Content-Type": "application/json", "Content-Length": str(len(data))}
+    fields["Connection"] = "close"
     if method == "GET" and body is None:
         del fields["Content-Length"]
     fields.update(headers or {})
@@ -52,13 +53,13 @@ def request_bytes(
 
 
 def read_answer(sock: socket.socket) -> tuple[int, dict, dict]:
-    """(status, headers, JSON body) read until the server closes."""
+    """(status, headers with lower-case names, JSON body) read until the server closes."""
     data = b""
     while chunk := sock.recv(65536):
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    headers = {name.lower(): value for name, value in (line.split(": ", 1) for line in lines[1:] if ": " in line)}
     return int(lines[0].split()[1]), headers, json.loads(body) if body.startswith(b"{") else {}
 
 
@@ -105,7 +106,3 @@ def wait_until(condition, within: float, step: float = 0.05) -> bool:
             return True
         time.sleep(step)
     return condition()
-
-
-def thread_count() -> int:
-    return threading.active_count()

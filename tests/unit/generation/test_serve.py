@@ -11,6 +11,8 @@ from lmforge.generation.sampling import SamplingParams
 from lmforge.generation.serve_requests import FALLBACK_CHAT_STOP, render_chat, sampling_params
 from lmforge.models.causal_lm import tiny_gpt2_tokenizer
 
+HELLO = [{"role": "user", "content": "hi"}]
+
 
 def test_models_lists_the_one_model(tiny_server):
     status, answer = call(tiny_server.url + "/models")
@@ -50,14 +52,23 @@ def test_chat_completions_answer_as_the_assistant(tiny_server):
     [
         ("/completions", b"{not json", "not valid JSON"),
         ("/completions", {"max_tokens": 4}, "'prompt' must be"),
-        ("/completions", {"prompt": [1, 2]}, "'prompt' must be"),
+        ("/completions", {"prompt": [1, "a"]}, "'prompt' must be"),
+        ("/completions", {"prompt": [[1, 2], []]}, "'prompt' must be"),
+        ("/completions", {"prompt": [5, 1000]}, "token id 1000; this model's token ids are 0 to 999"),
         ("/completions", {"prompt": "a", "n": "2"}, "'n' must be an integer"),
         ("/completions", {"prompt": "a", "temperature": -1}, "temperature must be >= 0"),
-        ("/completions", {"prompt": "a", "stream": True}, "'stream' is not supported"),
+        ("/completions", {"prompt": "a", "stream": "yes"}, "'stream' must be true or false"),
         ("/completions", {"prompt": "a", "stop": [""]}, "'stop' must be"),
         ("/completions", {"prompt": "a", "max_tokens": 5000}, "1024 positions"),
+        ("/completions", {"prompt": "a", "max_tokens": 0}, "'max_tokens' 0 generates nothing"),
+        ("/completions", {"prompt": "a", "logprobs": 21}, "'logprobs' must be 0 to 20"),
+        ("/completions", {"prompt": "a", "suffix": "b"}, "'suffix' is not supported"),
+        ("/completions", {"prompt": "a", "best_of": 3}, "'best_of' other than 'n'"),
+        ("/completions", {"prompt": "a", "presence_penalty": 0.5}, "'presence_penalty' is not supported"),
         ("/chat/completions", {"messages": "hi"}, "'messages' must be"),
         ("/chat/completions", {"messages": [{"content": "hi"}]}, "string 'role'"),
+        ("/chat/completions", {"messages": HELLO, "logprobs": True}, "'logprobs' is not"),
+        ("/chat/completions", {"messages": HELLO, "tool_choice": "auto"}, "'tool_choice'"),
     ],
 )
 def test_bad_requests_get_400_with_a_message(tiny_server, path, body, message):
@@ -65,15 +76,19 @@ def test_bad_requests_get_400_with_a_message(tiny_server, path, body, message):
     assert status == 400 and message in answer["error"]["message"]
 
 
-def test_unknown_paths_get_404(tiny_server):
+def test_unknown_paths_get_404_and_unknown_models_404_in_openais_shape(tiny_server):
     assert call(tiny_server.url + "/embeddings", {"input": "a"})[0] == 404
     assert call(tiny_server.url.removesuffix("/v1") + "/nothing")[0] == 404
+    status, answer = call(tiny_server.url + "/completions", {"model": "gpt-4", "prompt": "a", "max_tokens": 1})
+    assert status == 404 and answer["error"]["code"] == "model_not_found" and answer["error"]["param"] == "model"
+    assert "'gpt-4' does not exist here" in answer["error"]["message"]
 
 
 def test_request_fields_map_to_sampling_params():
     params = sampling_params({"n": 2, "temperature": 0, "top_p": 0.5, "max_tokens": 9, "stop": "\n", "seed": 4}, 16)
     assert params == SamplingParams(n=2, temperature=0.0, top_p=0.5, max_new_tokens=9, stop=("\n",), seed=4)
     assert sampling_params({}, 16).max_new_tokens == 16
+    assert sampling_params({"max_tokens": 9, "max_completion_tokens": 3}, 16).max_new_tokens == 3  # the newer name wins
     with pytest.raises(UserError, match="'top_p' must be a number"):
         sampling_params({"top_p": float("nan")}, 16)
 

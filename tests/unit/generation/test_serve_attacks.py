@@ -1,5 +1,8 @@
 """The attacks of issue 23 item 7 on `lmforge serve`, run with real HTTP against a server on loopback
-(tiny-gpt2, small limits), each with one more case of its class. docs/security.md lists them."""
+(tiny-gpt2, small limits), each with one more case of its class. docs/security.md lists them.
+
+Malformed framing is refused by uvicorn's HTTP parser (h11) before the application sees it; its 400
+names h11's reason ("invalid HTTP request: bad Content-Length")."""
 
 import gc
 import os
@@ -17,7 +20,6 @@ from serve_attack import (
     request_bytes,
     send,
     serve,  # noqa: F401 (fixture)
-    thread_count,
     wait_until,
 )
 from tiny_server import tiny_generator  # noqa: F401 (fixture)
@@ -41,7 +43,7 @@ def test_a_negative_content_length_is_refused_not_read_to_the_end(serve):
 @pytest.mark.parametrize("value", ["abc", "+5", "1_0", " 0x10", "5.0", "99999999999999999999"])
 def test_content_lengths_that_int_would_take_or_that_are_not_numbers_are_refused(serve, value):
     status, _, answer = post(serve(), "/v1/completions", SMALL, {"Content-Length": value})
-    assert status == 400 and "Content-Length must be a non-negative decimal number" in answer["error"]["message"]
+    assert status == 400 and "Content-Length" in answer["error"]["message"]
 
 
 @pytest.mark.parametrize(
@@ -66,7 +68,7 @@ def test_two_different_content_lengths_are_refused(serve):
         sock.sendall(data)
         sock.shutdown(socket.SHUT_WR)
         status, _, answer = read_answer(sock)
-    assert status == 400 and "several different Content-Length" in answer["error"]["message"]
+    assert status == 400 and "conflicting Content-Length" in answer["error"]["message"]
 
 
 def test_a_body_shorter_than_its_length_is_a_400(serve):
@@ -75,7 +77,7 @@ def test_a_body_shorter_than_its_length_is_a_400(serve):
         sock.sendall(data)
         sock.shutdown(socket.SHUT_WR)
         status, _, answer = read_answer(sock)
-    assert status == 400 and "the body ended after" in answer["error"]["message"]
+    assert status == 400 and "the body ended before its Content-Length" in answer["error"]["message"]
 
 
 # ---- the work of one request --------------------------------------------------------------------------
@@ -127,7 +129,7 @@ def test_the_queue_is_bounded_and_a_waiter_that_leaves_gives_up_its_place(serve)
     time.sleep(0.5)
     started = time.monotonic()
     status, headers, answer = post(server, "/v1/completions", SMALL)  # no place left: 503 at once
-    assert status == 503 and headers.get("Retry-After") and "--max-queue" in answer["error"]["message"]
+    assert status == 503 and headers.get("retry-after") and "--max-queue" in answer["error"]["message"]
     assert time.monotonic() - started < 5
     waiting.close()  # the waiter leaves the queue (its own case) ...
     time.sleep(0.5)
@@ -145,11 +147,11 @@ def test_the_queue_is_bounded_and_a_waiter_that_leaves_gives_up_its_place(serve)
 
 def test_idle_connections_are_closed_after_the_read_timeout(serve):
     server = serve(read_timeout=1.0)
-    before = thread_count()
     idle = [socket.create_connection(address(server), timeout=10) for _ in range(20)]
     try:
+        assert wait_until(lambda: server.connections == 20, within=5)
         assert all(closed_by_server(sock, within=6) for sock in idle)
-        assert wait_until(lambda: thread_count() <= before + 1, within=5)  # their threads are gone
+        assert wait_until(lambda: server.connections == 0, within=5)  # the server holds none of them
     finally:
         for sock in idle:
             sock.close()
@@ -186,7 +188,7 @@ def test_connections_past_the_cap_get_503_and_the_slots_come_back(serve):
     time.sleep(0.3)
     with socket.create_connection(address(server), timeout=5) as extra:
         status, headers, answer = read_answer(extra)
-    assert status == 503 and headers.get("Retry-After") and "--max-connections" in answer["error"]["message"]
+    assert status == 503 and headers.get("retry-after") and "--max-connections" in answer["error"]["message"]
     for sock in held:
         sock.close()
     assert wait_until(lambda: post(server, "/v1/completions", SMALL)[0] == 200, within=10, step=0.3)
@@ -299,27 +301,23 @@ def test_bodies_that_break_the_parser_are_a_400(serve, body, message):
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "OPTIONS", "BREW"])
 def test_other_methods_are_a_405(serve, method):
     status, _, answer = send(serve(), method, "/v1/completions", SMALL)
-    assert status == 405 and "GET or POST" in answer["error"]["message"]
+    assert status == 405 and f"method '{method}' not allowed here: POST" in answer["error"]["message"]
 
 
 # ---- a bounded load test: everything at once ------------------------------------------------------------
 
 
-def server_threads() -> int:
-    return sum("process_request_thread" in t.name for t in threading.enumerate())
-
-
 @pytest.mark.slow
 def test_a_mixed_load_stays_within_the_limits_and_stops_by_itself(serve):
     """Idle sockets, oversized requests, clients that leave mid-generation and ordinary requests, all at
-    once: the server's threads stay within --max-connections, every answer is 200, 400 or 503, every
+    once: the server's connections stay within --max-connections, every answer is 200, 400 or 503, every
     ordinary request is served (retrying on 503), and the server is idle again after the read timeout."""
     server = serve(max_connections=8, max_queue=2, read_timeout=1.0, max_request_tokens=2000)
     peak, stop = [0], threading.Event()
 
     def watch():
         while not stop.is_set():
-            peak[0] = max(peak[0], server_threads())
+            peak[0] = max(peak[0], server.connections)
             time.sleep(0.01)
 
     statuses, served, refused = [], [], []
@@ -353,7 +351,7 @@ def test_a_mixed_load_stays_within_the_limits_and_stops_by_itself(serve):
     for thread in clients:
         thread.join(60)
     assert not any(thread.is_alive() for thread in clients)
-    assert wait_until(lambda: server_threads() == 0, within=5)
+    assert wait_until(lambda: server.connections == 0, within=5)
     stop.set()
     watcher.join()
     assert peak[0] <= 8

@@ -1,16 +1,11 @@
-"""The limits of `lmforge serve` as plain functions (generation/serve_limits.py), which any HTTP stack reuses;
-test_serve_attacks.py runs the attacks they answer against a real server."""
-
-import threading
-import time
+"""The limits of `lmforge serve` as plain functions (generation/serve_limits.py), apart from its HTTP stack;
+test_serve_attacks.py runs the attacks they answer against a real server, test_serve_worker.py the queue."""
 
 import pytest
 
 from lmforge.errors import UserError
 from lmforge.generation.serve_limits import (
     ClientError,
-    ClientGone,
-    GenerationQueue,
     LoadedModels,
     ServeLimits,
     adapter_folder,
@@ -125,43 +120,6 @@ def test_adapter_folder_resolves_under_the_root_and_refuses_the_rest(tmp_path):
         adapter_folder("org/name", tmp_path, ())  # under the root and absent: never taken for a hub id
 
 
-def test_the_queue_lets_a_bounded_number_wait_and_drops_a_waiter_that_leaves():
-    queue = GenerationQueue(max_waiting=1, poll_seconds=0.01)
-    results = []
-    release = threading.Event()
-
-    def hold():
-        with queue.turn():
-            release.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    time.sleep(0.05)
-    gone = threading.Event()
-
-    def wait_in_line():
-        try:
-            with queue.turn(gone.is_set):
-                results.append("served")
-        except ClientGone:
-            results.append("gone")
-
-    waiter = threading.Thread(target=wait_in_line)
-    waiter.start()
-    time.sleep(0.05)
-    with pytest.raises(ClientError, match="--max-queue") as error:
-        with queue.turn():
-            pass
-    assert error.value.status == 503 and error.value.headers["Retry-After"]
-    gone.set()
-    waiter.join(5)
-    assert results == ["gone"] and queue.waiting == 0
-    release.set()
-    holder.join(5)
-    with queue.turn():  # free again
-        pass
-
-
 @pytest.mark.parametrize(
     "field, value, message",
     [
@@ -169,6 +127,7 @@ def test_the_queue_lets_a_bounded_number_wait_and_drops_a_waiter_that_leaves():
         ("max_queue", -1, "--max-queue must be at least 0"),
         ("read_timeout", float("nan"), "--read-timeout must be a positive number"),
         ("read_timeout", float("inf"), "--read-timeout must be a positive number"),
+        ("max_logprobs", -1, "--max-logprobs must be at least 0"),
     ],
 )
 def test_limits_out_of_range_are_refused_naming_the_flag(field, value, message):
