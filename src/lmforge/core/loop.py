@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from lmforge.config import TrainConfig
+from lmforge.errors import UserError
 
 
 @dataclass
@@ -43,10 +44,15 @@ class TrainState:
         return asdict(self)
 
 
-def make_accelerator(train: TrainConfig):
+def make_accelerator(train: TrainConfig, trackers: list | None = None):
+    """Accelerate's Accelerator for `train.mixed_precision`, logging to `trackers` (Accelerate's tracker objects
+    for `train.report_to`, made by core/trackers.py). A loop that sends its metrics to no tracker passes none,
+    and `train.report_to` is then refused rather than silently ignored."""
     from accelerate import Accelerator
 
-    return Accelerator(mixed_precision=train.mixed_precision)
+    if train.report_to and trackers is None:
+        raise UserError("train.report_to: not available here (this loop writes metrics.jsonl only); remove it")
+    return Accelerator(mixed_precision=train.mixed_precision, log_with=trackers or None)
 
 
 def seed_everything(seed: int) -> None:
@@ -119,8 +125,6 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     """Keep only each layer's input in the forward pass and recompute the rest in the backward (Chen et al.
     2016, "Training Deep Nets with Sublinear Memory Cost"), through transformers' own switch; non-reentrant,
     so it works with frozen embeddings (LoRA) as well."""
-    from lmforge.errors import UserError
-
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise UserError(f"model.gradient_checkpointing: {type(model).__name__} does not support it")
     kwargs = {"use_reentrant": False}
@@ -128,6 +132,23 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def cast_weights(model: nn.Module, dtype: str, mixed_precision: str) -> None:
+    """`model.dtype`: with bfloat16, every weight (trainable and frozen) and floating buffer is cast to bfloat16 for
+    the whole run: half the memory of the weights, their gradients and the optimizer's state, with no float32
+    copy ("pure" bfloat16, unlike mixed precision; Kalamkar et al. 2019, "A Study of BFLOAT16 for Deep Learning
+    Training", keep a float32 master copy instead). An update smaller than about 2^-8 of a weight is then rounded
+    away, so a learning rate that suits float32 may move some weights less. float32 leaves the model as loaded."""
+    if dtype == "float32":
+        return
+    if mixed_precision == "fp16":
+        raise UserError(
+            "model.dtype=bfloat16 with train.mixed_precision=fp16: fp16 mixed precision keeps float32 weights and "
+            "scales the loss for float16 gradients, but these weights are bfloat16; use train.mixed_precision=bf16 "
+            "or no"
+        )
+    model.to(torch.bfloat16)
 
 
 def steps_per_epoch(n_examples: int, train: TrainConfig) -> int:

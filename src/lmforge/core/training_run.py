@@ -21,6 +21,7 @@ manifest.json records under "data" (the sources, counts and fingerprints of what
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +44,7 @@ from lmforge.core.loop import (
     advance,
     build_optimizer,
     build_scheduler,
+    cast_weights,
     count_parameters,
     enable_gradient_checkpointing,
     is_due,
@@ -56,6 +58,16 @@ from lmforge.core.loop import (
 from lmforge.core.report import write_report
 from lmforge.core.result import RunResult
 from lmforge.core.rundir import RunDir, build_manifest, write_text_atomic
+from lmforge.core.trackers import (
+    check_mlflow_store,
+    check_report_to,
+    close_trackers,
+    flat_config,
+    make_trackers,
+    recorded_trackers,
+    send,
+    start_trackers,
+)
 from lmforge.errors import Interrupted, UserError, shown
 
 __all__ = ["RunResult", "TrainingRun", "open_run", "save_best", "scalar_metrics", "start_training"]
@@ -141,6 +153,11 @@ class TrainingRun:
             raise RuntimeError("the recipe set no evaluator")
         return self.evaluator()
 
+    def log(self, record: dict) -> None:
+        """One line of metrics.jsonl, and its numbers to the trackers of `train.report_to` (main process only)."""
+        self.run.log(record)
+        send(self.accelerator, record)
+
     def save_checkpoint(self) -> None:
         if self.main:
             ckpt.save_checkpoint(
@@ -167,14 +184,14 @@ class TrainingRun:
         if self.main and (state.step % train.log_every == 0 or last):
             loss = state.running_loss / state.running_steps
             lr = self.scheduler.get_last_lr()[0]
-            self.run.log({"split": "train", "step": state.step, "epoch": epoch, "loss": loss, "lr": lr, **(log or {})})
+            self.log({"split": "train", "step": state.step, "epoch": epoch, "loss": loss, "lr": lr, **(log or {})})
             state.running_loss, state.running_steps = 0.0, 0
         self.metrics = None
         if is_due(state.step, train.eval_every, self.per_epoch) or last:
             self.metrics = metrics = self.evaluate()
             if self.main:
                 scores = scalar_metrics(metrics)
-                self.run.log({"split": "eval", "step": state.step, "epoch": epoch, **scores})
+                self.log({"split": "eval", "step": state.step, "epoch": epoch, **scores})
                 self.bar.write(f"step {state.step}: eval {', '.join(f'{k} {v:.4f}' for k, v in scores.items())}")
             if self.select_metric is not None:
                 improved = update_early_stopping(state, metrics[self.select_metric], train.early_stopping_patience)
@@ -184,6 +201,7 @@ class TrainingRun:
             self.save_checkpoint()
         if stop.requested:
             self.bar.close()
+            close_trackers(self.accelerator, "KILLED")  # --resume continues the same tracker runs
             raise Interrupted(f"{stop.requested} at step {state.step}; checkpoint saved in {self.run.checkpoints}")
 
     def finish(
@@ -227,6 +245,8 @@ class TrainingRun:
                 },
             )
             write_report(self.run.path, report_sections(self.run.path) if report_sections else None)
+            send(self.accelerator, {"split": "final", "step": state.step, **scalar_metrics(final)})
+        close_trackers(self.accelerator)
         return final
 
 
@@ -254,17 +274,40 @@ def start_training(
     `manifest_data` goes into manifest.json under "data" (JSON-serialisable). `phases` (step counts
     summing to `total_steps(len(lengths), cfg.train)`) splits the learning-rate schedule into stages,
     each with its own warmup and decay. `select_metric`: the evaluation metric early stopping and
-    the best model follow (higher is better)."""
-    train = cfg.train
+    the best model follow (higher is better).
+
+    `model.dtype` casts the model here, before the optimizer takes its parameters; `train.report_to` starts its
+    trackers (core/trackers.py) once the run folder is written, and manifest.json records their runs."""
+    train, run_dir = cfg.train, Path(run_dir)
+    check_report_to(train.report_to)  # like every check here: before anything is written
+    cast_weights(model, cfg.model.dtype, train.mixed_precision)
     trainable, total = count_parameters(model)
     optimizer = build_optimizer(model, train.lr, train.weight_decay, train.optimizer)
     n_steps = total_steps(len(lengths), train)
     scheduler = build_scheduler(optimizer, n_steps, train.warmup_ratio, phases, train.scheduler)
-    accelerator = make_accelerator(train)
+    trackers = None
+    if train.report_to:  # a resumed run continues the tracker runs its manifest.json names
+        recorded = recorded_trackers(run_dir / "manifest.json") if resume else {}
+        tags = {"lmforge.run_dir": str(run_dir.resolve()), "lmforge.method": cfg.method, "lmforge.recipe": cfg.recipe}
+        trackers = make_trackers(train.report_to, run_dir, run_dir.name, recorded, {k: v for k, v in tags.items() if v})
+    accelerator = make_accelerator(train, trackers)
     main = accelerator.is_main_process
+    if main and "mlflow" in train.report_to:
+        check_mlflow_store()
     if accelerator.num_processes > 1:  # dropout differs per process; DDP broadcasts rank 0's weights
         torch.manual_seed(train.seed + accelerator.process_index)
+    existed = run_dir.exists()
     run, state, resumed_from = open_run(run_dir, cfg, manifest_data, resume, model, optimizer, scheduler, write=main)
+    if main and train.report_to:
+        try:
+            where = start_trackers(accelerator, state.step if resume else None, flat_config(cfg.to_dict()))
+        except UserError:
+            if not resume:  # what open_run wrote a moment ago: a failed start leaves nothing half-written
+                shutil.rmtree(run.path, ignore_errors=True)
+                if existed:  # an empty folder the user named stays, empty
+                    run.path.mkdir()
+            raise
+        record_trackers(run, where)
     accelerator.wait_for_everyone()
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -325,8 +368,21 @@ def open_run(
         raise UserError(f"{run.path}: run folder already exists; add --resume to continue it or pick --run-dir")
     run.path.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run.config, cfg.to_yaml())  # a crash never leaves a cut-short config.yaml
-    run.write_json("manifest.json", {**build_manifest(cfg.train.seed, manifest_data), "recipe": cfg.recipe})
+    from accelerate import PartialState  # the Accelerator's own state: this run's number of processes
+
+    manifest = build_manifest(cfg.train.seed, manifest_data)
+    run.write_json(
+        "manifest.json",
+        {**manifest, "recipe": cfg.recipe, "world_size": PartialState().num_processes, "trackers": {}},
+    )
     return run, state, None
+
+
+def record_trackers(run: RunDir, where: dict) -> None:
+    """manifest.json's "trackers": where `train.report_to`'s trackers write (the MLflow and W&B run ids)."""
+    manifest = json.loads(run.manifest.read_text(encoding="utf-8"))
+    if manifest.get("trackers") != where:
+        run.write_json("manifest.json", {**manifest, "trackers": where})
 
 
 def restored_state(saved, path: Path) -> TrainState:
