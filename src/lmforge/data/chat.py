@@ -129,6 +129,8 @@ def encode_chat(tokenizer, chat: Chat, max_length: int) -> tuple[list[int], list
         ids, spans = template_tokens(tokenizer, chat)
     else:
         ids, spans = plain_tokens(tokenizer, chat)
+    # a conversation's first token has nothing before it to be predicted from: never a label
+    spans = [(max(start, 1), end) for start, end in spans if end > max(start, 1)]
     if len(ids) <= max_length:
         return ids, spans, False
     spans = [(start, min(end, max_length)) for start, end in spans if start < max_length]
@@ -176,6 +178,11 @@ def template_tokens(tokenizer, chat: Chat) -> tuple[list[int], list[Span]]:
     for i, (role, _) in enumerate(chat.messages):
         if role != "assistant":
             continue
+        if i == 0:  # transformers renders no empty conversation, so the prompt before this turn cannot be found
+            raise UserError(
+                f"{chat.where}: the conversation starts with an assistant message, and a chat template cannot render "
+                "what comes before it; start with a system or user message"
+            )
         start = _prefix_length(tokens(i, True), whole, chat.where, f"messages[:{i}] with the generation prompt")
         end = _prefix_length(tokens(i + 1, False), whole, chat.where, f"messages[:{i + 1}]")
         while end > start + 1 and not tokenizer.decode([whole[end - 1]]).strip():

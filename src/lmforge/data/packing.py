@@ -17,9 +17,9 @@ later examples attend to earlier ones (measured: logits of the second example mo
 tiny-gpt2). The SFT recipe checks on the model itself before training that they do not
 (`methods/sft/recipe.py`, `check_isolation`), and refuses packing for a model where they would.
 
-The loss is unchanged: each example's first token is never a label (it has no position before it in its
-own example), the padding at a row's end is its own block with label -100, so a packed batch's summed
-loss is the sum of its examples' unpacked losses (tested to 1e-5 on tiny-gpt2, float32).
+The loss is unchanged: each example's first token is never a label (nothing in its own example comes
+before it to predict it), the padding at a row's end is its own block with label -100, so a packed
+batch's summed loss is the sum of its examples' unpacked losses (tested to 1e-5 on tiny-gpt2, float32).
 """
 
 from __future__ import annotations
@@ -53,14 +53,13 @@ def pack_rows(lengths: list[int], max_length: int) -> list[list[int]]:
 
 def packed_row(data: Encoded, examples: list[int]) -> tuple[list[int], list[int], list[int]]:
     """(ids, position_ids, labels) of one row: the examples end to end, positions restarting at 0 for
-    each, labels -100 off the supervised spans and on each example's first token."""
+    each, labels -100 off the supervised spans. An example's first token is never a label (a pair's is
+    the prompt's, a chat's spans start at 1 or later), so no position of the example before it predicts one."""
     ids, positions, labels = [], [], []
     for i in examples:
-        example_labels = data.labels(i)
-        example_labels[0] = -100  # nothing before it in its own example predicts it
         ids += data.ids[i]
         positions += range(len(data.ids[i]))
-        labels += example_labels
+        labels += data.labels(i)
     return ids, positions, labels
 
 

@@ -128,6 +128,15 @@ def test_a_template_that_is_not_prefix_stable_is_refused_with_the_line():
     )
     with pytest.raises(UserError, match=r"chats.jsonl:1: the chat template is not prefix-stable: messages\[:2\]"):
         encode_chat(tokenizer, chat(), 512)
+    # a template that writes nothing before the first turn: its first token has nothing to be predicted from
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m.role != 'system' %}{{ m.content }}{{ eos_token }}{% endif %}{% endfor %}"
+    )
+    system_first = [{"role": "system", "content": "Be terse."}, {"role": "assistant", "content": "Hello there"}]
+    ids, spans, _ = encode_chat(tokenizer, chat(system_first), 512)
+    assert spans == [(1, len(ids))] and len(ids) > 2
+    with pytest.raises(UserError, match="chats.jsonl:1: the conversation starts with an assistant message"):
+        encode_chat(tokenizer, chat(system_first[1:]), 512)
     tokenizer.chat_template = "{{ raise_exception('roles must alternate') }}"
     with pytest.raises(UserError, match="chats.jsonl:1: the chat template refused this conversation: roles must"):
         encode_chat(tokenizer, chat(), 512)
