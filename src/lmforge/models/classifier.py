@@ -14,6 +14,7 @@ from the Hugging Face cache (HF_HOME, HF_HUB_CACHE) with HF_HUB_OFFLINE=1.
 from __future__ import annotations
 
 import collections
+import copy
 import os
 import re
 from dataclasses import dataclass
@@ -150,6 +151,105 @@ def load_saved_classifier(folder: Path) -> tuple[PreTrainedModel, PreTrainedToke
     check_weight_files(folder)
     model = AutoModelForSequenceClassification.from_pretrained(str(folder))
     return model, AutoTokenizer.from_pretrained(str(folder))
+
+
+PEFT_BASE = "base"  # final/base/: the base model a classifier run's PEFT adapter names
+
+
+def save_peft_base(model: PreTrainedModel, name: str, folder: Path, head_modules: list[str]) -> None:
+    """Write `folder` as the base model that a PEFT adapter of this classifier names in
+    `base_model_name_or_path`, so that `peft.AutoPeftModelForSequenceClassification.from_pretrained(final)`
+    rebuilds the run's model from the run folder alone.
+
+    peft builds the base with `AutoModelForSequenceClassification.from_pretrained(base_model_name_or_path)`
+    and passes it nothing else (peft/auto.py, `_BaseAutoPeftModel.from_pretrained`), so the head's size
+    and label names can only come from that folder's config.json: here the model's own config, with the
+    run's `num_labels`, `id2label` and `label2id`. The weights are the frozen base's, without the head
+    (`head_modules`: peft's `modules_to_save`, which the adapter holds) and without the adapters. A
+    base whose weights are safetensors files in a local folder holding no head tensor (MiniLM's package,
+    Gemma's converted folder, a model in the Hugging Face cache) has them hard-linked, no copy, or
+    symlinked where the run lies on another file system; tiny-bert, built from its seed in memory, and a
+    folder that holds a head of its own (a fine-tuned run) have the tensors written from memory.
+    """
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = copy.deepcopy(model.config)
+    config.architectures = [type(model).__name__]
+    config.save_pretrained(folder)
+    source = base_weights_folder(name)
+    files = sorted(source.glob("*.safetensors")) if source is not None else []
+    if files and not any(in_modules(key, head_modules) for key in safetensors_keys(files)):
+        for path in files + sorted(source.glob("*.safetensors.index.json")):
+            link_file(path, folder / path.name)
+        return
+    save_file(frozen_base_state(model, head_modules), str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def base_weights_folder(name: str) -> Path | None:
+    """The local folder holding model `name`'s weight files; None for a model built in memory (tiny-bert)
+    or a hub model that is not in the Hugging Face cache."""
+    if name == "tiny-bert":
+        return None
+    path = resolve_path(name)
+    if isinstance(path, Path):
+        return path
+    try:
+        return cached_hub_model(name)  # downloaded by from_pretrained when the run loaded it
+    except UserError:
+        return None
+
+
+def safetensors_keys(files: list[Path]) -> list[str]:
+    from safetensors import safe_open
+
+    keys = []
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            keys.extend(f.keys())
+    return keys
+
+
+def in_modules(key: str, modules: list[str]) -> bool:
+    """Whether tensor `key` belongs to one of `modules` (peft's name rule, at any depth of the key)."""
+    from lmforge.adapters.lora import matches
+
+    parts = key.split(".")
+    return any(matches(".".join(parts[:i]), modules) for i in range(1, len(parts)))
+
+
+def frozen_base_state(model: PreTrainedModel, head_modules: list[str]) -> dict:
+    """The model's tensors as the base had them: each adapted layer's `base.` weights under the layer's own
+    name, the adapters' tensors and the head left out. A tensor shared under two names is kept once
+    (safetensors refuses shared storage; transformers ties the weights again from the config)."""
+    from lmforge.adapters.lora import AdapterLinear
+
+    adapted = [n for n, m in model.named_modules() if isinstance(m, AdapterLinear)]
+    if any(m.merged for m in model.modules() if isinstance(m, AdapterLinear)):
+        raise ValueError("save_peft_base needs the adapters unmerged: a merged base weight holds the update")
+    state, seen = {}, set()
+    for key, tensor in model.state_dict().items():
+        layer = next((n for n in adapted if key.startswith(n + ".")), None)
+        if layer is not None:
+            rest = key[len(layer) + 1 :]
+            if not rest.startswith("base."):
+                continue  # lora_A, lora_B, lora_E: the adapter's own, saved in adapter_model.safetensors
+            key = f"{layer}.{rest.removeprefix('base.')}"
+        if in_modules(key, head_modules) or tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        state[key] = tensor.detach().contiguous()
+    return state
+
+
+def link_file(source: Path, target: Path) -> None:
+    """A hard link to `source` (the run keeps the file even if the package is removed), or a symbolic
+    link where the two lie on different file systems."""
+    source = source.resolve()
+    try:
+        os.link(source, target)
+    except OSError:
+        target.symlink_to(source)
 
 
 def check_weight_files(folder: Path) -> None:

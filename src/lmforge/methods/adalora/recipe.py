@@ -31,7 +31,7 @@ from lmforge.methods.adalora.adapter import load_adalora, save_adalora
 from lmforge.methods.adalora.allocator import RankAllocator, check_schedule
 from lmforge.methods.adalora.layers import SVDLinear, orthogonal_penalty, svd_layers
 from lmforge.methods.adalora.report import ALLOCATION_FILE, report_sections
-from lmforge.models.classifier import load_classifier, saved_labels
+from lmforge.models.classifier import PEFT_BASE, load_classifier, save_peft_base, saved_labels
 
 
 def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
@@ -86,7 +86,10 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
 
     def save(model, tokenizer, folder: Path) -> None:
         allocator.apply_mask()
-        ranks = save_adalora(model, folder, ada, t.n_steps, base_model=cfg.model.name)
+        # `folder` becomes run_dir/final once written: the adapter names its base there, by absolute path
+        save_peft_base(model, cfg.model.name, folder / PEFT_BASE, ada.trainable_modules)
+        base = RunDir(run_dir).final.resolve() / PEFT_BASE
+        ranks = save_adalora(model, folder, ada, t.n_steps, base_model=str(base))
         tokenizer.save_pretrained(folder)
         RunDir(run_dir).write_json(
             ALLOCATION_FILE,

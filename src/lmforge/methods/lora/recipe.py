@@ -16,10 +16,11 @@ from lmforge.adapters.lora import inject_lora, load_adapter, save_adapter
 from lmforge.config import RunConfig
 from lmforge.core.console import say
 from lmforge.core.loop import StopSignal, describe_parameters, seed_everything
+from lmforge.core.rundir import RunDir
 from lmforge.core.training_run import RunResult, scalar_metrics, start_training
 from lmforge.data.classify import classification_loss, encode_task, evaluate, load_classification, summary
 from lmforge.data.files import task_manifest
-from lmforge.models.classifier import load_classifier, saved_labels
+from lmforge.models.classifier import PEFT_BASE, load_classifier, save_peft_base, saved_labels
 
 
 def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
@@ -50,6 +51,8 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
             t.end_step(loss, started, stop)
 
     def save(model, tokenizer, folder: Path) -> None:
+        # `folder` becomes run_dir/final once written: the adapter names its base there, by absolute path
+        save_peft_base(model, cfg.model.name, folder / PEFT_BASE, lora.trainable_modules)
         save_adapter(
             model,
             folder,
@@ -58,7 +61,7 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
             lora.dropout,
             lora.target_modules,
             lora.trainable_modules,
-            base_model=cfg.model.name,
+            base_model=str(RunDir(run_dir).final.resolve() / PEFT_BASE),
         )
         tokenizer.save_pretrained(folder)
 
