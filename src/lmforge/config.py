@@ -60,9 +60,26 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = option("sst2:train", "builtin split (`sst2:train`) or a .jsonl/.csv/.tsv file")
-    eval: str = option("sst2:dev", "builtin split or file used for evaluation")
+    train: str = option(
+        "sst2:train",
+        "training data: a builtin split (`sst2:train`), a .jsonl/.csv/.tsv/.parquet/.arrow file, a "
+        "Dataset.save_to_disk folder (`FOLDER:SPLIT`) or a hub dataset (`hub:OWNER/NAME:SPLIT`); a split left "
+        "out is `train` (see docs/data.md)",
+    )
+    eval: str = option(
+        "sst2:dev",
+        "evaluation data, named as data.train; a split left out is `dev` for builtins, `validation` for "
+        "folders and hub datasets",
+    )
+    subset: str = option(
+        "", "subset (configuration) of a hub dataset, e.g. `mrpc` of `hub:nyu-mll/glue` (empty = its only one)"
+    )
     text_column: str = option("text", "column holding the input text in user files")
+    text_pair_column: str = option(
+        "",
+        "column holding the second text of a text pair (NLI, paraphrase): both texts reach the tokenizer as "
+        "one pair, `[CLS] text [SEP] pair [SEP]` (empty = single texts)",
+    )
     label_column: str = option("label", "column holding the label in user files")
     max_train_examples: int = option(0, "use only the first N training examples (0 = all)", min=0)
     max_eval_examples: int = option(0, "use only the first N evaluation examples (0 = all)", min=0)

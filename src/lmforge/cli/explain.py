@@ -158,11 +158,13 @@ def ig_options(args) -> dict:
 
 
 def _explainer(run_dir: Path, command: str):
+    from lmforge.data.classify import refuse_pair_run
     from lmforge.explain.attribution import Explainer, require_captum
     from lmforge.registry import load_finished_run
 
     require_captum()
     cfg, labels, model, tokenizer = load_finished_run(run_dir, classifier_command=command)
+    refuse_pair_run(cfg.data, run_dir, command)
     return Explainer(model, tokenizer, labels, max_length=cfg.model.max_length)
 
 

@@ -40,6 +40,13 @@ Keys shared by every method: method, model.name, model.max_length, data.train, d
 data.text_column, data.label_column, train.epochs, train.max_steps, train.batch_size,
 train.grad_accum, train.lr, train.seed, train.eval_every, train.save_every, ...
 (`lmforge list methods` shows every key with its default and meaning).
+
+data.train and data.eval name a split as SOURCE:SPLIT, the split after the last colon:
+  sst2:train (builtin), hub:nyu-mll/glue:validation (a hub dataset; its subset in data.subset, e.g.
+  data.subset=mrpc; read from the datasets cache when HF_HUB_OFFLINE=1), FOLDER:test (a
+  Dataset.save_to_disk folder); a .jsonl/.csv/.tsv/.parquet/.arrow file is one split. A split left out
+  is train for data.train, dev (builtins) or validation (folders, hub) for data.eval. Text pairs (NLI,
+  paraphrase): data.text_pair_column=COLUMN. See docs/data.md.
 """
 
 
@@ -118,9 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("eval", help="evaluate a finished run on other labelled data")
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--data", required=True, help="builtin split (sst2:dev) or a .jsonl/.csv/.tsv file")
+    p.add_argument(
+        "--data", required=True, help="as data.eval: builtin split (sst2:dev), a file, FOLDER:SPLIT or hub:ID:SPLIT"
+    )
     p.add_argument("--text-column", default="text", help="text column in a user file (default: text)")
     p.add_argument("--label-column", default="label", help="label column in a user file (default: label)")
+    p.add_argument("--text-pair-column", help="second text of a pair (default: the run's data.text_pair_column)")
+    p.add_argument("--subset", help="subset of a hub dataset (default: the run's data.subset)")
     p.add_argument("--batch-size", type=cli_number(int, min=1), default=64)
     p.set_defaults(handler=cmd_eval)
 
@@ -261,15 +272,17 @@ def _newest_run(label: str) -> Path:
 
 def cmd_eval(args) -> int:
     from lmforge.core.rundir import RunDir
-    from lmforge.data.classify import encode, evaluate
+    from lmforge.data.classify import encode_examples, evaluate
     from lmforge.data.files import check_labels, describe, load_examples
 
     cfg, labels, model, tokenizer = load_finished_run(args.run_dir, classifier_command="eval")
-    examples = load_examples(args.data, args.text_column, args.label_column, default_split="dev")
+    pair_column = cfg.data.text_pair_column if args.text_pair_column is None else args.text_pair_column
+    subset = cfg.data.subset if args.subset is None else args.subset
+    examples = load_examples(args.data, args.text_column, args.label_column, "dev", pair_column, subset)
     check_labels(examples, labels)
     print(describe(examples), file=sys.stderr)
     index = {label: i for i, label in enumerate(labels)}
-    ids = encode(tokenizer, examples.texts, cfg.model.max_length)
+    ids, type_ids = encode_examples(tokenizer, examples, cfg.model.max_length)
     result = evaluate(
         model,
         ids,
@@ -278,8 +291,9 @@ def cmd_eval(args) -> int:
         tokenizer.pad_token_id,
         args.batch_size,
         model.device,
+        type_ids=type_ids,
     )
-    name = Path(args.data).stem if Path(args.data).suffix else args.data.replace(":", "-")
+    name = Path(args.data).stem if Path(args.data).suffix else args.data.replace(":", "-").replace("/", "-")
     run = RunDir(args.run_dir)
     out = run.write_json(
         f"eval/{name}.json",
@@ -303,13 +317,14 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     import torch
 
-    from lmforge.data.classify import encode, predict_logits
+    from lmforge.data.classify import encode, predict_logits, refuse_pair_run
     from lmforge.data.files import read_texts
 
     texts = list(args.texts) + (read_texts(args.file, args.text_column) if args.file else [])
     if not texts:
         raise UserError("nothing to predict: give texts as arguments or --file")
     cfg, labels, model, tokenizer = load_finished_run(args.run_dir, classifier_command="predict")
+    refuse_pair_run(cfg.data, args.run_dir, "predict")
     logits = predict_logits(
         model, encode(tokenizer, texts, cfg.model.max_length), tokenizer.pad_token_id, 64, model.device
     )

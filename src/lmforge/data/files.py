@@ -1,8 +1,12 @@
-"""Text-classification data: builtin datasets by name, or the user's jsonl / csv / tsv files.
+"""Text-classification data: builtin datasets by name, the user's jsonl / csv / tsv files, and the tables
+`datasets` reads (.parquet, .arrow, save_to_disk folders, hub datasets: data/hub.py).
 
-A split is named `dataset:split` (`sst2:train`, `trec6:dev`) or given as a file path. Every bad
-input is one UserError naming the file and line; rows are never dropped silently: rows with an
-empty text or label are skipped and counted in `Examples.skipped`.
+A split is named `dataset:split` (`sst2:train`, `trec6:dev`, `hub:nyu-mll/glue:validation`) or given as a
+file path. Every bad input is one UserError naming the file and line (a table: its row); rows are never
+dropped silently: rows with an empty text, text pair or label are skipped and counted in `Examples.skipped`.
+
+A text pair (NLI, paraphrase: `data.text_pair_column`) is kept as two texts, `Examples.texts` and
+`Examples.text_pairs`, so the tokenizer sees the pair (data/classify.py); the builtin datasets have none.
 
 Files are read with the standard library rather than `datasets` so that an error can name the
 exact line, and a non-UTF-8 byte its line and column. What would otherwise be resolved silently is
@@ -20,9 +24,10 @@ import io
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from lmforge.data import hub
 from lmforge.data.builtin import BUILTIN_DATASETS, builtin_label_order
 from lmforge.errors import UserError, cut, shown
 
@@ -35,7 +40,10 @@ class Examples:
     labels: list[str]
     source: str
     skipped: dict[str, int] = field(default_factory=dict)
-    lines: list[int] | None = None  # line number of each example in a user file
+    lines: list[int] | None = None  # line number of each example in a user file (a table: its row number)
+    text_pairs: list[str] | None = None  # the second text of each example (data.text_pair_column), or None
+    label_order: list[str] | None = None  # a table's class names (a ClassLabel column), in the dataset's order
+    position: str = "line"  # what `lines` counts: a text file's lines, a table's rows
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -43,31 +51,59 @@ class Examples:
     def head(self, n: int) -> Examples:
         if n <= 0 or n >= len(self):
             return self
-        lines = self.lines[:n] if self.lines else None
-        return Examples(self.texts[:n], self.labels[:n], self.source, self.skipped, lines)
+        return replace(
+            self,
+            texts=self.texts[:n],
+            labels=self.labels[:n],
+            lines=self.lines[:n] if self.lines else None,
+            text_pairs=self.text_pairs[:n] if self.text_pairs is not None else None,
+        )
+
+    def where(self, i: int) -> str:
+        """Where example i came from, for a message: "line 12", "row 7" or "example 3"."""
+        return f"{self.position} {self.lines[i]}" if self.lines else f"example {i + 1}"
 
 
 # ---- loading ----------------------------------------------------------------------------------
 
 
 def load_examples(
-    spec: str, text_column: str = "text", label_column: str = "label", default_split: str = "train"
+    spec: str,
+    text_column: str = "text",
+    label_column: str = "label",
+    default_split: str = "train",
+    text_pair_column: str = "",
+    subset: str = "",
 ) -> Examples:
-    """Load a builtin split (`sst2:dev`) or a user file; raises UserError on bad input."""
+    """Load a builtin split (`sst2:dev`), a user file, or a table `datasets` reads (`hub:OWNER/NAME:SPLIT`
+    with its `subset`, a .parquet / .arrow file, a save_to_disk folder); raises UserError on bad input.
+    With `text_pair_column`, each example is a text pair."""
     name, _, split = spec.partition(":")
     if name in BUILTIN_DATASETS:
         ds = BUILTIN_DATASETS[name]
         split = split or default_split
         if split not in ds.splits:
             raise UserError(f"dataset {name!r} has no split {split!r} (splits: {', '.join(ds.splits)})")
+        if text_pair_column:
+            raise UserError(
+                f"data.text_pair_column: builtin dataset {name!r} has single texts, no column "
+                f"{shown(text_pair_column)} of second texts; use a file or hub dataset of text pairs"
+            )
         texts, labels = ds.splits[split]()
         return Examples(texts, labels, f"{name}:{split}")
+    if hub.is_table_spec(spec):
+        return read_table(hub.open_table(spec, default_split, subset), text_column, label_column, text_pair_column)
     path = Path(spec).expanduser()
     if path.suffix.lower() not in SUFFIXES:
         if not path.exists():
-            raise UserError(f"data {spec!r}: not a builtin dataset ({', '.join(BUILTIN_DATASETS)}) and not a file")
-        raise UserError(f"{path}: unsupported file type {path.suffix!r} (expected .jsonl, .csv or .tsv)")
-    return read_file(path, text_column, label_column)
+            raise UserError(
+                f"data {spec!r}: not a builtin dataset ({', '.join(BUILTIN_DATASETS)}), not a file, and not a "
+                "hub dataset (hub:OWNER/NAME)"
+            )
+        raise UserError(
+            f"{path}: unsupported file type {path.suffix!r} (expected .jsonl, .csv, .tsv, .parquet or .arrow)"
+        )
+    return read_file(path, text_column, label_column, text_pair_column)
 
 
 def read_texts(path: Path, text_column: str = "text") -> list[str]:
@@ -93,31 +129,80 @@ def read_rows(path: Path) -> list[tuple[int, dict]]:
     return _delimited_rows(path, text, "\t" if path.suffix.lower() == ".tsv" else ",")
 
 
-def read_file(path: Path, text_column: str, label_column: str | None) -> Examples:
-    """Rows of a jsonl / csv / tsv file; with `label_column=None` only texts are read (labels are "")."""
+def read_file(path: Path, text_column: str, label_column: str | None, text_pair_column: str = "") -> Examples:
+    """Rows of a jsonl / csv / tsv file; with `label_column=None` only texts are read (labels are ""), with
+    `text_pair_column` each row's second text as well."""
     rows = read_rows(path)
-    columns = [text_column, label_column] if label_column else [text_column]
-    texts, labels, lines, skipped = [], [], [], {}
+    columns = [c for c in (text_column, text_pair_column, label_column) if c]
+    texts, pairs, labels, lines, skipped = [], [], [], [], {}
     for line_no, row in rows:
         for column in columns:
             if column not in row:
                 raise UserError(
                     f"{path}:{line_no}: no column {shown(column)} (columns: {cut(', '.join(map(str, row)))}); "
                     f"set it with --text-column / --label-column or data.text_column / data.label_column"
+                    + (" / data.text_pair_column" if text_pair_column else "")
                 )
-        value, label = row[text_column], row[label_column] if label_column else ""
-        if value is None or str(value).strip() == "":
-            skipped["empty text"] = skipped.get("empty text", 0) + 1
-            continue
-        if label_column and (label is None or str(label).strip() == ""):
-            skipped["empty label"] = skipped.get("empty label", 0) + 1
+        value, label = row[text_column], row[label_column] if label_column else None
+        pair = row[text_pair_column] if text_pair_column else ""
+        why = _why_skipped(value, pair if text_pair_column else NOT_READ, label if label_column else NOT_READ)
+        if why:
+            skipped[why] = skipped.get(why, 0) + 1
             continue
         texts.append(str(value).strip())
+        pairs.append(str(pair).strip())
         labels.append(label_text(label, f"{path}:{line_no}: column {shown(label_column)}") if label_column else "")
         lines.append(line_no)
     if not texts:
         raise UserError(f"{path}: no usable rows ({_describe_skipped(skipped) or 'no data rows'})")
-    return Examples(texts, labels, str(path), skipped, lines)
+    return Examples(texts, labels, str(path), skipped, lines, pairs if text_pair_column else None)
+
+
+def read_table(table: hub.Table, text_column: str, label_column: str, text_pair_column: str = "") -> Examples:
+    """The examples of one split read through `datasets` (data/hub.py): a ClassLabel label column gives
+    its class names (and their order; -1, "no label" as in GLUE's test splits, is skipped), any other
+    label is read as a file's (`label_text`)."""
+    values = hub.columns(table, [c for c in (text_column, text_pair_column, label_column) if c])
+    names = hub.class_names(table, label_column)
+    texts, pairs, labels, rows, skipped = [], [], [], [], {}
+    for i, (value, label) in enumerate(zip(values[text_column], values[label_column], strict=True)):
+        pair = values[text_pair_column][i] if text_pair_column else ""
+        if names is not None and label is not None:
+            label = names[label] if 0 <= label < len(names) else None  # -1: no label
+        if isinstance(label, float) and math.isnan(label):
+            label = None  # how pandas writes a missing value into a float column
+        why = _why_skipped(value, pair if text_pair_column else NOT_READ, label)
+        if why:
+            skipped[why] = skipped.get(why, 0) + 1
+            continue
+        texts.append(str(value).strip())
+        pairs.append(str(pair).strip())
+        labels.append(label_text(label, f"{table.source}: row {i + 1}: column {shown(label_column)}"))
+        rows.append(i + 1)
+    if not texts:
+        raise UserError(f"{table.source}: no usable rows ({_describe_skipped(skipped) or 'no data rows'})")
+    return Examples(
+        texts, labels, table.source, skipped, rows, pairs if text_pair_column else None, names, position="row"
+    )
+
+
+NOT_READ = object()  # a column not read (no text pair column, no label column): never a reason to skip
+
+
+def _why_skipped(text, pair=NOT_READ, label=NOT_READ) -> str:
+    """Why a row is skipped: "empty text", "empty text pair" or "empty label" (the first that is None or
+    blank), or "" to keep it. `pair` and `label` are only checked when given."""
+    if _blank(text):
+        return "empty text"
+    if pair is not NOT_READ and _blank(pair):
+        return "empty text pair"
+    if label is not NOT_READ and _blank(label):
+        return "empty label"
+    return ""
+
+
+def _blank(value) -> bool:
+    return value is None or str(value).strip() == ""
 
 
 def label_text(value, where: str) -> str:
@@ -214,6 +299,8 @@ def _delimited_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, di
 def label_set(train: Examples, spec: str) -> list[str]:
     """Labels in a stable order: the builtin dataset's documented order, else sorted (numerically if all ints)."""
     order = builtin_label_order(spec)
+    if order is None:
+        order = train.label_order
     seen = set(train.labels)
     if order is not None:
         return [label for label in order if label in seen] + sorted(seen - set(order))
@@ -235,7 +322,7 @@ def _refuse_one_number_written_two_ways(examples: Examples) -> None:
             continue
         other = first.setdefault(float(label), (label, i))
         if other[0] != label:
-            where = [f"line {examples.lines[j]}" if examples.lines else f"example {j + 1}" for j in (other[1], i)]
+            where = [examples.where(j) for j in (other[1], i)]
             raise UserError(
                 f"{examples.source}: labels {shown(other[0])} ({where[0]}) and {shown(label)} ({where[1]}) are one "
                 "number written two ways; write each class the same way"
@@ -247,9 +334,8 @@ def check_labels(examples: Examples, labels: list[str]) -> None:
     known = set(labels)
     for i, label in enumerate(examples.labels):
         if label not in known:
-            where = f"line {examples.lines[i]}" if examples.lines else f"example {i + 1}"
             raise UserError(
-                f"{examples.source}: {where} has label {shown(label)}, which training never saw "
+                f"{examples.source}: {examples.where(i)} has label {shown(label)}, which training never saw "
                 f"(known: {cut(', '.join(labels))})"
             )
 
@@ -264,10 +350,23 @@ class Task:
 
 
 def load_task(
-    train_spec: str, eval_spec: str, text_column: str, label_column: str, max_train: int = 0, max_eval: int = 0
+    train_spec: str,
+    eval_spec: str,
+    text_column: str,
+    label_column: str,
+    max_train: int = 0,
+    max_eval: int = 0,
+    text_pair_column: str = "",
+    subset: str = "",
 ) -> Task:
-    train = load_examples(train_spec, text_column, label_column, "train").head(max_train)
-    eval_ = load_examples(eval_spec, text_column, label_column, "dev").head(max_eval)
+    if subset and not any(spec.startswith(hub.HUB_PREFIX) for spec in (train_spec, eval_spec)):
+        raise UserError(
+            f"data.subset: {shown(subset)} names a subset of a hub dataset, but neither data.train nor data.eval "
+            "is one (hub:OWNER/NAME); leave data.subset empty"
+        )
+    columns = (text_column, label_column)
+    train = load_examples(train_spec, *columns, "train", text_pair_column, subset).head(max_train)
+    eval_ = load_examples(eval_spec, *columns, "dev", text_pair_column, subset).head(max_eval)
     labels = label_set(train, train_spec)
     if len(labels) < 2:
         raise UserError(f"{train.source}: training data has only one label ({labels[0]!r}); need at least two")
@@ -279,11 +378,14 @@ def manifest_entry(examples: Examples) -> dict:
     """What manifest.json records of one split: its source, size, skipped rows and a fingerprint."""
     from lmforge.core.rundir import fingerprint  # imports torch: only when a run starts
 
+    texts = examples.texts
+    if examples.text_pairs is not None:  # the pair in the fingerprint, each text ended by a unit separator
+        texts = [f"{text}\x1f{pair}\x1f" for text, pair in zip(texts, examples.text_pairs, strict=True)]
     return {
         "source": examples.source,
         "examples": len(examples),
         "skipped": examples.skipped,
-        "sha256_16": fingerprint(examples.texts, examples.labels),
+        "sha256_16": fingerprint(texts, examples.labels),
     }
 
 
@@ -294,7 +396,7 @@ def task_manifest(task: Task) -> dict:
 
 def describe(examples: Examples) -> str:
     """'sst2:train: 6,920 examples' plus what was skipped and why."""
-    line = f"{examples.source}: {len(examples):,} examples"
+    line = f"{examples.source}: {len(examples):,} {'text pairs' if examples.text_pairs is not None else 'examples'}"
     if examples.skipped:
         line += f" ({_describe_skipped(examples.skipped)})"
     return line

@@ -9,7 +9,7 @@ from pathlib import Path
 from lmforge.config import RunConfig
 from lmforge.core.console import say
 from lmforge.data.builtin import BUILTIN_DATASETS
-from lmforge.data.classify import encode
+from lmforge.data.classify import encode, refuse_text_pairs
 from lmforge.data.files import Task, describe, load_task, manifest_entry
 from lmforge.errors import UserError
 from lmforge.methods.continual.labels import StreamLabels, stream_labels
@@ -49,6 +49,9 @@ def load_stream(cfg: RunConfig) -> tuple[list[StreamTask], StreamLabels]:
     if data.train or data.eval:
         raise UserError("data.train, data.eval: not used by continual (the tasks come from continual.tasks); "
                         "leave them empty")  # fmt: skip
+    refuse_text_pairs(data, "continual", "its tasks are builtin datasets or files of single texts")
+    if data.subset:
+        raise UserError("data.subset: not used by continual (its tasks are builtin datasets or files); leave it empty")
     tasks = []
     for spec in c.tasks:
         name, train, held_out = task_specs(spec)

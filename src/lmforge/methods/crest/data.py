@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lmforge.config import RunConfig
 from lmforge.core.console import say
-from lmforge.data.classify import load_classification
+from lmforge.data.classify import load_classification, refuse_text_pairs
 from lmforge.data.files import Examples, Task, manifest_entry, read_texts, task_manifest
 from lmforge.errors import UserError
 from lmforge.methods.crest.longtail import long_tail_split
@@ -54,6 +54,7 @@ def load_crest_data(cfg: RunConfig) -> CrestData:
     if not c.long_tail.gamma and not c.unlabeled:
         raise UserError("crest.unlabeled: no unlabeled data; name a file of texts, or set crest.long_tail.gamma "
                         "to draw a long-tailed labeled and unlabeled set from data.train")  # fmt: skip
+    refuse_text_pairs(cfg.data, "crest", "its weak and strong views augment one text")
     task = load_classification(cfg.data)
     if not c.long_tail.gamma:
         texts = read_texts(Path(c.unlabeled).expanduser(), cfg.data.text_column)

@@ -36,7 +36,7 @@ from lmforge.core.console import say
 from lmforge.core.loop import StopSignal, describe_parameters, seed_everything
 from lmforge.core.metrics import classification_metrics
 from lmforge.core.training_run import RunResult, scalar_metrics, start_training
-from lmforge.data.classify import load_classification, loss_sum, summary
+from lmforge.data.classify import load_classification, loss_sum, refuse_text_pairs, summary
 from lmforge.data.files import task_manifest
 from lmforge.errors import UserError
 from lmforge.methods.kbert.choices import SCORE_LABEL, choice_texts
@@ -99,6 +99,7 @@ class TreeExamples:
 def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
     kb, train = cfg.options, cfg.train
     graph = load_graph(kb.graph)  # a missing or malformed graph is refused first, in one line
+    refuse_text_pairs(cfg.data, "kbert", "its sentence tree grows from one text; train pairs with finetune or lora")
     task = load_classification(cfg.data)
     train_texts, eval_texts, n_choices = task.train.texts, task.eval.texts, 1
     if kb.choices:  # a question's C choices are C texts; a question without them is refused here

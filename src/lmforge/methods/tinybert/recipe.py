@@ -40,12 +40,13 @@ from lmforge.core.rundir import RunDir
 from lmforge.core.training_run import RunResult, scalar_metrics, start_training
 from lmforge.data.classify import (
     EncodedTask,
-    collate,
     encode_task,
     evaluate,
     load_classification,
     predict_logits,
+    refuse_text_pairs,
     summary,
+    train_inputs,
 )
 from lmforge.data.files import Task, describe, task_manifest
 from lmforge.errors import UserError
@@ -78,6 +79,12 @@ def run_task(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
     general = Path(tb.init_from) / "final" if tb.init_from else None
     if general is not None and not general.is_dir():
         raise UserError(f"tinybert.init_from: {tb.init_from} has no final/ (not a finished general-stage run)")
+    if tb.augment:
+        refuse_text_pairs(
+            cfg.data,
+            "tinybert with tinybert.augment=true",
+            "its augmentation (Algorithm 1) rewrites one text per example; set tinybert.augment=false",
+        )
     task = load_classification(cfg.data)
     if not tb.augment or train.max_steps > 0:  # the step count is known before the teacher is loaded
         phase_steps(total_steps(len(task.train), train), tb.intermediate_share)
@@ -126,7 +133,15 @@ def run_task(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
         f"intermediate losses for {n_intermediate} steps, then prediction for {phases[1]}"
     )
     t.evaluator = partial(
-        evaluate, t.model, data.eval_ids, data.eval_labels, data.n_labels, pad_id, train.eval_batch_size, device
+        evaluate,
+        t.model,
+        data.eval_ids,
+        data.eval_labels,
+        data.n_labels,
+        pad_id,
+        train.eval_batch_size,
+        device,
+        type_ids=data.eval_type_ids,  # text pairs: segment 0 then 1 (data/classify.py)
     )
     student: Student = t.unwrapped  # the module itself, outside Accelerate's wrapper (its projections)
 
@@ -134,7 +149,7 @@ def run_task(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
 
         def distillation_losses(micro: list[int], step_size: int) -> dict[str, torch.Tensor]:
             """The micro-batch's named losses, each a mean over it, weighted by its share of the step."""
-            inputs = collate([data.train_ids[j] for j in micro], pad_id, device)
+            inputs = train_inputs(data, micro, pad_id, device)
             intermediate = t.state.step < n_intermediate
             with torch.no_grad():
                 taught = teacher(**inputs, output_hidden_states=intermediate)
@@ -209,8 +224,8 @@ def augmented(task: Task, teacher, tokenizer, tb) -> Task:
 
 def agreement(teacher, student: Student, data: EncodedTask, pad_id: int, batch_size: int, device) -> dict:
     """Teacher and student predictions on the evaluation data: accuracies and how often they agree."""
-    taught = predict_logits(teacher, data.eval_ids, pad_id, batch_size, device).argmax(-1)
-    learned = predict_logits(student, data.eval_ids, pad_id, batch_size, device).argmax(-1)
+    taught = predict_logits(teacher, data.eval_ids, pad_id, batch_size, device, type_ids=data.eval_type_ids).argmax(-1)
+    learned = predict_logits(student, data.eval_ids, pad_id, batch_size, device, type_ids=data.eval_type_ids).argmax(-1)
     truth = np.array(data.eval_labels)
     return {
         "agreement": float((taught == learned).mean()),
