@@ -39,7 +39,15 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
     )
     pad_id, device = tokenizer.pad_token_id, t.accelerator.device
     t.evaluator = partial(
-        evaluate, t.model, data.eval_ids, data.eval_labels, data.n_labels, pad_id, train.eval_batch_size, device
+        evaluate,
+        t.model,
+        data.eval_ids,
+        data.eval_labels,
+        data.n_labels,
+        pad_id,
+        train.eval_batch_size,
+        device,
+        type_ids=data.eval_type_ids,  # text pairs: segment 0 then 1 (data/classify.py)
     )
     with StopSignal() as stop:
         while t.running():
