@@ -243,6 +243,7 @@ def test_rft_shape_samples_once_then_trains_the_last_generator_without_sampling_
         (["data.train=sst2:train"], "vstar needs a task with labels it can check"),
         (["data.train=gsm8k:dev"], "train on gsm8k:train"),
         (["data.eval=gsm8k:dev"], "data.eval: not used by vstar"),
+        (["data.text_pair_column=question"], "data.text_pair_column / data.subset: not available for vstar"),
         (["vstar.ks=[1,16]"], r"each k must be between 1 and vstar.test_samples \(4\)"),
         (["vstar.test_split=train"], "vstar.test_split: 'train'"),
     ],

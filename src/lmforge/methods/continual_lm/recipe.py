@@ -88,6 +88,8 @@ def load_lm_stream(cfg: RunConfig) -> list[tuple[str, Pairs, Pairs]]:
     if data.train or data.eval:
         raise UserError("data.train, data.eval: not used by continual_lm (the tasks come from continual_lm.tasks); "
                         "leave them empty")  # fmt: skip
+    if data.text_pair_column or data.subset:
+        raise UserError("data.text_pair_column / data.subset: not available for continual_lm (its tasks are pairs)")
     streams, names = [], []
     for spec in c.tasks:
         pairs = load_pairs(spec, 0, c.prompt_column, c.completion_column)

@@ -150,6 +150,8 @@ def check_options(cfg: RunConfig) -> None:
         raise UserError("train.early_stopping_patience: not available for sft (no accuracy to follow)")
     if data.text_column != "text" or data.label_column != "label":
         raise UserError("data.text_column / data.label_column: sft reads sft.prompt_column and sft.completion_column")
+    if data.text_pair_column or data.subset:
+        raise UserError("data.text_pair_column / data.subset: not available for sft (it reads .jsonl/.csv/.tsv pairs)")
     sft = cfg.options
     if sft.chat_template and not sft.messages_column:
         raise UserError("sft.chat_template: renders chat records; set sft.messages_column too")

@@ -181,6 +181,8 @@ def check_options(cfg: RunConfig):
         raise UserError(f"data.train: task {name!r} has no training split (it is for evaluation only)")
     if split and split != task.train_split:
         raise UserError(f"data.train: {cfg.data.train!r}: train on {name}:{task.train_split}")
+    if cfg.data.text_pair_column or cfg.data.subset:
+        raise UserError("data.text_pair_column / data.subset: not available for vstar (it trains on a task's problems)")
     if cfg.data.eval:
         raise UserError("data.eval: not used by vstar (test problems come from vstar.test_split); leave it empty")
     test_split = v.test_split or task.eval_split
