@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sequence
 
 from lmforge.generation.logprobs import TopTokens
 
+LOWEST_LOGPROB = -9999.0  # what a log-probability of -inf is reported as (JSON has no infinity), as vLLM does
+
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     return {
@@ -62,6 +64,7 @@ def logprobs_object(
     alternatives (the token itself always among them, as vLLM answers, so the top-1 test of
     lm-evaluation-harness holds), and each token's character offset from `first_offset`."""
     texts = [text_of(t) for t in tokens]
+    token_logprobs = [None if lp is None else max(lp, LOWEST_LOGPROB) for lp in token_logprobs]
     top_logprobs: list[dict | None] = []
     for token, logprob, top in zip(tokens, token_logprobs, tops, strict=True):
         if top is None:
@@ -69,7 +72,7 @@ def logprobs_object(
             continue
         entries: dict[str, float] = {}
         for candidate, value in top[:top_k]:  # highest first: a text two tokens share keeps the higher value
-            entries.setdefault(text_of(candidate), value)
+            entries.setdefault(text_of(candidate), max(value, LOWEST_LOGPROB))
         entries.setdefault(text_of(token), logprob)
         top_logprobs.append(entries)
     offsets, offset = [], first_offset
@@ -78,7 +81,7 @@ def logprobs_object(
         offset += len(text)
     return {
         "tokens": texts,
-        "token_logprobs": list(token_logprobs),
+        "token_logprobs": token_logprobs,
         "top_logprobs": top_logprobs,
         "text_offset": offsets,
     }

@@ -4,27 +4,33 @@ The HTTP side (generation/serve_app.py, on uvicorn's event loop) turns each requ
 `submit`s it; the worker takes the job waiting longest together with the waiting jobs that can share its
 decoding call, up to the generator's `batch_size` rows, and runs them as one call of the project's
 generator (`HFGenerator.generate`, generation/generate.py) or of the scorer (`score_sequences`,
-generation/logprobs.py). This is request-level batching, the simple form of what vLLM's scheduler does
-per step (Kwon et al. 2023, "Efficient Memory Management for Large Language Model Serving with
-PagedAttention", section 4): concurrent requests fill one batch instead of waiting for each other.
+generation/logprobs.py): concurrent requests fill one batch instead of waiting for each other. This
+is request-level batching: a request that arrives while a batch decodes waits for the next one.
+Iteration-level scheduling (Orca, Yu et al. 2022, OSDI; vLLM) lets it join the running batch at the
+next step; for that, serve with vLLM (docs/serving.md).
 
-Jobs share a call when they have the same model and the same sampling parameters. A request's seed
-enters each sample's own random generator (`sample_seed(seed, prompt, j)`, generation/sampling.py), so
-seeded requests batch only with the same seed; requests without a seed batch together under one fresh
-seed drawn for the call, unless they share a prompt (which would then get the same samples). Greedy
-requests ignore the seed. A batch's answers are therefore the ones each request would get alone.
+An idle worker waits GATHER_SECONDS (20 ms) for the requests sent together to arrive before it
+decodes. Jobs share a call when they have the same model and the same sampling parameters. A
+request's seed enters each sample's own random generator (`sample_seed(seed, prompt, j)`,
+generation/sampling.py), so seeded requests batch only with the same seed; requests without a seed
+batch together under one fresh seed drawn for the call, unless they share a prompt (which would then
+get the same samples). Greedy requests ignore the seed. A batch's answers are therefore the ones each
+request would get alone (up to floating-point differences between batch shapes, as in
+generation/generate.py).
 
-Bounds: at most `max_queue` jobs wait while a batch decodes (one more when the worker is idle: it is
-taken at once); past that `submit` answers busy (503 with Retry-After). A job whose client leaves
-(`leave`) is dropped from the queue, or, while its batch decodes, stops the batch between two
-decoding steps: the other jobs of the batch go back to the front of the queue and run again (their
-answers are the same: every sample is seeded), so a request nobody waits for does not hold the model.
+Bounds: at most `max_queue` jobs wait while a batch decodes (one more when the worker is idle: it
+is taken after the gathering wait); past that `submit` answers busy (503 with Retry-After). A job
+whose client leaves (`leave`) is dropped from the queue, or, while its batch decodes, stops the batch
+between two decoding steps: the other jobs of the batch go back to the front of the queue and run
+again (their answers are the same: every sample is seeded), so a request nobody waits for does not
+hold the model.
 """
 
 from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -34,6 +40,12 @@ from lmforge.generation.generate import HFGenerator
 from lmforge.generation.logprobs import ScoredSequence, score_sequences
 from lmforge.generation.sampling import Completion, GenerationStopped, SamplingParams
 from lmforge.generation.serve_limits import ClientGone, busy
+
+# An idle worker waits this long for more jobs before it decodes: requests a client sends together
+# (lm-evaluation-harness's num_concurrent, a thread pool) arrive a few milliseconds apart, and would
+# otherwise run as one lone request and then a batch of the rest. Triton's dynamic batcher calls this
+# the queue delay (max_queue_delay_microseconds).
+GATHER_SECONDS = 0.02
 
 
 @dataclass(eq=False)
@@ -76,9 +88,10 @@ class Job:
 class DecodingWorker:
     """One thread decoding batches of jobs; `submit` from any thread, then wait on the job's future."""
 
-    def __init__(self, max_queue: int, batch_rows: int):
+    def __init__(self, max_queue: int, batch_rows: int, gather_seconds: float = GATHER_SECONDS):
         self.max_queue = max_queue
         self.batch_rows = batch_rows
+        self.gather_seconds = gather_seconds
         self.waiting: deque[Job] = deque()
         self.busy = False
         self.closed = False
@@ -133,6 +146,11 @@ class DecodingWorker:
         with self.lock:
             while not self.waiting and not self.closed:
                 self.lock.wait()
+            gathered = time.monotonic() + self.gather_seconds
+            while not self.closed and sum(job.rows for job in self.waiting) < self.batch_rows:
+                if (left := gathered - time.monotonic()) <= 0:
+                    break
+                self.lock.wait(left)
             if self.closed:
                 return False
             batch = self._take()

@@ -153,7 +153,7 @@ def test_load_lora_adapter_serves_another_model_by_name_and_refuses_a_bad_folder
     _, served = call(f"{tiny_server.url}/completions", {**body, "model": "tiny-gpt2"})
     _, other = call(f"{tiny_server.url}/completions", {**body, "model": "other"})
     assert other["choices"][0]["text"] == served["choices"][0]["text"]  # the same weights (seed 0) loaded twice
-    assert tiny_server.generator_for("other") is not tiny_server.generator
+    assert tiny_server.generator_for("other")[0] is not tiny_server.generator
     status, error = call(f"{tiny_server.url}/load_lora_adapter", {"lora_name": "bad", "lora_path": str(tmp_path)})
     assert status == 400 and str(tmp_path) in error["error"]["message"]
     status, error = call(f"{tiny_server.url}/load_lora_adapter", {"lora_name": "", "lora_path": "x"})
