@@ -2,6 +2,7 @@
 written, an interrupted run resumed without sampling again, and bad options refused."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -256,3 +257,61 @@ def test_bad_options_are_one_clear_line_and_nothing_written(tmp_path, capsys, ov
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert re.search(message, last), last
     assert not run_dir.exists()
+
+
+def training_records(run_folder):
+    """A training stage's metrics.jsonl without the fields that measure time."""
+    return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in lines(run_folder / "metrics.jsonl")]
+
+
+def stop_before(run_folder, kept: tuple[str, ...]) -> None:
+    """Make RUN_FOLDER what an interrupted run leaves: only the stages whose names start with KEPT, no final.json."""
+    for path in (run_folder / "stages").iterdir():
+        if not path.name.startswith(kept):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    (run_folder / "final.json").unlink()
+
+
+@pytest.mark.slow  # a V-STaR run and two resumed copies of it, in this process
+def test_a_run_stopped_before_the_verifiers_trains_the_verifiers_of_the_uninterrupted_run(tmp_path):
+    """The verifier and the ORM seed their stage right before their adapters are made, so they do not depend
+    on what ran before them in the process: the uninterrupted run trained G^1 before them; a copy stopped
+    once G^1 and its samples were done trains no generator before its verifier, and a copy stopped after the
+    verifier trains nothing before its ORM; both follow other runs in this process. The base model is a
+    folder, which loading does not reseed (the builtin tiny-gpt2 would be rebuilt from its seed, which hides
+    the difference). And model.dropout=0 reaches the verifier: its first DPO step, at V = G_SFT (LoRA's B is
+    zero), has the loss -log sigmoid(0) = log 2, which GPT-2's own dropout (0.1) would move."""
+    from lmforge.models.causal_lm import load_causal_lm
+
+    model, tokenizer = load_causal_lm("tiny-gpt2")
+    model.save_pretrained(tmp_path / "gpt2")
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    # 2 problems, one held out by the verifiers: 2 DPO steps (its reference x its 2 samples), 3 ORM steps
+    args = ["vstar/gemma_gsm8k", *TINY, f"model.name={tmp_path / 'gpt2'}", "model.dropout=0", "model.max_length=512",
+            "train.log_every=1", "train.max_steps=1", "data.max_train_examples=2", "vstar.iterations=1",
+            "vstar.max_new_tokens=8", "vstar.test_problems=1", "vstar.test_samples=1", "vstar.ks=[1]",
+            "vstar.verifier.batch_size=1", "vstar.orm.batch_size=1"]  # fmt: skip
+    whole = tmp_path / "whole"
+    assert main(["run", *args, "--run-dir", str(whole)]) == 0
+    stops = [  # (copy, the stages it keeps, the stages it trains again)
+        ("before_verifier", ("generator-1", "samples-1"), ("verifier", "orm")),
+        ("before_orm", ("generator-1", "samples-1", "verifier"), ("orm",)),
+    ]
+    for copy, kept, trained in stops:
+        shutil.copytree(whole, tmp_path / copy)
+        stop_before(tmp_path / copy, kept)
+        assert main(["run", "vstar/gemma_gsm8k", "--resume", "--run-dir", str(tmp_path / copy)]) == 0
+        for name in trained:
+            first, second = whole / "stages" / name, tmp_path / copy / "stages" / name
+            assert training_records(second) == training_records(first), (copy, name)
+            first, second = adapter_tensors(first / "final"), adapter_tensors(second / "final")
+            assert first.keys() == second.keys() and len(first) > 0
+            for key in first:
+                assert torch.equal(first[key], second[key]), (copy, name, key)
+        assert final(tmp_path / copy)["generators"] == final(whole)["generators"]
+    for name, steps in (("verifier", 2), ("orm", 3)):  # every step of both was compared
+        assert [r["step"] for r in training_records(whole / "stages" / name) if r["split"] == "train"] == [
+            *range(1, steps + 1)
+        ]
+    first_step = lines(whole / "stages" / "verifier" / "metrics.jsonl")[0]
+    assert first_step["split"] == "train" and first_step["loss"] == pytest.approx(math.log(2), abs=1e-5)

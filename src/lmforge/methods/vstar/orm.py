@@ -15,8 +15,8 @@ cross-entropy of the completion tokens and EOS, prompts left out) on the same so
 incorrect, with weight 1; one body pass gives both terms. The classification-only variant is the
 objective alone, kept to measure what the auxiliary loss does.
 
-Same data, starting point, LoRA and loop as the DPO verifier (`verifier.py`), so the two differ only
-in the objective: the paper's finding to test is that the DPO verifier keeps gaining as k grows while
+Same data, starting point, LoRA, seeding, dropout and loop as the DPO verifier (`verifier.py`), so the
+two differ only in the objective: the paper's finding to test is that the DPO verifier keeps gaining as k grows while
 the ORM stalls. Held-out solutions (those of a few problems, carved by problem) give the evaluation:
 each term of the loss and the accuracy at threshold 0.5.
 """
@@ -34,7 +34,7 @@ from torch import nn
 
 from lmforge.config import RunConfig
 from lmforge.core.console import say
-from lmforge.core.loop import StopSignal
+from lmforge.core.loop import StopSignal, seed_everything
 from lmforge.core.stages import FINISHED, child_run
 from lmforge.core.training_run import start_training
 from lmforge.data.files import Examples, manifest_entry
@@ -97,7 +97,7 @@ def train_orm(
 ) -> Path:
     """The ORM in stages/orm/, from the finished G_SFT run `gsft_dir`, on D_VER's labelled solutions."""
     from lmforge.adapters.lora import inject_lora, save_adapter
-    from lmforge.models.causal_lm import load_causal_lm
+    from lmforge.models.causal_lm import load_causal_lm, set_dropout
 
     child = child_run(stages, "orm")
     if child.state == FINISHED:
@@ -108,7 +108,10 @@ def train_orm(
         raise UserError("orm: D_VER holds only correct or only incorrect solutions; a classifier needs both")
     train, dev = carve_by_problem(solutions)
     lm, tokenizer = load_causal_lm(str(gsft_dir))
+    if cfg.model.dropout is not None:  # as the generators' SFT (the sft method) applies it
+        set_dropout(lm, cfg.model.dropout)
     model = OutcomeRewardModel(lm)
+    seed_everything(cfg.train.seed)  # the adapters' initialisation does not depend on earlier stages (verifier.py)
     inject_lora(model, v.target_modules, v.lora_r, v.lora_alpha, v.lora_dropout, [HEAD])
     train_data = encode_solutions(tokenizer, prompts, train, answer_end)
     dev_data = encode_solutions(tokenizer, prompts, dev, answer_end)

@@ -1,9 +1,11 @@
 """V-STaR's verifier: DPO (Rafailov et al. 2023, eq. 7) from G_SFT on the correct x incorrect pairs of
 D_VER, with G_SFT as the frozen reference, then every test candidate scored by it.
 
-Training is the shared loop (`core/training_run.py`) with LoRA on G_SFT's merged weights; the
-reference log-probabilities of every pair are computed once, before the first step, and kept in a
-file beside the run (`stages/verifier.reference.pt`, fingerprinted by the tokens), so neither
+Training is the shared loop (`core/training_run.py`) with LoRA on G_SFT's merged weights, its dropout
+rates set to `model.dropout` when given and the run's seed (`train.seed`) set right before the adapters
+are made, as each generator's SFT does (so the verifier does not depend on what ran before it in the
+process). The reference log-probabilities of every pair are computed once, before the first step, and
+kept in a file beside the run (`stages/verifier.reference.pt`, fingerprinted by the tokens), so neither
 training nor a resumed run ever runs the reference model again. A step's loss is the mean over its
 pairs (every micro-batch and process), so accumulation is exact. Held-out pairs (those of a few
 training problems, carved by problem so that no problem is on both sides) give the evaluation: DPO
@@ -27,7 +29,7 @@ import torch
 
 from lmforge.config import RunConfig
 from lmforge.core.console import say
-from lmforge.core.loop import StopSignal
+from lmforge.core.loop import StopSignal, seed_everything
 from lmforge.core.stages import FINISHED, child_run
 from lmforge.core.training_run import start_training
 from lmforge.data.files import Examples, manifest_entry
@@ -69,7 +71,7 @@ def encode_preferences(tokenizer, pairs: Sequence[PreferencePair], max_length: i
 def train_verifier(cfg: RunConfig, stages: Path, gsft_dir: Path, pairs: Sequence[PreferencePair]) -> Path:
     """The DPO verifier in stages/verifier/, from the finished G_SFT run `gsft_dir`; reused when finished."""
     from lmforge.adapters.lora import inject_lora, save_adapter
-    from lmforge.models.causal_lm import load_causal_lm
+    from lmforge.models.causal_lm import load_causal_lm, set_dropout
 
     child = child_run(stages, "verifier")
     if child.state == FINISHED:
@@ -98,6 +100,13 @@ def train_verifier(cfg: RunConfig, stages: Path, gsft_dir: Path, pairs: Sequence
             save_reference(path, cached, key)
         reference[name] = cached  # (2P,): chosen at even rows, rejected at odd rows
 
+    if cfg.model.dropout is not None:  # as the generators' SFT (the sft method) applies it
+        set_dropout(model, cfg.model.dropout)
+    # The run's seed, as each generator's SFT seeds itself: the adapters' initialisation (and, in one process,
+    # the dropout masks that follow) then does not depend on what ran earlier in the process, so a run resumed
+    # at this stage trains the verifier the uninterrupted run trains, and every process starts from the same
+    # adapters as one process does.
+    seed_everything(cfg.train.seed)
     if v.lora:
         inject_lora(model, v.target_modules, v.lora_r, v.lora_alpha, v.lora_dropout, [])
     verifier_cfg = verifier_run_config(cfg, gsft_dir, opts, f"D_VER preference pairs ({len(train_pairs):,})")
