@@ -182,6 +182,21 @@ def test_a_body_that_stalls_gets_408(serve):
     assert time.monotonic() - started < 5
 
 
+def test_a_client_that_never_reads_its_answer_is_cut_off(serve):
+    server = serve(read_timeout=1.0)
+    # Megabytes of answer: 16 echoed prompts of 901 tokens, each token with 20 alternatives.
+    body = {"prompt": ["the movie was " * 300] * 4, "n": 4, "max_tokens": 0, "echo": True, "logprobs": 20}
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server's buffer fills
+    sock.connect(address(server))
+    try:
+        sock.sendall(request_bytes(server, "POST", "/v1/completions", body))
+        assert wait_until(lambda: server.connections == 1, within=5)
+        assert wait_until(lambda: server.connections == 0, within=30)  # it never read: dropped
+    finally:
+        sock.close()
+
+
 def test_connections_past_the_cap_get_503_and_the_slots_come_back(serve):
     server = serve(max_connections=3, read_timeout=5.0)
     held = [socket.create_connection(address(server), timeout=10) for _ in range(3)]
