@@ -26,6 +26,7 @@ import time
 
 from lmforge.errors import UserError
 from lmforge.generation.generate import HFGenerator
+from lmforge.generation.serve_completions import request_tokenizer
 from lmforge.generation.serve_limits import (
     WILDCARD_ADDRESSES,
     ClientError,
@@ -73,6 +74,7 @@ class CompletionServer:
         self.socket = bind(address)
         self.server_address = self.socket.getsockname()[:2]
         self.worker = DecodingWorker(self.limits.max_queue, generator.batch_size)
+        request_tokenizer(generator)  # copied now rather than on the first request
         logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL if quiet else logging.WARNING)
         config = uvicorn.Config(
             build_app(self),
@@ -147,6 +149,7 @@ class CompletionServer:
                 reason = (str(e).splitlines() or [""])[0][:200]
                 message = f"lora_path {path!r}: not a model lmforge loads ({type(e).__name__}: {reason})"
                 raise ClientError(400, message) from None
+            request_tokenizer(generator)
             with self.models_lock:
                 self.loaded.add(name, generator)
         finally:

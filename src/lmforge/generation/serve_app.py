@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from lmforge.errors import UserError
-from lmforge.generation.serve_completions import chat, complete
+from lmforge.generation.serve_completions import chat, complete, request_tokenizer
 from lmforge.generation.serve_limits import (
     ClientError,
     ClientGone,
@@ -59,7 +59,7 @@ def build_app(server):
     async def completions(request: Request) -> Response:
         body = await read_json(request, server)
         generator, name = server.generator_for(body.get("model"))
-        vocab = len(generator.tokenizer)
+        vocab = min(len(request_tokenizer(generator)), generator.model.config.get_text_config().vocab_size)
         req = completion_request(body, vocab, server.limits.max_stop, server.limits.max_logprobs)
         whole = await complete(generator, name, req, server.limits, lambda job: decode(request, server, job))
         return events(completion_events(whole, req.include_usage)) if req.stream else JSONResponse(whole)
@@ -94,22 +94,23 @@ def build_app(server):
         prompt, special = body.get("prompt"), body.get("add_special_tokens", True)
         if not isinstance(prompt, str) or not isinstance(special, bool):
             raise UserError("'prompt' must be a string and 'add_special_tokens' true or false")
-        encoded = await asyncio.to_thread(generator.tokenizer, prompt, add_special_tokens=special)
+        encoded = await asyncio.to_thread(request_tokenizer(generator), prompt, add_special_tokens=special)
         ids = list(encoded["input_ids"])
         return JSONResponse({"count": len(ids), "max_model_len": generator.max_positions, "tokens": ids})
 
     async def detokenize(request: Request) -> Response:
         body = await read_json(request, server)
         generator, _ = server.generator_for(body.get("model"))
-        tokens, vocab = body.get("tokens"), len(generator.tokenizer)
+        tokenizer = request_tokenizer(generator)
+        tokens, vocab = body.get("tokens"), len(tokenizer)
         valid = isinstance(tokens, list) and all(type(t) is int and 0 <= t < vocab for t in tokens)
         if not valid:
             raise UserError(f"'tokens' must be a list of token ids, each 0 to {vocab - 1}")
-        text = await asyncio.to_thread(generator.tokenizer.decode, tokens)
+        text = await asyncio.to_thread(tokenizer.decode, tokens)
         return JSONResponse({"prompt": text})
 
     async def tokenizer_info(request: Request) -> Response:
-        tokenizer = server.generator.tokenizer
+        tokenizer = request_tokenizer(server.generator)
         info = {
             "tokenizer_class": type(tokenizer).__name__,
             "eos_token": tokenizer.eos_token,

@@ -15,6 +15,9 @@ is generated first, then the prompt and the completion's text, as the tokenizer 
 from __future__ import annotations
 
 import asyncio
+import copy
+import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
@@ -28,6 +31,21 @@ from lmforge.generation.serve_worker import Job
 
 Decode = Callable[[Job], Awaitable[list]]
 
+_request_tokenizers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # generator -> its copy
+_copying = threading.Lock()
+
+
+def request_tokenizer(generator: HFGenerator):
+    """The copy of `generator`'s tokenizer that the HTTP side uses. A fast tokenizer keeps its padding
+    settings in one Rust object, which the decoding thread sets for every batch it encodes; encoding a
+    request with that same object meanwhile would change them under it. Copied once per model (about
+    2 s for Gemma's 262,144 words)."""
+    with _copying:
+        tokenizer = _request_tokenizers.get(generator)
+        if tokenizer is None:
+            tokenizer = _request_tokenizers[generator] = copy.deepcopy(generator.tokenizer)
+        return tokenizer
+
 
 @dataclass(frozen=True)
 class Prompt:
@@ -39,7 +57,7 @@ class Prompt:
 
 def prepare(generator: HFGenerator, prompts: list[str | list[int]]) -> list[Prompt]:
     """Each prompt as text and as token ids (a prompt of token ids keeps them; its text is their decoding)."""
-    tokenizer = generator.tokenizer
+    tokenizer = request_tokenizer(generator)
     prepared = []
     for prompt in prompts:
         if isinstance(prompt, str):
@@ -106,13 +124,14 @@ def one_pass_sample(generator: HFGenerator, scored, req: CompletionRequest):
     tops.append(scored.next_top)
     if token in generator.eos_ids:  # counted and scored, but not part of the text
         return Completion("", 1, "stop"), (ids, logprobs, tops)
-    text, stopped = cut_at_stop(generator.tokenizer.decode([token], skip_special_tokens=True), req.params.stop)
+    text = request_tokenizer(generator).decode([token], skip_special_tokens=True)
+    text, stopped = cut_at_stop(text, req.params.stop)
     return Completion(text, 1, "stop" if stopped else "length"), (ids, logprobs, tops)
 
 
 async def score_completions(generator: HFGenerator, prompts: list[Prompt], samples, top_k: int, decode: Decode):
     """Each generated completion scored after its prompt (its text's tokens; cut to the model's positions)."""
-    tokenizer = generator.tokenizer
+    tokenizer = request_tokenizer(generator)
     sequences = []
     for prompt, row in zip(prompts, samples, strict=True):
         for completion, _ in row:
@@ -131,7 +150,7 @@ async def score_completions(generator: HFGenerator, prompts: list[Prompt], sampl
 
 
 def completion_choices(generator: HFGenerator, prompts: list[Prompt], samples, req: CompletionRequest) -> list[dict]:
-    text_of = TokenTexts(generator.tokenizer)
+    text_of = TokenTexts(request_tokenizer(generator))
     choices = []
     for i, (prompt, row) in enumerate(zip(prompts, samples, strict=True)):
         for j, (completion, scores) in enumerate(row):
@@ -155,7 +174,7 @@ def completion_choices(generator: HFGenerator, prompts: list[Prompt], samples, r
 
 async def chat(generator: HFGenerator, name: str, req: ChatRequest, limits: ServeLimits, decode: Decode) -> dict:
     """The answer (a dict in OpenAI's chat.completion shape) to a chat request."""
-    text, extra_stop = await asyncio.to_thread(render_chat, generator.tokenizer, req.messages)
+    text, extra_stop = await asyncio.to_thread(render_chat, request_tokenizer(generator), req.messages)
     params = replace(req.params, stop=req.params.stop + extra_stop)
     prompts = await asyncio.to_thread(prepare, generator, [text])
     check_prompts(generator, prompts, params.n, params.max_new_tokens, limits)

@@ -1,6 +1,8 @@
 import json
+import os
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import pytest
@@ -116,11 +118,12 @@ def test_chat_with_a_template_uses_it_without_a_second_bos():
 
 
 @pytest.mark.slow  # `lmforge serve` in a fresh process, loading a model (seconds)
-def test_serve_command_starts_and_answers(tmp_path):
+def test_serve_command_starts_and_answers_with_the_api_key_of_the_environment(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "lmforge", "serve", "tiny-gpt2", "--port", "0", "--quiet"],
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "LMFORGE_API_KEY": "k3y"},
     )
     try:
         line = ""
@@ -128,7 +131,11 @@ def test_serve_command_starts_and_answers(tmp_path):
             line = process.stderr.readline()
             assert line or process.poll() is None, "lmforge serve exited before serving"
         url = line.split(" at ")[1].split()[0]
-        with urllib.request.urlopen(url + "/models", timeout=30) as response:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url + "/models", timeout=30)
+        assert refused.value.code == 401
+        request = urllib.request.Request(url + "/models", headers={"Authorization": "Bearer k3y"})
+        with urllib.request.urlopen(request, timeout=30) as response:
             assert json.loads(response.read())["data"][0]["id"] == "tiny-gpt2"
     finally:
         process.terminate()
@@ -166,7 +173,7 @@ def test_serve_help_lists_the_limits(cli):
     assert result.returncode == 0
     for flag in ("--max-request-tokens", "--max-queue", "--max-connections", "--read-timeout", "--max-adapters"):
         assert flag in result.stdout
-    for flag in ("--adapter-root", "--allowed-hosts", "--allowed-origins"):
+    for flag in ("--adapter-root", "--allowed-hosts", "--allowed-origins", "--api-key"):
         assert flag in result.stdout
 
 
