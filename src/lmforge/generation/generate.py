@@ -90,9 +90,13 @@ class HFGenerator:
         params: SamplingParams,
         progress: bool = False,
         should_stop: Callable[[], bool] | None = None,
+        on_step: Callable[[int, int, int], None] | None = None,
     ) -> list[list[Completion]]:
         """For each prompt, its params.n completions. `should_stop` is asked before every forward pass;
-        when it says True, GenerationStopped is raised (a server stops work nobody waits for)."""
+        when it says True, GenerationStopped is raised (a server stops work nobody waits for).
+        `on_step(i, j, token)`, when given, hears each new token of completion j of prompt i as it is
+        chosen, EOS left out (a server streams the text: generation/text_deltas.py); without it the loop
+        does nothing more per step."""
         import torch
 
         from lmforge.core.console import progress_bar
@@ -124,7 +128,8 @@ class HFGenerator:
                     batch = rows[start : start + self.batch_size]
                     texts = [prompts[i] for i, _ in batch]
                     seeds = [sample_seed(params.seed, prompts[i], j) for i, j in batch]
-                    for row, completion in zip(batch, self._generate_batch(texts, seeds, params, should_stop)):
+                    hears = None if on_step is None else _batch_steps(on_step, batch, params.n if samples == 1 else 1)
+                    for row, completion in zip(batch, self._generate_batch(texts, seeds, params, should_stop, hears)):
                         done[row] = completion
                     bar.update(len(batch))
         finally:
@@ -133,11 +138,17 @@ class HFGenerator:
         return [[done[(i, j if samples > 1 else 0)] for j in range(params.n)] for i in range(len(prompts))]
 
     def _generate_batch(
-        self, texts: list[str], seeds: list[int], params: SamplingParams, should_stop: Callable[[], bool] | None = None
+        self,
+        texts: list[str],
+        seeds: list[int],
+        params: SamplingParams,
+        should_stop: Callable[[], bool] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> list[Completion]:
         """Decode one left-padded batch with the KV cache. A row that ends (EOS or a stop string) leaves
         the batch at once, cache included, so the rows still running do not pay for it: with sampled
-        lengths, a batch often ends with one or two long rows."""
+        lengths, a batch often ends with one or two long rows. `on_step(row, token)` hears each token
+        that is part of a row's text."""
         import torch
         from transformers import DynamicCache
 
@@ -160,7 +171,10 @@ class HFGenerator:
                 generated[row].append(token)
                 if token in self.eos_ids:  # counted, but not part of the text
                     ended[row] = (len(generated[row]), len(generated[row]) - 1)
-                elif params.stop and self._has_stop(generated[row], params.stop):
+                    continue
+                if on_step is not None:
+                    on_step(row, token)
+                if params.stop and self._has_stop(generated[row], params.stop):
                     ended[row] = (len(generated[row]), len(generated[row]))
                 else:
                     still.append(k)
@@ -197,6 +211,20 @@ class HFGenerator:
         # tokens costs microseconds next to a forward pass.
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return any(s in text for s in stop)
+
+
+def _batch_steps(
+    on_step: Callable[[int, int, int], None], batch: list[tuple[int, int]], copies: int
+) -> Callable[[int, int], None]:
+    """`on_step` of `generate` as `_generate_batch` calls it: batch row -> (prompt, sample); a greedy
+    row stands for `copies` equal samples (generate copies its completion), so each of them hears it."""
+
+    def on_row_step(row: int, token: int) -> None:
+        i, j = batch[row]
+        for sample in range(j, j + copies):
+            on_step(i, sample, token)
+
+    return on_row_step
 
 
 def greedy_choice(logits: torch.Tensor) -> torch.Tensor:

@@ -38,8 +38,9 @@ from lmforge.generation.serve_limits import (
     host_allowed,
     origin_allowed,
 )
-from lmforge.generation.serve_openai import chat_events, completion_events
+from lmforge.generation.serve_openai import completion_events
 from lmforge.generation.serve_requests import chat_request, completion_request, parse_json
+from lmforge.generation.serve_stream import chat_stream, completion_stream, streams_tokens
 from lmforge.generation.serve_worker import Job
 
 MAX_NAME_CHARS = 256
@@ -61,6 +62,8 @@ def build_app(server):
         generator, name = server.generator_for(body.get("model"))
         vocab = min(len(request_tokenizer(generator)), generator.model.config.get_text_config().vocab_size)
         req = completion_request(body, vocab, server.limits.max_stop, server.limits.max_logprobs)
+        if streams_tokens(req):
+            return events(await completion_stream(generator, name, req, server.limits, server.worker, request))
         whole = await complete(generator, name, req, server.limits, lambda job: decode(request, server, job))
         return events(completion_events(whole, req.include_usage)) if req.stream else JSONResponse(whole)
 
@@ -68,8 +71,10 @@ def build_app(server):
         body = await read_json(request, server)
         generator, name = server.generator_for(body.get("model"))
         req = chat_request(body, server.limits.max_stop)
+        if req.stream:
+            return events(await chat_stream(generator, name, req, server.limits, server.worker, request))
         whole = await chat(generator, name, req, server.limits, lambda job: decode(request, server, job))
-        return events(chat_events(whole, req.include_usage)) if req.stream else JSONResponse(whole)
+        return JSONResponse(whole)
 
     async def models(request: Request) -> Response:
         listed = [{"id": name, "object": "model", "created": 0, "owned_by": "lmforge"} for name in server.model_names()]

@@ -108,23 +108,3 @@ def completion_events(whole: dict, include_usage: bool) -> Iterator[str]:
     if include_usage:
         yield event({**head, "choices": [], "usage": whole["usage"]})
     yield event("[DONE]")
-
-
-def chat_events(whole: dict, include_usage: bool) -> Iterator[str]:
-    """The `chat.completion.chunk` events of a finished chat answer: the role, the content, the finish
-    reason of each choice, then the usage (when asked), then [DONE]."""
-    head = {key: whole[key] for key in ("id", "created", "model")}
-    head["object"] = "chat.completion.chunk"
-    extra = {"usage": None} if include_usage else {}
-    for choice in whole["choices"]:
-        index = choice["index"]
-        role = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-        content = {"index": index, "delta": {"content": choice["message"]["content"]}, "logprobs": None}
-        content["finish_reason"] = None
-        end = {"index": index, "delta": {}, "logprobs": None, "finish_reason": choice["finish_reason"]}
-        end["completion_tokens"] = choice["completion_tokens"]
-        for part in (role, content, end):
-            yield event({**head, "choices": [part], **extra})
-    if include_usage:
-        yield event({**head, "choices": [], "usage": whole["usage"]})
-    yield event("[DONE]")

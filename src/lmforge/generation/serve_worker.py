@@ -24,6 +24,11 @@ whose client leaves (`leave`) is dropped from the queue, or, while its batch dec
 between two decoding steps: the other jobs of the batch go back to the front of the queue and run
 again (their answers are the same: every sample is seeded), so a request nobody waits for does not
 hold the model.
+
+Streaming: a generation job with `on_text` hears each of its completions' text as it grows, from the
+decoding thread, as `on_text(choice index, delta)` (the index as in the answer: prompt x n + sample).
+The worker feeds each generated token to the completion's `TextDeltas` (generation/text_deltas.py),
+kept on the job, so that a job rerun after its batch stopped sends nothing twice.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from lmforge.generation.generate import HFGenerator
 from lmforge.generation.logprobs import ScoredSequence, score_sequences
 from lmforge.generation.sampling import Completion, GenerationStopped, SamplingParams
 from lmforge.generation.serve_limits import ClientGone, busy
+from lmforge.generation.text_deltas import TextDeltas
 
 # An idle worker waits this long for more jobs before it decodes: requests a client sends together
 # (lm-evaluation-harness's num_concurrent, a thread pool) arrive a few milliseconds apart, and would
@@ -61,6 +67,10 @@ class Job:
     """whether the request named its seed (else the worker draws one per decoding call)"""
     sequences: list[list[int]] = field(default_factory=list)
     top_k: int = 0
+    on_text: Callable[[int, str], None] | None = None
+    """hears each completion's new text while it is generated (called on the decoding thread)"""
+    deltas: dict[int, TextDeltas] = field(default_factory=dict)
+    """choice index -> what of its text was handed to on_text"""
     gone: threading.Event = field(default_factory=threading.Event)
     future: Future = field(default_factory=Future)
     started: bool = False
@@ -234,8 +244,31 @@ def _compute(batch: list[Job], should_stop: Callable[[], bool]) -> list:
     if not first.seeded and params.temperature > 0:
         params = replace(params, seed=secrets.randbelow(2**31))
     prompts = [p for job in batch for p in job.prompts]
-    completions = first.generator.generate(prompts, params, should_stop=should_stop)
+    on_step = _text_steps(batch, params) if any(job.on_text for job in batch) else None
+    completions = first.generator.generate(prompts, params, should_stop=should_stop, on_step=on_step)
     return _split(completions, [len(job.prompts) for job in batch])
+
+
+def _text_steps(batch: list[Job], params: SamplingParams) -> Callable[[int, int, int], None]:
+    """The generator's `on_step` for a batch: each token of a streaming job's completion to its
+    TextDeltas, and the new text, if any, to the job's on_text."""
+    owners = [(job, k) for job in batch for k in range(len(job.prompts))]  # prompt of the call -> (job, its prompt)
+    tokenizer = batch[0].generator.tokenizer  # this thread's: decoding does not touch its padding settings
+    for job in batch:
+        for deltas in job.deltas.values():
+            deltas.restart()
+
+    def on_step(i: int, j: int, token: int) -> None:
+        job, k = owners[i]
+        if job.on_text is None:
+            return
+        index = k * params.n + j
+        if index not in job.deltas:
+            job.deltas[index] = TextDeltas(tokenizer, params.stop)
+        if delta := job.deltas[index].add(token):
+            job.on_text(index, delta)
+
+    return on_step
 
 
 def _split(items: list, sizes: list[int]) -> list[list]:

@@ -68,6 +68,35 @@ def test_streamed_completion_and_chat_assemble_to_the_unstreamed_answer(client):
     assert "".join(d.content or "" for d in deltas) == whole.choices[0].message.content
 
 
+def test_a_stream_arrives_token_by_token_and_joins_to_the_unstreamed_text(client):
+    body = {"model": "tiny-gpt2", "prompt": PROMPT, "max_tokens": 10, "temperature": 0}
+    whole = client.completions.create(**body).choices[0].text
+    texts = [c.choices[0].text for c in client.completions.create(**body, stream=True) if c.choices[0].text]
+    assert len(texts) > 1 and "".join(texts) == whole
+    chat = {"model": "tiny-gpt2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10, "temperature": 0}
+    whole = client.chat.completions.create(**chat).choices[0].message.content
+    parts = [c.choices[0].delta.content for c in client.chat.completions.create(**chat, stream=True)]
+    assert len([p for p in parts if p]) > 1 and "".join(p or "" for p in parts) == whole
+
+
+def test_a_stop_string_spanning_two_tokens_never_reaches_the_stream(client, tiny_generator):
+    body = {"model": "tiny-gpt2", "prompt": PROMPT, "max_tokens": 12, "temperature": 0}
+    free = client.completions.create(**body).choices[0].text
+    tokenizer = tiny_generator.tokenizer
+    pieces = [tokenizer.decode([t]) for t in tokenizer(free, add_special_tokens=False)["input_ids"]]
+    # the last character of one token and the first two of the next, where that string first occurs
+    stop = next(
+        pieces[k][-1] + pieces[k + 1][:2]
+        for k in range(len(pieces) - 1)
+        if free.find(pieces[k][-1] + pieces[k + 1][:2]) == len("".join(pieces[: k + 1])) - 1
+    )
+    whole = client.completions.create(**body, stop=[stop]).choices[0]
+    assert whole.finish_reason == "stop" and whole.text == free[: free.find(stop)]
+    chunks = list(client.completions.create(**body, stop=[stop], stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == whole.text
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
 def test_a_stream_is_server_sent_events_ending_with_done(tiny_server):
     body = json.dumps({"prompt": PROMPT, "max_tokens": 3, "temperature": 0, "stream": True}).encode()
     request = urllib.request.Request(tiny_server.url + "/completions", body, {"Content-Type": "application/json"})
