@@ -12,14 +12,16 @@ Without a GPU, Accelerate forms a process group only with ACCELERATE_USE_CPU=tru
 starts a single process whatever --num_processes says (accelerate 1.16). The tests set it.
 
 `make test` runs two methods (full fine-tuning of a classifier; SFT of a causal LM with LoRA and a token-level
-loss); `make test-distributed` (LMFORGE_TEST_DISTRIBUTED=1) runs the rest: the other methods, the refusals, the
-parent-run methods that do not yet run under several processes (strict xfail), V-STaR, and FSDP on the CPU.
+loss) and the in-process checks of the refusals and the DeepSpeed settings; `make test-distributed`
+(LMFORGE_TEST_DISTRIBUTED=1) runs the rest: the other methods, the launched refusals, the parent-run methods
+(CReST, continual, continual_lm: every child run, stage output and final number), V-STaR, and FSDP on the CPU.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -51,9 +53,8 @@ CASES = {
     "kbert": ["kbert/minilm_sst2", *CLASSIFIER, "model.max_length=64"],
 }  # fmt: skip
 EVERYDAY = ("finetune", "sft")
-# Methods made of a parent run folder with stages and child runs: every process creates the parent folder
-# (core/rundir.py `open_parent_run` is not rank-aware), so the second one stops with "run folder already exists".
-PARENT_RUN_GAP = "open_parent_run is not rank-aware: the second process finds the folder the first made"
+# Methods made of a parent run folder with stages and child runs: the main process writes the parent's folder and
+# stages (predictions, scores, pairs), the others wait and read them; every child run trains on both processes.
 PARENT_RUNS = {
     "crest": ["crest/minilm_trec6", "model.name=tiny-bert", "model.max_length=32", "data.max_train_examples=900",
               "data.max_eval_examples=16", "crest.generations=2", "crest.threshold=0.0", "train.eval_every=4", *STEPS],
@@ -80,7 +81,19 @@ def launch(
     command += [str(script)] if script else ["-m", "lmforge"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", **(env or {})}
     env = {k: v for k, v in env.items() if v is not None}
-    return subprocess.run([*command, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    # Its own process group: on a timeout the launcher and its workers (waiting in a collective, where a SIGTERM
+    # only sets lmforge's stop flag) are all killed, not left behind.
+    with subprocess.Popen(
+        [*command, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    ) as process:  # fmt: skip
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def one_process(args: list[str], run_dir: Path) -> None:
@@ -127,19 +140,131 @@ def test_two_processes_train_as_one(method, tmp_path):
     assert_same_training(ddp, single, steps=4)
 
 
+TIMINGS = {"seconds", "examples_per_second", "train_seconds", "task_train_seconds"}  # differ from run to run
+
+
+def assert_same_numbers(got, want, where: str) -> None:
+    """The same JSON value, numbers within the tests' tolerance, timings left out."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), where
+        for key in want.keys() - TIMINGS:
+            assert_same_numbers(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_same_numbers(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-6), where
+    else:
+        assert got == want, where
+
+
 @pytest.mark.slow
 @only_in_test_distributed
-@pytest.mark.parametrize(
-    "method", [pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=PARENT_RUN_GAP)) for m in PARENT_RUNS]
-)
+@pytest.mark.parametrize("method", list(PARENT_RUNS))
 def test_parent_run_methods_train_as_one(method, tmp_path):
+    """Every child run trains as one process (losses, evaluations, final weights), every stage the parent wrote
+    (CReST's pseudo-labels, continual's score rows, continual_lm's pairs and loss rows) and its final.json (the
+    matrices, the final metrics) hold the same values, and the parent's folder is complete."""
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     result = launch("ddp.yaml", "run", *PARENT_RUNS[method], "--run-dir", str(ddp))
     assert result.returncode == 0, result.stderr[-3000:]
     one_process(PARENT_RUNS[method], single)
-    assert json.loads((ddp / "final.json").read_text())["metrics"] == pytest.approx(
-        json.loads((single / "final.json").read_text())["metrics"], rel=1e-4, abs=1e-6
-    )
+    children = sorted(p.parent.name for p in (single / "stages").glob("*/final.json"))
+    assert len(children) >= 2 and children == sorted(p.parent.name for p in (ddp / "stages").glob("*/final.json"))
+    for child in children:
+        steps = len([r for r in records(single / "stages" / child) if r["split"] == "train"])
+        assert_same_training(ddp / "stages" / child, single / "stages" / child, steps=steps)
+    outputs = sorted(p.name for p in (single / "stages").iterdir() if p.is_file())
+    assert outputs and outputs == sorted(p.name for p in (ddp / "stages").iterdir() if p.is_file())
+    for name in outputs:
+        if name.endswith(".json"):
+            got, want = (json.loads((run / "stages" / name).read_text()) for run in (ddp, single))
+            assert_same_numbers(got, want, name)
+        elif name.endswith(".jsonl"):
+            assert (ddp / "stages" / name).read_text() == (single / "stages" / name).read_text(), name
+    assert_same_numbers(*(json.loads((run / "final.json").read_text()) for run in (ddp, single)), "final.json")
+    assert {p.name for p in ddp.iterdir()} == {p.name for p in single.iterdir()}  # config, manifest, final/, report
+
+
+@pytest.mark.slow
+@only_in_test_distributed
+def test_processes_that_would_each_run_alone_are_refused(tmp_path):
+    # Without ACCELERATE_USE_CPU on a machine with no GPU, each launched process is "process 0 of 1".
+    folder = tmp_path / "alone"
+    result = launch("ddp.yaml", "run", *CASES["finetune"], "--run-dir", str(folder), env={"ACCELERATE_USE_CPU": None})
+    assert result.returncode != 0
+    assert "WORLD_SIZE=2 but Accelerate sees one process" in result.stderr, result.stderr[-3000:]
+    assert "set ACCELERATE_USE_CPU=true" in result.stderr
+    assert not folder.exists(), "refused before anything was written"
+
+
+def test_a_process_without_examples_of_a_micro_batch_runs_a_stand_in():
+    """The last step of an epoch here holds one example: process 1 gets it as a stand-in (weighed 0 by
+    `accumulate`), so that both run one forward and backward pass."""
+    import itertools
+
+    from lmforge.config import TrainConfig
+    from lmforge.core.loop import TrainState, optimizer_batches
+
+    train = TrainConfig(batch_size=4, grad_accum=2, seed=1, group_by_length=False)
+    steps = [list(itertools.islice(optimizer_batches([5] * 9, train, TrainState(), r, 2), 2)) for r in (0, 1)]
+    full = [ranks[0] for ranks in zip(*steps) if ranks[0].size == 8][0]
+    assert full.stand_ins == [False, False] and len(full.micro_batches) == 2
+    last = [ranks for ranks in zip(*steps) if ranks[0].size == 1][0]
+    assert last[0].micro_batches == last[1].micro_batches == [last[0].examples]
+    assert (last[0].stand_ins, last[1].stand_ins) == ([False], [True])
+
+
+def test_a_launch_accelerate_sees_as_one_process_is_refused(monkeypatch, tmp_path):
+    from lmforge.config import TrainConfig
+    from lmforge.core.loop import make_accelerator
+    from lmforge.core.rundir import open_parent_run
+    from lmforge.errors import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun tells each process; this process is alone
+    with pytest.raises(UserError, match="WORLD_SIZE=2 but Accelerate sees one process.*ACCELERATE_USE_CPU=true"):
+        make_accelerator(TrainConfig())
+    with pytest.raises(UserError, match="WORLD_SIZE=2"):
+        open_parent_run(tmp_path / "never-made", "", 0, {}, resume=False)
+    assert not (tmp_path / "never-made").exists()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    make_accelerator(TrainConfig())
+
+
+def test_deepspeed_refuses_gradient_accumulation(monkeypatch):
+    from lmforge.config import TrainConfig
+    from lmforge.core.loop import make_accelerator
+    from lmforge.core.processes import check_deepspeed_launch
+    from lmforge.errors import UserError
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # as `accelerate launch` sets it for a DeepSpeed config
+    with pytest.raises(UserError, match="train.grad_accum=2: under DeepSpeed every micro-batch"):
+        make_accelerator(TrainConfig(grad_accum=2))  # before the Accelerator (and DeepSpeed) is made
+    check_deepspeed_launch(TrainConfig(grad_accum=1))
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
+    check_deepspeed_launch(TrainConfig(grad_accum=2))
+
+
+def test_deepspeed_micro_batch_comes_from_train_batch_size():
+    from accelerate.utils import DeepSpeedPlugin
+
+    from lmforge.core.processes import fill_deepspeed_config
+    from lmforge.errors import UserError
+
+    # A config from the Accelerate YAML alone (`zero_stage: 3`, no JSON file): "auto" everywhere
+    plugin = DeepSpeedPlugin(zero_stage=3)
+    assert plugin.is_auto("train_micro_batch_size_per_gpu")
+    fill_deepspeed_config(plugin, batch_size=5, num_processes=2)
+    assert plugin.get_value("train_micro_batch_size_per_gpu") == 3  # every 2nd example of 5: at most 3
+    assert not plugin.is_auto("train_micro_batch_size_per_gpu")
+    assert plugin.deepspeed_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    explicit = DeepSpeedPlugin(hf_ds_config={"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 2}})
+    fill_deepspeed_config(explicit, batch_size=8, num_processes=2)
+    assert explicit.get_value("train_micro_batch_size_per_gpu") == 1  # the file's own value stays
+    accumulating = DeepSpeedPlugin(hf_ds_config={"gradient_accumulation_steps": 4, "zero_optimization": {"stage": 2}})
+    with pytest.raises(UserError, match="gradient_accumulation_steps=4"):
+        fill_deepspeed_config(accumulating, batch_size=8, num_processes=2)
 
 
 @pytest.mark.slow
@@ -227,14 +352,16 @@ runpy.run_module("lmforge", run_name="__main__", alter_sys=True)
 # BERT classes have no `_no_split_modules` in transformers 5.x, so FSDP2's transformer auto wrap needs the layer class
 # named (without it, fully_shard of the root fails on an already sharded parameter).
 FSDP_FINETUNE = ("--fsdp_transformer_layer_cls_to_wrap", "BertLayer")
-FSDP_SAVE_GAP = "final/ and checkpoints are written by process 0 from its own shards (DTensors), not a gathered state"
+# Checkpoints at steps 2 and 4 and the best model (early stopping on, evaluation every 2 steps) are saved from the
+# gathered shards as well; the best of the two evaluations is restored into the shards before final/ is written.
+FSDP_SAVES = ["train.save_every=2", "train.eval_every=2", "train.early_stopping_patience=3", "train.keep_checkpoints=2"]
 
 
 @pytest.fixture(scope="module")
 def fsdp_runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fsdp")
     (folder / "fsdp_on_cpu.py").write_text(FSDP_ON_CPU)
-    args = [*CASES["finetune"], "train.save_every=100"]  # no checkpoint: the final save is the first save
+    args = [*CASES["finetune"], *FSDP_SAVES]
     env = {"ACCELERATE_USE_CPU": None, "LMFORGE_DEBUG": "1"}  # the script's "GPU path" initialises the gloo group
     script = folder / "fsdp_on_cpu.py"
     result = launch(
@@ -255,11 +382,32 @@ def test_fsdp_on_cpu_trains_as_one_process(fsdp_runs):
 
 @pytest.mark.slow
 @only_in_test_distributed
-@pytest.mark.xfail(strict=True, reason=FSDP_SAVE_GAP)
 def test_fsdp_on_cpu_saves_what_one_process_saves(fsdp_runs):
+    """final/, the best model and each checkpoint (weights and SGD's momentum) hold the whole tensors one process
+    saves, gathered from both processes' shards."""
+    from safetensors.torch import load_file
+
+    from lmforge.core.checkpoint import load_state
+
     result, fsdp, single = fsdp_runs
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_training(fsdp, single, steps=4)
+    steps = sorted(p.name for p in (single / "checkpoints").glob("step-*"))
+    assert steps == ["step-00000002", "step-00000004"]
+    assert sorted(p.name for p in (fsdp / "checkpoints").glob("step-*")) == steps
+    for name in ["best.safetensors", *(f"{step}/model.safetensors" for step in steps)]:
+        got, want = load_file(fsdp / "checkpoints" / name), load_file(single / "checkpoints" / name)
+        assert got.keys() == want.keys() and len(want) > 10, name
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=f"{name}: {key}")
+    for step in steps:
+        got, want = (load_state(run / "checkpoints" / step, "training_state")["optimizer"] for run in (fsdp, single))
+        assert got["param_groups"] == want["param_groups"], step
+        assert got["state"].keys() == want["state"].keys() and want["state"], step
+        for index, state in want["state"].items():
+            got_buffer = got["state"][index]["momentum_buffer"]
+            want_buffer = state["momentum_buffer"]
+            torch.testing.assert_close(got_buffer, want_buffer, rtol=1e-4, atol=1e-5, msg=f"{step} {index}")
 
 
 # The shipped config files, read as `accelerate launch --config_file` reads them (no launch, no DeepSpeed needed).

@@ -15,13 +15,14 @@ import math
 import random
 import signal
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
 from lmforge.config import TrainConfig
+from lmforge.core.processes import check_deepspeed_launch, fill_deepspeed_config, process_state
 from lmforge.errors import UserError
 
 
@@ -47,12 +48,22 @@ class TrainState:
 def make_accelerator(train: TrainConfig, trackers: list | None = None):
     """Accelerate's Accelerator for `train.mixed_precision`, logging to `trackers` (Accelerate's tracker objects
     for `train.report_to`, made by core/trackers.py). A loop that sends its metrics to no tracker passes none,
-    and `train.report_to` is then refused rather than silently ignored."""
+    and `train.report_to` is then refused rather than silently ignored.
+
+    Refused: a launch of several processes in which Accelerate sees one (each would run alone), and
+    `train.grad_accum` > 1 under DeepSpeed (it steps after every backward pass). Under DeepSpeed the config's
+    `train_micro_batch_size_per_gpu` comes from `train.batch_size` where the file leaves it "auto"."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedType
 
     if train.report_to and trackers is None:
         raise UserError("train.report_to: not available here (this loop writes metrics.jsonl only); remove it")
-    return Accelerator(mixed_precision=train.mixed_precision, log_with=trackers or None)
+    process_state()
+    check_deepspeed_launch(train)
+    accelerator = Accelerator(mixed_precision=train.mixed_precision, log_with=trackers or None)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        fill_deepspeed_config(accelerator.state.deepspeed_plugin, train.batch_size, accelerator.num_processes)
+    return accelerator
 
 
 def seed_everything(seed: int) -> None:
@@ -173,6 +184,7 @@ class OptimizerBatch:
     micro_batches: list[list[int]]  # example indices, this process's share
     size: int  # examples in the whole step, over all processes: the loss is divided by it
     examples: list[int]  # the whole step's example indices, over all processes (a loss per token counts them)
+    stand_ins: list[bool] = field(default_factory=list)  # per micro-batch: this process has none of its examples
 
 
 GROUP_SPAN = 50  # optimizer batches whose examples are sorted by length together
@@ -207,15 +219,20 @@ def optimizer_batches(
     """Endless stream of optimizer batches, resuming at (state.epoch, state.batch_in_epoch).
 
     `lengths` are the examples' token counts. With several processes each takes every
-    `world`-th example of each micro-batch.
+    `world`-th example of each micro-batch. A process left with none (a micro-batch of fewer examples than
+    processes: the last of an epoch) gets the micro-batch's first example as a stand-in, which
+    `TrainingRun.accumulate` weighs 0: every process then runs as many forward and backward passes, which DDP
+    (buffers synced in each forward) and FSDP (weights gathered in each) need.
     """
     epoch, start = state.epoch, state.batch_in_epoch
     while True:
         batches = epoch_batches(lengths, train, epoch)
         for b in range(start, len(batches)):
             chunk = batches[b]
-            micro = [chunk[i : i + train.batch_size][rank::world] for i in range(0, len(chunk), train.batch_size)]
-            yield OptimizerBatch(epoch, b, [m for m in micro if m], len(chunk), chunk)
+            whole = [chunk[i : i + train.batch_size] for i in range(0, len(chunk), train.batch_size)]
+            mine = [micro[rank::world] for micro in whole]
+            stand_ins = [not m for m in mine]
+            yield OptimizerBatch(epoch, b, [m or w[:1] for m, w in zip(mine, whole)], len(chunk), chunk, stand_ins)
         epoch, start = epoch + 1, 0
 
 

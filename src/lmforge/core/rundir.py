@@ -20,6 +20,7 @@ import torch
 
 import lmforge
 from lmforge.core.hardware import cpu_support
+from lmforge.core.processes import is_main_process, wait_for_everyone
 from lmforge.errors import UserError
 
 PACKAGES = ["torch", "transformers", "accelerate", "peft", "numpy", "safetensors", "tokenizers"]
@@ -72,14 +73,20 @@ def open_parent_run(run_dir: Path, config_yaml: str, seed: int, manifest_data: d
     """The folder of a run made of stages and child runs (CReST's generations, a stream's tasks): created
     with config.yaml, manifest.json (`manifest_data` under "data") and stages/, or, with `resume`, the
     existing one; a folder in the way, or one already finished, is a UserError. Call it after every input
-    is checked."""
+    is checked.
+
+    Under `accelerate launch` every process calls it: the main process makes the folder, the others wait for it
+    (and, like the main one, read what is there when resuming)."""
     run = RunDir(run_dir)
+    main = is_main_process()  # also refuses a launch whose processes would each run alone
     if not resume:
-        if run.path.exists() and any(run.path.iterdir()):
-            raise UserError(f"{run.path}: run folder already exists; add --resume to continue it or pick --run-dir")
-        (run.path / "stages").mkdir(parents=True)
-        write_text_atomic(run.manifest, json.dumps(build_manifest(seed, manifest_data), indent=1) + "\n")
-        write_text_atomic(run.config, config_yaml)  # last: a folder with a config.yaml is resumable
+        if main:
+            if run.path.exists() and any(run.path.iterdir()):
+                raise UserError(f"{run.path}: run folder already exists; add --resume to continue it or pick --run-dir")
+            (run.path / "stages").mkdir(parents=True)
+            write_text_atomic(run.manifest, json.dumps(build_manifest(seed, manifest_data), indent=1) + "\n")
+            write_text_atomic(run.config, config_yaml)  # last: a folder with a config.yaml is resumable
+        wait_for_everyone()
     elif not run.config.is_file():
         raise UserError(f"{run.path}: no config.yaml here, so nothing to resume")
     elif (run.path / "final.json").is_file():

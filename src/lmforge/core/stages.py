@@ -27,6 +27,11 @@ final.json is there (reuse it), INTERRUPTED with a config.yaml or checkpoints/ b
         train(cfg, child.folder, resume=child.resume)
 
 Only `make_stage` writes: under `accelerate launch` one process makes a stage, the others wait for it.
+A recipe that every process runs through (a parent run whose child runs train on every process) makes its
+stages with `shared_stage` and looks at its child runs with `shared_child_run`, which wait for the others:
+
+    path = shared_stage(run_dir / "stages", "scores-1.json", settings, lambda tmp: tmp.write_text(score()))
+    scores = json.loads(path.read_text())             # the main process's scores, on every process
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmforge.core.processes import is_main_process, wait_for_everyone
 from lmforge.errors import UserError, shown
 
 INCOMPLETE_SUFFIX = ".incomplete"  # the output while it is being written
@@ -98,6 +104,17 @@ def make_stage(folder: Path, name: str, settings: dict, write: Callable[[Path], 
     return output
 
 
+def shared_stage(folder: Path, name: str, settings: dict, write: Callable[[Path], object]) -> Path:
+    """Stage `name` for a recipe that every process runs: the main process makes it (`write(tmp)`, as in
+    `make_stage`) unless it is finished, the others wait until it is there; its path, on every process.
+    The work goes into `write`, so that only the main process does it, and every process then reads the
+    same output (a model's predictions computed once, not once per process and maybe apart in the last bit)."""
+    if is_main_process() and finished_stage(folder, name, settings) is None:
+        make_stage(folder, name, settings, write)
+    wait_for_everyone()
+    return Path(folder) / name
+
+
 @dataclass(frozen=True)
 class ChildRun:
     folder: Path
@@ -117,6 +134,14 @@ def child_run(parent: Path, name: str) -> ChildRun:
     if (folder / "config.yaml").is_file() or (folder / "checkpoints").is_dir():
         return ChildRun(folder, INTERRUPTED)
     return ChildRun(folder, FRESH)
+
+
+def shared_child_run(parent: Path, name: str) -> ChildRun:
+    """`child_run` for a recipe that every process runs: every process reads the child's state before any
+    starts it (the main process then writes its folder), so that all take the same branch."""
+    child = child_run(parent, name)
+    wait_for_everyone()
+    return child
 
 
 def as_json(settings: dict) -> dict:

@@ -55,6 +55,13 @@ from lmforge.core.loop import (
     trainable_state,
     update_early_stopping,
 )
+from lmforge.core.processes import (
+    check_sharding,
+    load_whole_weights,
+    shards_weights,
+    whole_optimizer_state,
+    whole_weights,
+)
 from lmforge.core.report import write_report
 from lmforge.core.result import RunResult
 from lmforge.core.rundir import RunDir, build_manifest, write_text_atomic
@@ -121,7 +128,9 @@ class TrainingRun:
         micro-batches they are the step's mean and accumulation is exact. Each process's part is
         multiplied by the number of processes, since DDP averages gradients over them.
         `regularizer()` (a scalar for the whole step) is added once per step, spread evenly over the
-        micro-batches. The step's value of each named loss is kept in `self.step_losses`.
+        micro-batches. The step's value of each named loss (summed over the processes, which must each return
+        the same names) is kept in `self.step_losses`. A stand-in micro-batch (this process has none of its
+        examples, `optimizer_batches`) runs like the others and counts 0.
         """
         acc, step_loss = self.accelerator, 0.0
         self.step_losses = {}
@@ -129,6 +138,8 @@ class TrainingRun:
             last = i == len(batch.micro_batches) - 1
             with nullcontext() if last else acc.no_sync(self.model), acc.autocast():
                 parts = micro_loss(micro)
+                if batch.stand_ins and batch.stand_ins[i]:  # forward and backward only to keep step with the others
+                    parts = {name: value * 0 for name, value in parts.items()}
                 loss = sum(parts.values()) * acc.num_processes
                 if regularizer is not None:
                     loss = loss + regularizer() / len(batch.micro_batches)
@@ -138,6 +149,9 @@ class TrainingRun:
                 self.step_losses[name] = self.step_losses.get(name, 0.0) + value.item()
         if acc.num_processes > 1:  # each process summed its share: the step's loss is their mean
             step_loss = acc.reduce(torch.tensor(step_loss, device=acc.device), "mean").item()
+            names = sorted(self.step_losses)  # each process's share of each named loss: their sum is the step's
+            summed = acc.reduce(torch.tensor([self.step_losses[n] for n in names], device=acc.device), "sum")
+            self.step_losses = dict(zip(names, summed.tolist(), strict=True))
         return step_loss
 
     def optimizer_step(self, batch: OptimizerBatch) -> None:
@@ -159,12 +173,19 @@ class TrainingRun:
         send(self.accelerator, record)
 
     def save_checkpoint(self) -> None:
-        if self.main:
+        # Every process takes part: under FSDP the optimizer state and the weights are gathered from their shards
+        # (the optimizer's first: it names the model's own, sharded parameters).
+        optimizer = self.optimizer
+        if shards_weights(self.accelerator):
+            optimizer = GatheredOptimizer(whole_optimizer_state(self.accelerator, self.model, self.optimizer))
+        with whole_weights(self.accelerator, self.model) as model:
+            if not self.main:
+                return
             ckpt.save_checkpoint(
                 self.run.checkpoints,
                 self.state.step,
-                trainable_state(self.unwrapped),
-                self.optimizer,
+                trainable_state(model),
+                optimizer,
                 self.scheduler,
                 self.state.to_dict(),
                 self.cfg.train.keep_checkpoints,
@@ -195,8 +216,10 @@ class TrainingRun:
                 self.bar.write(f"step {state.step}: eval {', '.join(f'{k} {v:.4f}' for k, v in scores.items())}")
             if self.select_metric is not None:
                 improved = update_early_stopping(state, metrics[self.select_metric], train.early_stopping_patience)
-                if improved and train.early_stopping_patience and self.main:
-                    save_best(self.run, self.unwrapped)
+                if improved and train.early_stopping_patience:
+                    with whole_weights(self.accelerator, self.model) as model:  # every process: gathered if sharded
+                        if self.main:
+                            save_best(self.run, model)
         if stop.requested or is_due(state.step, train.save_every, self.per_epoch):
             self.save_checkpoint()
         if stop.requested:
@@ -220,18 +243,20 @@ class TrainingRun:
         if state.stopped_early:
             patience = train.early_stopping_patience
             say(f"early stop at step {state.step}: no {self.select_metric} gain in {patience} evaluations")
-        model = self.unwrapped
         if train.early_stopping_patience and state.best_step != state.step:
-            model.load_state_dict(read_weights(self.run.checkpoints / "best.safetensors"), strict=False)
+            best = read_weights(self.run.checkpoints / "best.safetensors")
+            load_whole_weights(self.accelerator, self.model, best)
             say(f"restored the best model (step {state.best_step}, {self.select_metric} {state.best_metric:.4f})")
             self.metrics = None
         final = self.metrics or self.evaluate()
+        with whole_weights(self.accelerator, self.model) as model:  # every process: gathered if sharded
+            if self.main:
+                tmp = self.run.path / "final.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                save_final(model, self.tokenizer, tmp)
+                shutil.rmtree(self.run.final, ignore_errors=True)
+                tmp.rename(self.run.final)
         if self.main:
-            tmp = self.run.path / "final.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            save_final(model, self.tokenizer, tmp)
-            shutil.rmtree(self.run.final, ignore_errors=True)
-            tmp.rename(self.run.final)
             self.run.write_json(
                 "final.json",
                 {
@@ -247,7 +272,18 @@ class TrainingRun:
             write_report(self.run.path, report_sections(self.run.path) if report_sections else None)
             send(self.accelerator, {"split": "final", "step": state.step, **scalar_metrics(final)})
         close_trackers(self.accelerator)
+        self.accelerator.wait_for_everyone()  # a parent run's processes read final/ and final.json next
         return final
+
+
+@dataclass
+class GatheredOptimizer:
+    """What checkpoint.save_checkpoint reads of the optimizer (`state_dict()`), gathered from the shards."""
+
+    state: dict
+
+    def state_dict(self) -> dict:
+        return self.state
 
 
 def scalar_metrics(metrics: dict) -> dict:
@@ -291,6 +327,7 @@ def start_training(
         tags = {"lmforge.run_dir": str(run_dir.resolve()), "lmforge.method": cfg.method, "lmforge.recipe": cfg.recipe}
         trackers = make_trackers(train.report_to, run_dir, run_dir.name, recorded, {k: v for k, v in tags.items() if v})
     accelerator = make_accelerator(train, trackers)
+    check_sharding(accelerator, train, resume)
     main = accelerator.is_main_process
     if main and "mlflow" in train.report_to:
         check_mlflow_store()

@@ -10,7 +10,9 @@ Lopez-Paz and Ranzato 2017 and Chaudhry et al. 2018 in metrics.py):
 
 The stream is the parent run; each task a child run in stages/task-<i>-<name>/ that starts from the previous
 one's final/, each row of R a stage (stages/scores-<i>.json): `--resume` after `kill -9` anywhere goes on
-at the first unfinished piece. `joint` trains one child run on every task at once (the upper bound).
+at the first unfinished piece. Under `accelerate launch` every process trains each task; the main process
+scores the models and writes the parent's files, the others read them. `joint` trains one child run on every
+task at once (the upper bound).
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from safetensors.torch import load_file
 from lmforge.adapters.lora import lora_layers
 from lmforge.config import RunConfig
 from lmforge.core.console import say
+from lmforge.core.processes import is_main_process
 from lmforge.core.result import RunResult
 from lmforge.core.rundir import open_parent_run, publish_folder
-from lmforge.core.stages import FINISHED, child_run, finished_stage, make_stage
+from lmforge.core.stages import FINISHED, shared_child_run, shared_stage
 from lmforge.errors import UserError
 from lmforge.methods.continual.ewc import EwcAnchor, ewc_penalty
 from lmforge.methods.continual.labels import StreamLabels
@@ -72,7 +75,6 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
     else:
         matrix = [[row[t.name]["accuracy"] for t in tasks] for row in rows]
         metrics = stream_metrics(matrix, b)
-    publish_folder(children[-1] / "final", run.final)
     final = {
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, float)},
         "stream": metrics,
@@ -87,8 +89,10 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
         "train_seconds": round(sum(seconds), 3),
         "task_train_seconds": seconds,
     }
-    run.write_json("final.json", final)  # written last: it marks a finished run
-    write_stream_report(run.path, final)
+    if is_main_process():  # under `accelerate launch` every process trained the tasks; one writes
+        publish_folder(children[-1] / "final", run.final)
+        run.write_json("final.json", final)  # written last: it marks a finished run
+        write_stream_report(run.path, final)
     return RunResult(run_dir, final["metrics"], ("average_accuracy", metrics["average_accuracy"]))
 
 
@@ -104,7 +108,7 @@ def train_stream(cfg: RunConfig, stages: Path, tasks: list[StreamTask], space: S
             teacher=start if c.strategy == "lwf" else None,
             regularizer=strategy_penalty(c, list(anchors), list(lora_As)),
         )
-        child = child_run(stages, f"task-{i + 1}-{task.name}")
+        child = shared_child_run(stages, f"task-{i + 1}-{task.name}")
         if child.state == FINISHED:
             say(f"task {i + 1} ({task.name}): finished earlier ({child.folder})")
         else:
@@ -128,7 +132,7 @@ def train_stream(cfg: RunConfig, stages: Path, tasks: list[StreamTask], space: S
 
 def train_jointly(cfg: RunConfig, stages: Path, tasks: list[StreamTask], space: StreamLabels, tokenizer):
     """Every task at once (the upper bound): one child run, one row of scores."""
-    child = child_run(stages, "joint")
+    child = shared_child_run(stages, "joint")
     if child.state != FINISHED:
         say(f"joint training on {len(tasks)} tasks ({space.setting}-incremental)")
         train_task(cfg, child.folder, child.resume, tasks, space, len(tasks) - 1, None, EarlierTasks(), tokenizer)
@@ -170,8 +174,8 @@ def scores_stage(
     settings = {"after": after, "model": model_folder.parent.name if model_folder else cfg.model.name,
                 "tasks": [t.name for t in tasks], "setting": space.setting, "adapters": len(adapters)}  # fmt: skip
     name = f"scores-{after}.json"
-    path = finished_stage(stages, name, settings)
-    if path is None:
+
+    def score(tmp: Path) -> None:  # on the main process only: the others read its scores
         device = "cuda" if torch.cuda.is_available() else "cpu"
         pad_id = load_tokenizer(cfg.model.name).pad_token_id
 
@@ -190,8 +194,9 @@ def scores_stage(
             mask = space.mask(max(after - 1, j), j)
             model = shared if shared is not None else model_for(j)
             row[t.name] = evaluate_task(model, t, mask, pad_id, cfg.train.eval_batch_size, device)
-        path = make_stage(stages, name, settings, lambda tmp: tmp.write_text(json.dumps(row) + "\n"))
-    return json.loads(path.read_text())
+        tmp.write_text(json.dumps(row) + "\n")
+
+    return json.loads(shared_stage(stages, name, settings, score).read_text())
 
 
 def anchor_stage(stages: Path, i: int, model_folder: Path, cfg, tasks, space, pad_id: int) -> EwcAnchor:
@@ -200,11 +205,12 @@ def anchor_stage(stages: Path, i: int, model_folder: Path, cfg, tasks, space, pa
 
     name = f"fisher-{i + 1}.safetensors"
     settings = {"task": tasks[i].name, "model": model_folder.parent.name, "examples": cfg.options.fisher_examples}
-    path = finished_stage(stages, name, settings)
-    if path is None:
+
+    def estimate(tmp: Path) -> None:  # on the main process only: every process reads the same anchor
         anchor = ewc_anchor(model_folder, tasks[i], i, space, cfg.options.fisher_examples, cfg.train.seed, pad_id)
-        path = make_stage(stages, name, settings, lambda tmp: save_file(anchor.tensors(), str(tmp)))
-    return EwcAnchor.from_tensors(load_file(str(path)))
+        save_file(anchor.tensors(), str(tmp))
+
+    return EwcAnchor.from_tensors(load_file(str(shared_stage(stages, name, settings, estimate))))
 
 
 def load_trained(run_dir: Path, cfg: RunConfig):

@@ -7,6 +7,9 @@ data is mixed with a reservoir sample of earlier tasks' pairs (Chaudhry et al. 2
     b   <- the base model's held-out loss on every task
     for i = 1..T:  model_i <- SFT(model_{i-1}, task i's pairs [+ replayed pairs]);  L[i] <- held-out losses
     forgetting of task j: L[T][j] - min_{l<T} L[l][j] (how far its loss rose from its best)
+
+Under `accelerate launch` every process trains each task; the main process writes the pairs and measures the
+losses (stages), the others read them.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ import torch
 
 from lmforge.config import DataConfig, RunConfig
 from lmforge.core.console import say
+from lmforge.core.processes import is_main_process
 from lmforge.core.result import RunResult
 from lmforge.core.rundir import fingerprint, open_parent_run, publish_folder
-from lmforge.core.stages import FINISHED, child_run, finished_stage, make_stage
+from lmforge.core.stages import FINISHED, shared_child_run, shared_stage
 from lmforge.data.pairs import Pair, Pairs, carve_dev, encode_pairs, load_pairs
 from lmforge.errors import UserError
 from lmforge.methods.continual.replay import ReservoirBuffer
@@ -46,7 +50,7 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
     for i, (name, train_pairs, _) in enumerate(streams):
         replayed = [Pair(*p) for p in buffer.items] if c.strategy == "replay" else []
         train_file = pairs_stage(stages, f"train-{i + 1}.jsonl", Pairs(train_pairs.pairs + replayed, name))
-        child = child_run(stages, f"task-{i + 1}-{name}")
+        child = shared_child_run(stages, f"task-{i + 1}-{name}")
         if child.state == FINISHED:
             say(f"task {i + 1} ({name}): finished earlier ({child.folder})")
         else:
@@ -71,13 +75,14 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
     metrics = {"average_final_loss": sum(matrix[last]) / len(names)}
     if last:
         metrics |= {"loss_rise": sum(rise) / last, "forgetting": sum(forgetting) / last}
-    publish_folder(Path(start), run.final)
     final = {"metrics": metrics, "tasks": names, "strategy": c.strategy, "loss_matrix": matrix, "before": b,
              "loss_rise_per_task": rise, "forgetting_per_task": forgetting, "scores": rows,
              "replayed": len(buffer) if c.strategy == "replay" else 0, "train_seconds": round(sum(seconds), 3),
              "task_train_seconds": seconds}  # fmt: skip
-    run.write_json("final.json", final)  # written last: it marks a finished run
-    write_loss_report(run.path, final)
+    if is_main_process():  # under `accelerate launch` every process trained the tasks; one writes
+        publish_folder(Path(start), run.final)
+        run.write_json("final.json", final)  # written last: it marks a finished run
+        write_loss_report(run.path, final)
     return RunResult(run_dir, metrics, ("average_final_loss", metrics["average_final_loss"]))
 
 
@@ -110,11 +115,8 @@ def pairs_stage(stages: Path, name: str, pairs: Pairs) -> Path:
         "pairs": len(rows),
         "sha256_16": fingerprint([r["prompt"] for r in rows], [r["completion"] for r in rows]),
     }
-    path = finished_stage(stages, name, settings)
-    if path is None:
-        text = "".join(json.dumps(r) + "\n" for r in rows)
-        path = make_stage(stages, name, settings, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    return path
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    return shared_stage(stages, name, settings, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def sft_child(cfg: RunConfig, child, start: str, train_file: Path, held_out_file: Path) -> None:
@@ -138,8 +140,8 @@ def loss_stage(stages: Path, after: int, model_name: str, cfg: RunConfig, stream
 
     name = f"losses-{after}.json"
     settings = {"after": after, "tasks": [n for n, _, _ in streams], "max_length": cfg.model.max_length}
-    path = finished_stage(stages, name, settings)
-    if path is None:
+
+    def measure(tmp: Path) -> None:  # on the main process only: the others read its losses
         model, tokenizer = load_causal_lm(model_name, seed=cfg.train.seed)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model.to(device)
@@ -147,8 +149,9 @@ def loss_stage(stages: Path, after: int, model_name: str, cfg: RunConfig, stream
         for task, _, held in streams:
             _, encoded = encode_pairs(tokenizer, held, cfg.model.max_length)
             row[task] = held_out_loss(model, encoded, tokenizer.pad_token_id, cfg.train.eval_batch_size, device)
-        path = make_stage(stages, name, settings, lambda tmp: tmp.write_text(json.dumps(row) + "\n"))
-    return json.loads(path.read_text())
+        tmp.write_text(json.dumps(row) + "\n")
+
+    return json.loads(shared_stage(stages, name, settings, measure).read_text())
 
 
 def load_trained(run_dir: Path, cfg: RunConfig):

@@ -29,7 +29,7 @@ import torch
 from lmforge.config import RunConfig
 from lmforge.core.checkpoint import restore_extra
 from lmforge.core.loop import StopSignal, seed_everything
-from lmforge.core.stages import finished_stage, make_stage
+from lmforge.core.stages import shared_stage
 from lmforge.core.training_run import start_training
 from lmforge.data.classify import (
     EncodedTask,
@@ -83,29 +83,44 @@ def train_generation(cfg: RunConfig, folder: Path, resume: bool, data: CrestData
     # CReST+: pseudo-labels pulled toward the original labeled distribution, sharpened less each generation
     target = alignment_target(data.labeled_counts, alignment_temperature(g, c.generations, c.t_min))
 
-    def aligned(probs: torch.Tensor) -> torch.Tensor:  # (U, L) -> (U, L)
-        return align(probs, target.to(probs.device), running.update(probs).to(probs.device))
-
     per_step = c.unlabeled_ratio * train.batch_size * train.grad_accum  # mu B over all processes
     inputs = FixMatchInputs(t.model, tokenizer, enc, weak_ids, data.unlabeled, pad_id, device, cfg,
-                            aligned if c.alignment else None, per_step)  # fmt: skip
+                            aligner(target, running) if c.alignment else None, per_step, rank)  # fmt: skip
     with StopSignal() as stop:
         while t.running():
             batch, started = next(t.batches), time.perf_counter()
             step_unlabeled = unlabeled_indices(len(weak_ids), per_step, t.state.step, train.seed)
-            shares = np.array_split(step_unlabeled[rank::world], len(batch.micro_batches))  # one per micro-batch
+            # one share per micro-batch of the whole step (as one process splits it), taken by the processes that
+            # hold labeled examples of the micro-batch (all of them but in a last one smaller than `world`)
+            size = train.batch_size
+            holders = [min(world, len(batch.examples[i : i + size])) for i in range(0, batch.size, size)]
+            shares = zip(np.array_split(step_unlabeled, len(holders)), holders)
             view_seed = train.seed * 1_000_000_007 + t.state.step  # a new strong view of each text every step
             stats = {"masked": 0.0}
-            micro_loss = partial(fixmatch_loss, inputs, shares=iter(shares), step_size=batch.size,
+            micro_loss = partial(fixmatch_loss, inputs, shares=shares, step_size=batch.size,
                                  view_seed=view_seed, stats=stats)  # fmt: skip
             loss = t.accumulate(batch, micro_loss)
             t.optimizer_step(batch)
             t.optimizer.zero_grad(set_to_none=True)
             log = {f"loss_{name}": value for name, value in t.step_losses.items()}
             if c.unlabeled_weight > 0:  # share of the step's unlabeled examples above the threshold
-                log["mask_rate"] = stats["masked"] * world / per_step
+                masked = stats["masked"]
+                if world > 1:  # each process counted its own examples
+                    masked = t.accelerator.reduce(torch.tensor(masked, device=device), "sum").item()
+                log["mask_rate"] = masked / per_step
             t.end_step(loss, started, stop, log=log)
     return t.finish(save_pretrained, lambda final: summary(task, final))
+
+
+def aligner(target: torch.Tensor, running: RunningDistribution) -> Callable:
+    """CReST+'s distribution alignment of this process's weak probabilities `probs` (U, L), the running
+    distribution moved by `seen`, the weak probabilities of the micro-batch's whole unlabeled share over all
+    processes (U_all, L): every process keeps the running distribution a single process would."""
+
+    def aligned(probs: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:  # (U, L) -> (U, L)
+        return align(probs, target.to(probs.device), running.update(seen).to(probs.device))
+
+    return aligned
 
 
 @dataclass
@@ -120,25 +135,42 @@ class FixMatchInputs:
     pad_id: int
     device: Any
     cfg: RunConfig
-    align: Callable[[torch.Tensor], torch.Tensor] | None  # CReST+: (U, L) weak probabilities -> aligned
+    align: Callable[..., torch.Tensor] | None  # CReST+ (`aligner`): (U, L) weak probabilities, seen=(U_all, L)
     per_step: int  # unlabeled examples in a whole step over all processes: mu B
+    rank: int  # this process's index
 
 
 def fixmatch_loss(
     x: FixMatchInputs, micro: list[int], shares: Iterator, step_size: int, view_seed: int, stats: dict
 ) -> dict[str, torch.Tensor]:
-    """The named losses of one micro-batch: its labeled examples `micro` and the next of the step's unlabeled
-    `shares`, each loss divided by the whole step's size so that the micro-batches sum to the step's mean."""
+    """The named losses of one micro-batch: its labeled examples `micro` and this process's part of the next of
+    the step's unlabeled `shares` ((share, the number of processes holding labeled examples of the micro-batch)),
+    each loss divided by the whole step's size so that the micro-batches sum to the step's mean.
+
+    Under several processes every process runs the same forward passes (DDP syncs buffers in each, FSDP gathers
+    weights): one left without unlabeled examples here runs a stand-in that counts 0. With alignment, every
+    process predicts the weak views of the whole share, so that the running distribution is updated by all of
+    it on every process alike, with no exchange between them."""
     c, max_length = x.cfg.options, x.cfg.model.max_length
     labeled = classification_loss(x.model, x.enc, micro, step_size, x.pad_id, x.device)["loss"]
-    u = next(shares)
-    if c.unlabeled_weight == 0 or len(u) == 0:
+    share, holders = next(shares)  # this micro-batch's unlabeled examples, over all processes
+    if c.unlabeled_weight == 0 or len(share) == 0:
         return {"labeled": labeled}
+    counts = x.rank < min(holders, len(share))  # else none of the share is this process's: a stand-in, counting 0
+    mine = slice(x.rank, None, holders) if counts else slice(0, 1)
+    u = share[mine]  # this process's
     with torch.no_grad():
-        weak_logits = x.model(**collate([x.weak_ids[i] for i in u], x.pad_id, x.device)).logits  # (U, L)
+        weak = share if x.align is not None else u
+        weak_logits = x.model(**collate([x.weak_ids[i] for i in weak], x.pad_id, x.device)).logits  # (len(weak), L)
+    transform = None
+    if x.align is not None:
+        transform = partial(x.align, seen=torch.softmax(weak_logits.detach().float(), dim=-1))
+        weak_logits = weak_logits[mine]  # (U, L)
     strong_ids = encode(x.tokenizer, [strong_view(x.texts[i], view_seed, c.strong_p) for i in u], max_length)
     strong_logits = x.model(**collate(strong_ids, x.pad_id, x.device)).logits  # (U, L)
-    out = unlabeled_loss(weak_logits, strong_logits, c.threshold, x.align)
+    out = unlabeled_loss(weak_logits, strong_logits, c.threshold, transform)
+    if not counts:
+        return {"labeled": labeled, "unlabeled": out.loss * 0}
     stats["masked"] += out.mask.sum().item()
     # out.loss is the mean over this share: times its size over the step's mu B is its part of the step's mean
     return {"labeled": labeled, "unlabeled": c.unlabeled_weight * out.loss * len(u) / x.per_step}
@@ -153,8 +185,8 @@ def predictions_stage(stages: Path, g: int, model_folder: Path, data: CrestData,
     name = f"predictions-{g + 1}.json"
     settings = {"generation": g + 1, "unlabeled": fingerprint(data.unlabeled, []), "labels": data.task.labels,
                 "max_length": cfg.model.max_length}  # fmt: skip
-    path = finished_stage(stages, name, settings)
-    if path is None:
+
+    def predict(tmp: Path) -> None:  # on the main process only: the others read its predictions
         model, tokenizer = load_saved_classifier(model_folder)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model.to(device)
@@ -171,5 +203,6 @@ def predictions_stage(stages: Path, g: int, model_folder: Path, data: CrestData,
             "seconds": round(seconds, 3),
             "examples_per_second": round(len(ids) / max(seconds, 1e-9), 1),
         }
-        path = make_stage(stages, name, settings, lambda tmp: tmp.write_text(json.dumps(made) + "\n"))
-    return json.loads(path.read_text())
+        tmp.write_text(json.dumps(made) + "\n")
+
+    return json.loads(shared_stage(stages, name, settings, predict).read_text())

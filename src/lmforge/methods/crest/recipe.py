@@ -12,9 +12,11 @@ Framework for Imbalanced Semi-Supervised Learning", Algorithm 1 and sections 3.2
 
 Each generation is a child run in stages/generation-<g>/ (a whole training run: config, checkpoints,
 metrics, final/, report), each pseudo-labeling a stage (stages/predictions-<g>.json): `--resume` after
-`kill -9` anywhere goes on at the first unfinished piece. The pieces: rebalance.py (selection and
-alignment), fixmatch.py (the unlabeled loss), augment.py (the views), generation.py (the loop),
-data.py (L, U and the long tail), report.py (final.json's generations and report.html).
+`kill -9` anywhere goes on at the first unfinished piece. Under `accelerate launch` every process trains
+each generation; the main process pseudo-labels and writes the parent's files, the others read them.
+The pieces: rebalance.py (selection and alignment), fixmatch.py (the unlabeled loss), augment.py (the
+views), generation.py (the loop), data.py (L, U and the long tail), report.py (final.json's generations and
+report.html).
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import numpy as np
 
 from lmforge.config import RunConfig
 from lmforge.core.console import say
+from lmforge.core.processes import is_main_process
 from lmforge.core.result import RunResult
 from lmforge.core.rundir import open_parent_run, publish_folder
-from lmforge.core.stages import FINISHED, child_run
+from lmforge.core.stages import FINISHED, shared_child_run
 from lmforge.core.training_run import scalar_metrics
 from lmforge.methods.crest.data import generation_labeled_set, load_crest_data
 from lmforge.methods.crest.generation import predictions_stage, train_generation
@@ -46,7 +49,7 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
 
     labeled, generations = data.task.train, []
     for g in range(c.generations):
-        child = child_run(stages, f"generation-{g + 1}")
+        child = shared_child_run(stages, f"generation-{g + 1}")
         if child.state == FINISHED:
             say(f"generation {g + 1}: finished earlier ({child.folder})")
         else:
@@ -67,10 +70,11 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
 
     last = stages / f"generation-{c.generations}"
     summary = generation_summary(data, rates, generations)
-    publish_folder(last / "final", run.final)
     metrics = scalar_metrics(summary["generations"][-1]["metrics"])
-    run.write_json("final.json", {"metrics": metrics, **summary})  # written last: it marks a finished run
-    write_crest_report(run.path, json.loads((run.path / "final.json").read_text()))
+    if is_main_process():  # under `accelerate launch` every process ran the generations; one writes
+        publish_folder(last / "final", run.final)
+        run.write_json("final.json", {"metrics": metrics, **summary})  # written last: it marks a finished run
+        write_crest_report(run.path, json.loads((run.path / "final.json").read_text()))
     return RunResult(run_dir, metrics, ("balanced_accuracy", metrics["balanced_accuracy"]))
 
 
