@@ -114,7 +114,11 @@ class TrainConfig:
         choices=["accuracy", "macro_f1", "balanced_accuracy"],
     )
     early_stopping_patience: int = option(0, "stop after N evaluations without improvement (0 = off)", min=0)
-    mixed_precision: str = option("no", "Accelerate mixed precision", choices=["no", "fp16", "bf16"])
+    mixed_precision: str = option(
+        "no",
+        "Accelerate mixed precision (autocast): bf16 on a CPU or GPU, fp16 on a GPU only",
+        choices=["no", "fp16", "bf16"],
+    )
     log_every: int = option(10, "write the training loss to metrics.jsonl every N steps", min=1)
     report_to: list[str] = option(
         [],

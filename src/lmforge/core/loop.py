@@ -50,7 +50,8 @@ def make_accelerator(train: TrainConfig, trackers: list | None = None):
     for `train.report_to`, made by core/trackers.py). A loop that sends its metrics to no tracker passes none,
     and `train.report_to` is then refused rather than silently ignored.
 
-    Refused: a launch of several processes in which Accelerate sees one (each would run alone), and
+    Refused: fp16 on a CPU (Accelerate would train in float32 without saying so), a launch of several processes
+    in which Accelerate sees one (each would run alone), and
     `train.grad_accum` > 1 under DeepSpeed (it steps after every backward pass). Under DeepSpeed the config's
     `train_micro_batch_size_per_gpu` comes from `train.batch_size` where the file leaves it "auto"."""
     from accelerate import Accelerator
@@ -61,6 +62,9 @@ def make_accelerator(train: TrainConfig, trackers: list | None = None):
     process_state()
     check_deepspeed_launch(train)
     accelerator = Accelerator(mixed_precision=train.mixed_precision, log_with=trackers or None)
+    if train.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        # Accelerate turns fp16 autocast off on a CPU without a word: the run would be float32 under an fp16 label
+        raise UserError("train.mixed_precision: fp16 does not run on a CPU (it would train in float32); use bf16 or no")
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         fill_deepspeed_config(accelerator.state.deepspeed_plugin, train.batch_size, accelerator.num_processes)
     return accelerator

@@ -77,3 +77,12 @@ def test_bfloat16_weights_with_fp16_mixed_precision_are_refused_before_anything_
         start_training(cfg, tmp_path / "run", False, model, tokenizer, [5] * 8, MANIFEST_DATA)
     assert not (tmp_path / "run").exists()
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # refused before the cast
+
+
+def test_fp16_mixed_precision_on_a_cpu_is_refused_before_anything_is_written(tmp_path):
+    # Accelerate would run it in float32 without saying so (fp16 autocast is off on a CPU)
+    model, tokenizer = load_classifier("tiny-bert", ["even", "odd"], 0, 0.0)
+    cfg = config({}, mixed_precision="fp16")
+    with pytest.raises(UserError, match="train.mixed_precision: fp16 does not run on a CPU"):
+        start_training(cfg, tmp_path / "run", False, model, tokenizer, [5] * 8, MANIFEST_DATA)
+    assert not (tmp_path / "run").exists()
