@@ -14,7 +14,8 @@ starts a single process whatever --num_processes says (accelerate 1.16). The tes
 `make test` runs two methods (full fine-tuning of a classifier; SFT of a causal LM with LoRA and a token-level
 loss) and the in-process checks of the refusals and the DeepSpeed settings; `make test-distributed`
 (LMFORGE_TEST_DISTRIBUTED=1) runs the rest: the other methods, the launched refusals, the parent-run methods
-(CReST, continual, continual_lm: every child run, stage output and final number), V-STaR, and FSDP on the CPU.
+(CReST, continual, continual_lm: every child run, stage output and final number), V-STaR (its stages and its
+verifier), and FSDP on the CPU.
 """
 
 from __future__ import annotations
@@ -280,12 +281,8 @@ def test_tinybert_refuses_several_processes(tmp_path):
 
 
 # V-STaR under two processes: the generator (the sft recipe) trains on both, process 0 samples and scores while the
-# other waits, the verifier trains on both. Its DPO verifier draws the LoRA initialisation from the global random
-# state left by the earlier stages, which `start_training` reseeds per process only when there are several
-# (methods/vstar/verifier.py calls no seed_everything before inject_lora), so it starts from other weights than
-# with one process; with the builtin tiny-gpt2 the reload reseeds, but then GPT-2's own dropout (0.1) is on, since
-# the verifier does not apply model.dropout. Everything up to the verifier is the same.
-VSTAR_VERIFIER_GAP = "the verifier's LoRA initialisation depends on the random state earlier stages left"
+# other waits, the verifier trains on both. The DPO verifier sets the run's seed right before its LoRA is made and
+# applies model.dropout (methods/vstar/verifier.py), so it starts from the weights one process starts from.
 VSTAR = ["vstar/gemma_gsm8k", "model.max_length=1024", "data.max_train_examples=4", "train.max_steps=2",
          "train.batch_size=4", "train.grad_accum=1", "train.eval_batch_size=8", "train.log_every=1",
          "vstar.iterations=1", "vstar.samples_per_problem=2", "vstar.max_new_tokens=16", "vstar.test_problems=2",
@@ -321,7 +318,6 @@ def test_vstar_stages_before_the_verifier_match_one_process(vstar_runs):
 
 @pytest.mark.slow
 @only_in_test_distributed
-@pytest.mark.xfail(strict=True, reason=VSTAR_VERIFIER_GAP)
 def test_vstar_verifier_matches_one_process(vstar_runs):
     ddp, single = vstar_runs
     assert_same_training(ddp / "stages" / "verifier", single / "stages" / "verifier", steps=3)
