@@ -59,12 +59,12 @@ def make_accelerator(train: TrainConfig, trackers: list | None = None):
 
     if train.report_to and trackers is None:
         raise UserError("train.report_to: not available here (this loop writes metrics.jsonl only); remove it")
-    process_state()
-    check_deepspeed_launch(train)
-    accelerator = Accelerator(mixed_precision=train.mixed_precision, log_with=trackers or None)
-    if train.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+    state = process_state()
+    if train.mixed_precision == "fp16" and state.device.type == "cpu":
         # Accelerate turns fp16 autocast off on a CPU without a word: the run would be float32 under an fp16 label
         raise UserError("train.mixed_precision: fp16 does not run on a CPU (it would train in float32); use bf16 or no")
+    check_deepspeed_launch(train)
+    accelerator = Accelerator(mixed_precision=train.mixed_precision, log_with=trackers or None)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         fill_deepspeed_config(accelerator.state.deepspeed_plugin, train.batch_size, accelerator.num_processes)
     return accelerator

