@@ -20,6 +20,7 @@ A method that cannot take pairs refuses them (`refuse_text_pairs`) rather than d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -193,6 +194,22 @@ def predict_logits(
             out[i] = row
     model.train(was_training)
     return torch.stack(out).numpy()
+
+
+def split_evaluator(model, data: EncodedTask, pad_id: int, batch_size: int, device):
+    """What a recipe's TrainingRun calls to evaluate (`t.evaluator`): `evaluate` on the encoded task's
+    evaluation split, with its token type ids (text pairs: segment 0, then 1)."""
+    return partial(
+        evaluate,
+        model,
+        data.eval_ids,
+        data.eval_labels,
+        data.n_labels,
+        pad_id,
+        batch_size,
+        device,
+        type_ids=data.eval_type_ids,
+    )
 
 
 def evaluate(

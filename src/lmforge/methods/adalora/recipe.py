@@ -24,7 +24,13 @@ from lmforge.core.console import say
 from lmforge.core.loop import StopSignal, describe_parameters, seed_everything, total_steps
 from lmforge.core.rundir import RunDir
 from lmforge.core.training_run import RunResult, scalar_metrics, start_training
-from lmforge.data.classify import classification_loss, encode_task, evaluate, load_classification, summary
+from lmforge.data.classify import (
+    classification_loss,
+    encode_task,
+    load_classification,
+    split_evaluator,
+    summary,
+)
 from lmforge.data.files import task_manifest
 from lmforge.errors import UserError
 from lmforge.methods.adalora.adapter import load_adalora, save_adalora
@@ -57,17 +63,7 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
         cfg, run_dir, resume, model, tokenizer, data.lengths, task_manifest(task), select_metric=train.metric
     )
     pad_id, device = tokenizer.pad_token_id, t.accelerator.device
-    t.evaluator = partial(
-        evaluate,
-        t.model,
-        data.eval_ids,
-        data.eval_labels,
-        data.n_labels,
-        pad_id,
-        train.eval_batch_size,
-        device,
-        type_ids=data.eval_type_ids,  # text pairs: segment 0 then 1 (data/classify.py)
-    )
+    t.evaluator = split_evaluator(t.model, data, pad_id, train.eval_batch_size, device)
     layers = svd_layers(t.unwrapped)
     allocator = RankAllocator(
         layers, ada.init_r, ada.target_r, ada.tinit, ada.tfinal, ada.deltaT, ada.beta1, ada.beta2, t.n_steps

@@ -16,7 +16,13 @@ from lmforge.config import RunConfig
 from lmforge.core.console import say
 from lmforge.core.loop import StopSignal, describe_parameters, seed_everything
 from lmforge.core.training_run import RunResult, scalar_metrics, start_training
-from lmforge.data.classify import classification_loss, encode_task, evaluate, load_classification, summary
+from lmforge.data.classify import (
+    classification_loss,
+    encode_task,
+    load_classification,
+    split_evaluator,
+    summary,
+)
 from lmforge.data.files import task_manifest
 from lmforge.models.classifier import load_classifier, load_saved_classifier
 
@@ -36,17 +42,7 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
         cfg, run_dir, resume, model, tokenizer, data.lengths, task_manifest(task), select_metric=train.metric
     )
     pad_id, device = tokenizer.pad_token_id, t.accelerator.device
-    t.evaluator = partial(
-        evaluate,
-        t.model,
-        data.eval_ids,
-        data.eval_labels,
-        data.n_labels,
-        pad_id,
-        train.eval_batch_size,
-        device,
-        type_ids=data.eval_type_ids,  # text pairs: segment 0 then 1 (data/classify.py)
-    )
+    t.evaluator = split_evaluator(t.model, data, pad_id, train.eval_batch_size, device)
     with StopSignal() as stop:
         while t.running():
             batch, started = next(t.batches), time.perf_counter()

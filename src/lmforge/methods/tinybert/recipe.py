@@ -41,10 +41,10 @@ from lmforge.core.training_run import RunResult, scalar_metrics, start_training
 from lmforge.data.classify import (
     EncodedTask,
     encode_task,
-    evaluate,
     load_classification,
     predict_logits,
     refuse_text_pairs,
+    split_evaluator,
     summary,
     train_inputs,
 )
@@ -132,17 +132,7 @@ def run_task(cfg: RunConfig, run_dir: Path, resume: bool) -> RunResult:
         f"student {shape.layers} layers x {shape.hidden} hidden, layer map {layer_map}; "
         f"intermediate losses for {n_intermediate} steps, then prediction for {phases[1]}"
     )
-    t.evaluator = partial(
-        evaluate,
-        t.model,
-        data.eval_ids,
-        data.eval_labels,
-        data.n_labels,
-        pad_id,
-        train.eval_batch_size,
-        device,
-        type_ids=data.eval_type_ids,  # text pairs: segment 0 then 1 (data/classify.py)
-    )
+    t.evaluator = split_evaluator(t.model, data, pad_id, train.eval_batch_size, device)
     student: Student = t.unwrapped  # the module itself, outside Accelerate's wrapper (its projections)
 
     with AttentionScores(student.encoder()) as student_attention, AttentionScores(teacher) as teacher_attention:
