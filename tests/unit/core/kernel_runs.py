@@ -1,10 +1,12 @@
 """A training run of the kernel as every recipe writes it (methods/finetune/recipe.py), on tiny-bert and made-up
-token ids, for the tests of train.report_to (test_trackers.py) and model.dtype (test_model_dtype.py)."""
+token ids, for the tests of the training run (test_training_run.py), train.report_to (test_trackers.py) and
+model.dtype (test_model_dtype.py)."""
 
 import json
 import time
 from functools import partial
 
+import pytest
 import torch
 
 from lmforge.config import DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -13,7 +15,23 @@ from lmforge.core.training_run import start_training
 from lmforge.data.classify import EncodedTask, classification_loss, evaluate
 from lmforge.models.classifier import load_classifier
 
-MANIFEST_DATA = {"train": {"source": "made up", "examples": 32}, "eval": {"source": "made up", "examples": 16}}
+
+def manifest_data(n_train: int) -> dict:
+    """What manifest.json records under "data" for `made_up_data(n_train)`."""
+    return {"train": {"source": "made up", "examples": n_train}, "eval": {"source": "made up", "examples": 16}}
+
+
+MANIFEST_DATA = manifest_data(32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """A model this small runs fastest on one thread, and far slower when a second competes for a busy core.
+    Autouse in every test module that imports it (`from kernel_runs import one_thread`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def made_up_data(n_train: int = 32) -> EncodedTask:
@@ -40,13 +58,15 @@ def config(model: dict | None = None, **train) -> RunConfig:
     )
 
 
-def train(cfg: RunConfig, run_dir, resume=False, crash_after=None, stop_at=None, n_train=32):
+def train(cfg: RunConfig, run_dir, resume=False, crash_after=None, stop_at=None, n_train=32, dropout=0.0):
     """The loop every recipe writes; `crash_after`: the process dies (an exception) after that step's logging;
-    `stop_at`: a SIGTERM arrives during that step (the run stops with a checkpoint)."""
+    `stop_at`: a SIGTERM arrives during that step (the run stops with a checkpoint); `dropout`: None keeps
+    tiny-bert's own rates."""
     data = made_up_data(n_train)
     seed_everything(cfg.train.seed)
-    model, tokenizer = load_classifier("tiny-bert", ["even", "odd"], cfg.train.seed, 0.0)
-    t = start_training(cfg, run_dir, resume, model, tokenizer, data.lengths, MANIFEST_DATA, select_metric="accuracy")
+    model, tokenizer = load_classifier("tiny-bert", ["even", "odd"], cfg.train.seed, dropout)
+    manifest = manifest_data(n_train)
+    t = start_training(cfg, run_dir, resume, model, tokenizer, data.lengths, manifest, select_metric="accuracy")
     pad_id, device = tokenizer.pad_token_id, t.accelerator.device
     t.evaluator = partial(evaluate, t.model, data.eval_ids, data.eval_labels, 2, pad_id, 16, device, desc=None)
     with StopSignal() as stop:
@@ -61,10 +81,12 @@ def train(cfg: RunConfig, run_dir, resume=False, crash_after=None, stop_at=None,
             t.end_step(loss, started, stop)
             if t.state.step == crash_after:
                 raise RuntimeError(f"killed after step {crash_after}")
-    final = t.finish(lambda model, tokenizer, folder: model.save_pretrained(folder), lambda final: {})
+    summary = lambda final: {"labels": ["even", "odd"], "confusion": final["confusion"]}  # noqa: E731
+    final = t.finish(lambda model, tokenizer, folder: model.save_pretrained(folder), summary)
     return t, final
 
 
-def records(run_dir, split="train"):
+def records(run_dir, split: str | None = "train"):
+    """metrics.jsonl's records of `split` (None: every record)."""
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in lines if r["split"] == split]
+    return [r for r in lines if split is None or r["split"] == split]

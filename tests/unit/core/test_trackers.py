@@ -10,20 +10,11 @@ import json
 import sys
 
 import pytest
-import torch
-from kernel_runs import config, records, train
+from kernel_runs import config, one_thread, records, train  # noqa: F401 (one_thread: an autouse fixture)
 
 from lmforge.config import TrainConfig
 from lmforge.core.loop import make_accelerator
 from lmforge.errors import Interrupted, UserError
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

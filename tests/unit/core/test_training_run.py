@@ -1,87 +1,25 @@
 """The training run in-process on tiny-bert: what `start_training` + a loop written out + `finish` leave in
 the run folder, resume from a checkpoint equal to no interruption, and batch x accumulation equivalence.
 
-The loop here is the one every recipe writes (methods/finetune/recipe.py), on made-up token ids: the
-kernel knows no task, so none is needed to test it."""
+The loop (kernel_runs.py) is the one every recipe writes (methods/finetune/recipe.py), on made-up token ids:
+the kernel knows no task, so none is needed to test it."""
 
 import json
-import time
 from functools import partial
 
 import pytest
 import torch
+from kernel_runs import config, manifest_data, one_thread  # noqa: F401 (one_thread: an autouse fixture)
+from kernel_runs import records as records_of
+from kernel_runs import train as kernel_train
 
-from lmforge.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from lmforge.core.loop import StopSignal, seed_everything
-from lmforge.core.training_run import start_training
-from lmforge.data.classify import EncodedTask, classification_loss, evaluate
 from lmforge.errors import Interrupted, UserError
 from lmforge.models.classifier import load_classifier
 
-MANIFEST_DATA = {"train": {"source": "made up", "examples": 48}, "eval": {"source": "made up", "examples": 16}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A model this small runs fastest on one thread, and far slower when a second competes for a busy core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def made_up_data(seed: int = 0) -> EncodedTask:
-    """48 training and 16 evaluation sequences of 3-12 token ids, label = whether the first id is even."""
-    g = torch.Generator().manual_seed(seed)
-
-    def split(n):
-        ids = [torch.randint(5, 900, (int(torch.randint(3, 13, (1,), generator=g)),), generator=g).tolist()
-               for _ in range(n)]  # fmt: skip
-        return ids, [x[0] % 2 for x in ids]
-
-    (train_ids, train_labels), (eval_ids, eval_labels) = split(48), split(16)
-    return EncodedTask(train_ids, train_labels, eval_ids, eval_labels, 2)
-
-
-def config(**train) -> RunConfig:
-    settings = {"max_steps": 6, "batch_size": 8, "eval_every": 3, "save_every": 3, "log_every": 1, "lr": 1e-3}
-    return RunConfig(
-        method="finetune",
-        model=ModelConfig(name="tiny-bert"),
-        data=DataConfig(train="made up", eval="made up"),
-        train=TrainConfig(**{**settings, **train}),
-        recipe="test/made_up",
-    )
-
-
-def train(cfg: RunConfig, run_dir, resume=False, stop_at=None, dropout=None):
-    """A classifier run as a recipe writes it; `stop_at`: a SIGTERM arrives during that step."""
-    data = made_up_data()
-    seed_everything(cfg.train.seed)
-    model, tokenizer = load_classifier("tiny-bert", ["even", "odd"], cfg.train.seed, dropout)
-    t = start_training(cfg, run_dir, resume, model, tokenizer, data.lengths, MANIFEST_DATA, select_metric="accuracy")
-    pad_id, device = tokenizer.pad_token_id, t.accelerator.device
-    t.evaluator = partial(evaluate, t.model, data.eval_ids, data.eval_labels, 2, pad_id, 16, device, desc=None)
-    with StopSignal() as stop:
-        while t.running():
-            batch, started = next(t.batches), time.perf_counter()
-            loss = t.accumulate(batch, partial(classification_loss, t.model, data, step_size=batch.size,
-                                               pad_id=pad_id, device=device))  # fmt: skip
-            t.optimizer_step(batch)
-            t.optimizer.zero_grad(set_to_none=True)
-            if t.state.step == stop_at:
-                stop.requested = "SIGTERM"
-            t.end_step(loss, started, stop)
-
-    def save(model, tokenizer, folder):
-        model.save_pretrained(folder)
-
-    final = t.finish(save, lambda final: {"labels": ["even", "odd"], "confusion": final["confusion"]})
-    return t, final
-
-
-def records(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+MANIFEST_DATA = manifest_data(48)
+# 48 made-up examples, tiny-bert's own dropout unless a test turns it off
+train = partial(kernel_train, n_train=48, dropout=None)
+records = partial(records_of, split=None)
 
 
 @pytest.fixture(scope="module")
