@@ -22,6 +22,7 @@ import json
 import os
 from pathlib import Path
 
+from lmforge.core.stages import flat
 from lmforge.errors import UserError, first_line, shown
 
 # tracker name -> (the module it imports, the pip package that installs it)
@@ -166,15 +167,9 @@ def close_trackers(accelerator, status: str = "FINISHED", quiet: bool = False) -
     accelerator.trackers = []
 
 
-def flat_config(config: dict, prefix: str = "") -> dict:
+def flat_config(config: dict) -> dict:
     """{"train.lr": 5e-05, ...}: a nested config as trackers' parameters (lists as comma-separated text)."""
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flat_config(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = ",".join(map(str, value)) if isinstance(value, list) else value
-    return out
+    return {key: ",".join(map(str, v)) if isinstance(v, list) else v for key, v in flat(config).items()}
 
 
 def recorded_trackers(manifest: Path) -> dict:
